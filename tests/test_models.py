@@ -1,0 +1,113 @@
+"""Loading, adapter switching and batched streaming on the tiny random model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from training.models import (
+    ChatModel,
+    ModelLoadError,
+    SamplingParams,
+    adapter_fingerprint,
+    load_base,
+    resolve_base_model,
+    validate_adapter_dir,
+)
+
+HELLO = [{"role": "user", "content": "hello how are you"}]
+
+
+def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
+    """A LoRA adapter with random (non-zero) B so it really changes outputs."""
+    from peft import LoraConfig, get_peft_model
+
+    model, _ = load_base(str(model_dir), dtype="fp32")
+    peft_model = get_peft_model(model, LoraConfig(r=4, lora_alpha=64, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(seed)
+    for name, param in peft_model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=1.0)
+    peft_model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def chat(tiny_model_dir) -> ChatModel:
+    model, tokenizer = load_base(str(tiny_model_dir), dtype="fp32")
+    return ChatModel(model, tokenizer, base_name=str(tiny_model_dir))
+
+
+def test_resolve_rejects_bad_specs_with_one_line(tmp_path):
+    for spec, expected in [
+        ("no-such-thing", "unknown base model"),
+        (str(tmp_path / "missing.gguf"), "GGUF file not found"),
+        (str(tmp_path), "not a Hugging Face model dir"),
+    ]:
+        with pytest.raises(ModelLoadError, match=expected) as info:
+            resolve_base_model(spec, tmp_path / "cache")
+        assert "\n" not in str(info.value)
+
+
+def test_resolve_accepts_local_dir_and_hub_id(tiny_model_dir, tmp_path):
+    assert resolve_base_model(str(tiny_model_dir), tmp_path) == str(tiny_model_dir)
+    assert resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def test_stream_yields_growing_texts_for_each_row(chat):
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    snapshots = list(chat.stream([HELLO, [{"role": "user", "content": "the sea"}]], [None, None], params))
+    assert len(snapshots) >= 3  # really streamed, not one final chunk
+    final = snapshots[-1]
+    assert len(final) == 2 and all(final)
+    assert all(len(a) <= len(b) for a, b in zip(snapshots[0], final))
+
+
+def test_greedy_generation_is_deterministic_and_seeded_sampling_repeats(chat):
+    greedy = SamplingParams(temperature=0, max_new_tokens=10)
+    assert chat.generate([HELLO], [None], greedy) == chat.generate([HELLO], [None], greedy)
+    sampled = SamplingParams(temperature=1.0, top_p=1.0, max_new_tokens=10, seed=7)
+    assert chat.generate([HELLO], [None], sampled) == chat.generate([HELLO], [None], sampled)
+
+
+def test_adapters_share_one_base_and_switch_per_row(chat, tiny_model_dir, tmp_path):
+    params = SamplingParams(temperature=0, max_new_tokens=10)
+    base_answer = chat.generate([HELLO], [None], params)[0]
+    base_weights = sum(p.numel() for p in chat.model.parameters())
+    fp = chat.ensure_adapter("r1", make_adapter(tiny_model_dir, tmp_path / "a1", seed=1))
+    chat.ensure_adapter("r2", make_adapter(tiny_model_dir, tmp_path / "a2", seed=2))
+    assert len(fp) == 16 and fp == adapter_fingerprint(tmp_path / "a1")
+    # one copy of the base weights: only the small LoRA matrices were added
+    added = sum(p.numel() for p in chat.model.parameters()) - base_weights
+    assert 0 < added < base_weights / 4
+    base, r1, r2 = chat.generate([HELLO, HELLO, HELLO], [None, "r1", "r2"], params)
+    assert base == base_answer  # the __base__ row is untouched by adapters
+    assert r1 != base and r2 != base and r1 != r2
+    alone = chat.generate([HELLO], ["r1"], params)[0]
+    assert alone == r1  # mixed batch gives the same answer as serving r1 alone
+
+
+def test_unknown_adapter_is_refused(chat):
+    with pytest.raises(ModelLoadError, match="not loaded"):
+        list(chat.stream([HELLO], ["ghost"]))
+
+
+def test_corrupt_adapter_dir_gives_clear_error(chat, tmp_path):
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    with pytest.raises(ModelLoadError, match="no adapter_config.json"):
+        chat.ensure_adapter("bad", bad)
+    (bad / "adapter_config.json").write_text("{not json")
+    with pytest.raises(ModelLoadError, match="not valid JSON"):
+        validate_adapter_dir(bad)
+    (bad / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA"}))
+    with pytest.raises(ModelLoadError, match="no adapter weights"):
+        chat.ensure_adapter("bad", bad)
+    (bad / "adapter_model.safetensors").write_bytes(b"garbage bytes")
+    with pytest.raises(ModelLoadError, match="cannot load adapter"):
+        chat.ensure_adapter("bad", bad)
+    assert "bad" not in chat.adapters
+    assert chat.generate([HELLO], [None], SamplingParams(temperature=0, max_new_tokens=4))  # still serving

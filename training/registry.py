@@ -1,0 +1,59 @@
+"""Finished checkpoints on disk: `checkpoints/<round-id>/{adapter/, round.json, eval.json}`.
+
+The directory is the registry: a round is listed once its dir exists under its
+final name (run.py renames it into place atomically), so there is no index to
+fall out of sync. Temp dirs (leading dot) are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    round_id: str
+    path: Path
+    round: dict = field(default_factory=dict)  # round.json: base model, snapshot hash, recipe, metrics
+    eval: dict | None = None  # eval.json once the evals ran
+
+    @property
+    def adapter_dir(self) -> Path:
+        return self.path / "adapter"
+
+    @property
+    def created_at(self) -> str:
+        return str(self.round.get("finished_at", ""))
+
+    @property
+    def regression(self) -> bool | None:
+        return None if self.eval is None else bool(self.eval.get("regression"))
+
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def list_checkpoints(checkpoints_dir: Path) -> list[Checkpoint]:
+    """All complete checkpoints, oldest first."""
+    checkpoints_dir = Path(checkpoints_dir)
+    if not checkpoints_dir.is_dir():
+        return []
+    found = []
+    for path in checkpoints_dir.iterdir():
+        if path.name.startswith(".") or not path.is_dir():
+            continue
+        round_info = _read_json(path / "round.json")
+        if round_info is None or not (path / "adapter").is_dir():
+            continue  # not a finished round
+        found.append(Checkpoint(path.name, path, round_info, _read_json(path / "eval.json")))
+    return sorted(found, key=lambda c: (c.created_at, c.round_id))
+
+
+def get_checkpoint(checkpoints_dir: Path, round_id: str) -> Checkpoint | None:
+    return next((c for c in list_checkpoints(checkpoints_dir) if c.round_id == round_id), None)
