@@ -276,6 +276,10 @@ class ChatModel:
             )
         return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
 
+    def prompt_tokens(self, messages: list[dict], system_prompt: str = "") -> int:
+        """How many tokens a conversation takes as a prompt (to refuse oversized ones early)."""
+        return int(self._encode([messages], system_prompt)["input_ids"].shape[1])
+
     def stream(
         self,
         conversations: Sequence[list[dict]],
@@ -323,7 +327,18 @@ class ChatModel:
             thread = threading.Thread(target=work, daemon=True)
             thread.start()
             while (texts := streamer.queue.get()) is not None:
+                # Coalesce: if the UI fell behind, skip to the newest texts instead of
+                # replaying every intermediate step (keeps a slow client from slowing decode).
+                while not streamer.queue.empty():
+                    newer = streamer.queue.get_nowait()
+                    if newer is None:
+                        break
+                    texts = newer
+                else:
+                    yield texts
+                    continue
                 yield texts
+                break
             thread.join()
             if errors:
                 raise errors[0]

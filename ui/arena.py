@@ -1,0 +1,242 @@
+"""Arena tab: blind side-by-side answers, one vote each, stored as DPO pairs.
+
+The two models are shuffled left/right per comparison and named only after the
+vote. A comparison is written once both answers are complete; the vote buttons
+unlock only then, and a vote is acknowledged only after its COMMIT returned.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from functools import partial
+
+import gradio as gr
+
+from training.models import ModelLoadError, SamplingParams
+from ui.chat import sampling, sampling_controls
+from ui.services import BASE_CHOICE, Services, check_context, check_prompt, for_display
+
+CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
+SHORTCUTS = {"a": "1", "b": "2", "tie": "3", "both_bad": "4"}
+
+# Keys 1-4 click the vote buttons unless the annotator is typing in a text box.
+KEYBOARD_JS = """
+<script>
+document.addEventListener('keydown', (event) => {
+  const tag = (event.target.tagName || '').toLowerCase();
+  if (tag === 'textarea' || tag === 'input' || event.ctrlKey || event.metaKey || event.altKey) return;
+  const ids = {'1': 'vote-a', '2': 'vote-b', '3': 'vote-tie', '4': 'vote-both_bad'};
+  const button = ids[event.key] && document.getElementById(ids[event.key]);
+  if (button && !button.disabled) { event.preventDefault(); button.click(); }
+});
+</script>
+"""
+
+
+def annotator_of(request: gr.Request | None) -> str:
+    """The logged-in user; 'local' when the app runs without --auth-file."""
+    return (getattr(request, "username", None) or "local") if request is not None else "local"
+
+
+def default_pair(services: Services) -> tuple[str, str]:
+    """Base vs the current candidate (the promoted checkpoint, else the newest)."""
+    choices = services.model_choices()
+    current = services.store.current_candidate()
+    if current in choices:
+        return BASE_CHOICE, current
+    return BASE_CHOICE, choices[1] if len(choices) > 1 else BASE_CHOICE
+
+
+def progress_text(services: Services, annotator: str) -> str:
+    progress = services.store.annotator_progress(annotator)
+    return (
+        f"**{annotator}** · labeled today: **{progress['today']}** · in all: **{progress['total']}**"
+        f" · prompts waiting in the queue: {services.store.queue_size()}"
+    )
+
+
+def run_comparison(services, history, prompt, model_x, model_y, params, annotator, prompt_id=None):
+    """Generate both answers (streaming) in a random order, then store the comparison.
+
+    Yields (answer_a, answer_b, comparison or None); the last yield carries the
+    stored comparison dict.
+    """
+    messages = list(history) + [{"role": "user", "content": prompt}]
+    models = [model_x, model_y]
+    random.shuffle(models)  # blind: the annotator never knows which side is which
+    try:
+        adapters = [services.adapter_for(m) for m in models]
+        check_context(services.chat, [messages], params.system_prompt)
+    except (ModelLoadError, ValueError) as exc:
+        raise gr.Error(str(exc)) from exc
+    texts = ["", ""]
+    for texts in services.chat.stream([messages, messages], adapters, params):
+        yield texts[0], texts[1], None
+    comparison_id = services.store.add_comparison(
+        messages, texts[0], texts[1], models[0], models[1],
+        services.fingerprint(models[0]), services.fingerprint(models[1]),
+        params.to_dict(), annotator, prompt_id=prompt_id,
+    )
+    comparison = dict(
+        id=comparison_id, messages=messages, answer_a=texts[0], answer_b=texts[1],
+        model_a=models[0], model_b=models[1], started=time.time(), voted=False,
+    )
+    yield texts[0], texts[1], comparison
+
+
+def vote_buttons(interactive: bool):
+    return [gr.update(interactive=interactive) for _ in CHOICES]
+
+
+def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args, request: gr.Request = None):
+    """UI handler: generate a new comparison. Outputs: state, view A, view B, prompt box, reveal, 4 buttons."""
+    try:
+        prompt = check_prompt(prompt)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from exc
+    annotator = annotator_of(request)
+    history = []
+    if keep_going and state and state.get("voted"):
+        history = state["messages"] + [{"role": "assistant", "content": state["continue_with"]}]
+    params = sampling(*sampling_args)
+    prompt_id = state.get("queued_prompt_id") if state and state.get("queued_prompt") == prompt else None
+    shown = for_display(history + [{"role": "user", "content": prompt}])
+    yield None, shown, shown, "", "Generating both answers…", *vote_buttons(False)
+    for answer_a, answer_b, comparison in run_comparison(
+        services, history, prompt, model_x, model_y, params, annotator, prompt_id
+    ):
+        view_a = shown + for_display([{"role": "assistant", "content": answer_a}])
+        view_b = shown + for_display([{"role": "assistant", "content": answer_b}])
+        if comparison is None:
+            yield None, view_a, view_b, "", "Generating both answers…", *vote_buttons(False)
+    yield comparison, view_a, view_b, "", "Both answers are complete: vote with the buttons or keys 1–4.", *vote_buttons(True)
+
+
+def take_queued(services, request: gr.Request = None):
+    """Fill the prompt box with the next queued prompt this annotator has not labeled."""
+    row = services.store.next_prompt(annotator_of(request))
+    if row is None:
+        gr.Info("The prompt queue is empty for you: type your own prompt, or ask an admin to import prompts.")
+        return gr.update(), {}
+    text = row["messages"][-1]["content"] if row.get("messages") else row.get("prompt", "")
+    return text, {"queued_prompt": text, "queued_prompt_id": row["id"]}
+
+
+def vote(services, choice, state, better_answer, request: gr.Request = None):
+    """UI handler for the four buttons. Outputs: state, reveal, progress, better box, 4 buttons."""
+    if not state or not state.get("id"):
+        raise gr.Error("There is nothing to vote on yet: generate a comparison first.")
+    annotator = annotator_of(request)
+    better = (better_answer or "").strip() or None
+    try:
+        result = services.store.record_vote(
+            state["id"], annotator, choice, better_answer=better,
+            idempotency_key=f"{state['id']}:{annotator}", time_spent_s=time.time() - state["started"],
+        )
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from exc
+    chosen = {"a": state["answer_a"], "b": state["answer_b"]}.get(choice, state["answer_a"])
+    state = {**state, "voted": True, "continue_with": better or chosen}
+    saved = "Vote saved" if result.created else "Already recorded (one vote per comparison)"
+    reveal = (
+        f"✅ {saved}: **{CHOICES[choice]}**. A was `{state['model_a']}`, B was `{state['model_b']}`."
+        " Type a new prompt, or tick *Continue this conversation* to follow up."
+    )
+    return state, reveal, progress_text(services, annotator), "", *vote_buttons(False)
+
+
+def copy_answer(state, side):
+    return (state or {}).get(f"answer_{side}", "")
+
+
+def api_generate(services: Services, prompt: str, request: gr.Request = None) -> tuple[str, str, str]:
+    """/arena_generate: prompt -> (comparison_id, answer_a, answer_b), default model pair."""
+    prompt = check_prompt(prompt)
+    model_x, model_y = default_pair(services)
+    params = SamplingParams(seed=random.randrange(2**31))
+    comparison = None
+    for answer_a, answer_b, comparison in run_comparison(
+        services, [], prompt, model_x, model_y, params, annotator_of(request)
+    ):
+        pass
+    return comparison["id"], comparison["answer_a"], comparison["answer_b"]
+
+
+def api_vote(services: Services, comparison_id: str, choice: str, better_answer: str = "",
+             request: gr.Request = None) -> str:
+    """/arena_vote: (comparison_id, a|b|tie|both_bad, optional better answer) -> status."""
+    annotator = annotator_of(request)
+    result = services.store.record_vote(
+        comparison_id, annotator, choice, better_answer=(better_answer or "").strip() or None,
+        idempotency_key=f"{comparison_id}:{annotator}",
+    )
+    return f"{'saved' if result.created else 'already recorded'}: vote {result.vote_id}"
+
+
+def arena_tab(services: Services) -> None:
+    state = gr.State({})
+    progress = gr.Markdown(elem_id="arena-progress")
+    with gr.Row():
+        prompt = gr.Textbox(placeholder="Type a prompt, or take the next one from the queue", show_label=False,
+                            scale=6, lines=2, elem_id="arena-prompt")
+        with gr.Column(scale=1, min_width=160):
+            generate = gr.Button("Generate", variant="primary", elem_id="arena-generate")
+            queued = gr.Button("Next queued prompt", size="sm", elem_id="arena-next")
+    keep_going = gr.Checkbox(label="Continue this conversation (the chosen answer becomes history)", value=False)
+    with gr.Row():
+        chat_options = dict(height=380, allow_tags=False, sanitize_html=True)
+        view_a = gr.Chatbot(label="Model A", elem_id="arena-a", **chat_options)
+        view_b = gr.Chatbot(label="Model B", elem_id="arena-b", **chat_options)
+    with gr.Row():
+        buttons = [
+            gr.Button(f"{label} [{SHORTCUTS[key]}]", interactive=False, elem_id=f"vote-{key}",
+                      variant="primary" if key in ("a", "b") else "secondary")
+            for key, label in CHOICES.items()
+        ]
+    reveal = gr.Markdown(elem_id="arena-reveal")
+    with gr.Accordion("Write a better answer (optional, saved with your vote)", open=False):
+        better = gr.Textbox(lines=5, show_label=False, max_length=20000, elem_id="arena-better",
+                            placeholder="Start from A or B, edit it, then vote for the side you started from")
+        with gr.Row():
+            from_a = gr.Button("Start from A", size="sm")
+            from_b = gr.Button("Start from B", size="sm")
+    with gr.Accordion("Models compared (admins)", open=False):
+        base, candidate = default_pair(services)
+        with gr.Row():
+            model_x = gr.Dropdown(services.model_choices(), value=base, label="Model 1")
+            model_y = gr.Dropdown(services.model_choices(), value=candidate, label="Model 2")
+        controls = sampling_controls(seed=-1)  # -1: a random seed per comparison, recorded with it
+
+    private = dict(api_visibility="private")
+    start_outputs = [state, view_a, view_b, prompt, reveal, *buttons]
+    start_inputs = [prompt, state, keep_going, model_x, model_y, *controls]
+    generate.click(partial(start, services), start_inputs, start_outputs, concurrency_id="model", **private)
+    queued.click(partial(take_queued, services), None, [prompt, state], **private)
+    for key, button in zip(CHOICES, buttons):
+        # Lock all four buttons in the browser first, so a double click cannot send twice;
+        # the store's unique keys make a replay harmless anyway.
+        button.click(lambda: vote_buttons(False), None, buttons, queue=False, **private).then(
+            partial(vote, services, key), [state, better], [state, reveal, progress, better, *buttons], **private
+        )
+    from_a.click(partial(copy_answer, side="a"), state, better, **private)
+    from_b.click(partial(copy_answer, side="b"), state, better, **private)
+
+    # gr.api reads the signature's type hints, so wrap rather than pass a partial.
+    def arena_generate(prompt: str, request: gr.Request) -> tuple[str, str, str]:
+        """Generate a blind comparison for `prompt`: (comparison_id, answer_a, answer_b)."""
+        try:
+            return api_generate(services, prompt, request)
+        except (ValueError, ModelLoadError) as exc:
+            raise gr.Error(str(exc)) from exc
+
+    def arena_vote(comparison_id: str, choice: str, better_answer: str = "", request: gr.Request = None) -> str:
+        """Vote on a comparison: choice is a, b, tie or both_bad; better_answer is optional."""
+        try:
+            return api_vote(services, comparison_id, choice, better_answer, request)
+        except ValueError as exc:
+            raise gr.Error(str(exc)) from exc
+
+    gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
+    gr.api(arena_vote, api_name="arena_vote")
+    return progress

@@ -1,0 +1,145 @@
+"""Chat tab: a reviewer talks to two models side by side, both answers streaming at once.
+
+Both sides decode in one batch over one copy of the base weights (ChatModel.stream
+with per-row adapter names), so the pair costs barely more than one answer.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from functools import partial
+
+import gradio as gr
+
+from training.models import ModelLoadError, SamplingParams
+from ui.services import BASE_CHOICE, Services, check_context, check_prompt, for_display
+
+
+def sampling(temperature, top_p, max_new_tokens, seed, system_prompt) -> SamplingParams:
+    """UI values -> SamplingParams; seed -1 draws a fresh seed (recorded, so still reproducible)."""
+    seed = int(seed) if seed is not None and int(seed) >= 0 else random.randrange(2**31)
+    return SamplingParams(
+        temperature=float(temperature),
+        top_p=float(top_p),
+        max_new_tokens=int(max_new_tokens),
+        seed=int(seed),
+        system_prompt=(system_prompt or "").strip(),
+    )
+
+
+def stream_pair(services: Services, left: list, right: list, model_left: str, model_right: str, params):
+    """Append an assistant turn to both histories and yield them as tokens arrive.
+
+    Histories are raw role/content messages (kept in gr.State; the Chatbots show
+    escaped copies). The last message of each must be the user's. Yields (left, right, stats).
+    """
+    try:
+        adapters = [services.adapter_for(model_left), services.adapter_for(model_right)]
+        conversations = [left, right]
+        check_context(services.chat, conversations, params.system_prompt)
+    except (ModelLoadError, ValueError) as exc:
+        raise gr.Error(str(exc)) from exc
+    left = left + [{"role": "assistant", "content": ""}]
+    right = right + [{"role": "assistant", "content": ""}]
+    started = time.perf_counter()
+    steps = 0
+    for texts in services.chat.stream(conversations, adapters, params):
+        steps += 1
+        left[-1] = {"role": "assistant", "content": texts[0]}
+        right[-1] = {"role": "assistant", "content": texts[1]}
+        yield left, right, ""
+    elapsed = time.perf_counter() - started
+    stats = f"{steps} decode steps in {elapsed:.1f} s · {steps / max(elapsed, 1e-6):.1f} tok/s per side"
+    yield left, right, stats
+
+
+def send(services, message, left, right, model_left, model_right, *sampling_args):
+    """Send one user message to both sides.
+
+    Yields (left state, right state, left view, right view, textbox, stats).
+    """
+    try:
+        text = check_prompt(message)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from exc
+    user = {"role": "user", "content": text}
+    left, right = (left or []) + [user], (right or []) + [user]
+    yield left, right, for_display(left), for_display(right), "", "generating…"
+    for left, right, stats in stream_pair(services, left, right, model_left, model_right, sampling(*sampling_args)):
+        yield left, right, for_display(left), for_display(right), "", stats
+
+
+def regenerate(services, left, right, model_left, model_right, *sampling_args):
+    """Drop both last answers and answer the last user message again."""
+    left, right = list(left or []), list(right or [])
+    while left and left[-1]["role"] == "assistant":
+        left.pop()
+    while right and right[-1]["role"] == "assistant":
+        right.pop()
+    if not left or not right:
+        raise gr.Error("Nothing to regenerate yet: send a message first.")
+    for left, right, stats in stream_pair(services, left, right, model_left, model_right, sampling(*sampling_args)):
+        yield left, right, for_display(left), for_display(right), stats
+
+
+def clear():
+    return [], [], [], [], ""
+
+
+def refresh_pickers(services: Services, model_left: str, model_right: str):
+    choices = services.model_choices()
+    keep = lambda value, default: value if value in choices else default  # noqa: E731
+    return (
+        gr.update(choices=choices, value=keep(model_left, BASE_CHOICE)),
+        gr.update(choices=choices, value=keep(model_right, choices[1] if len(choices) > 1 else BASE_CHOICE)),
+    )
+
+
+def sampling_controls(seed: int = 0):
+    """Sampling settings shared by both sides (also reused by the Arena tab)."""
+    with gr.Accordion("Sampling settings (apply to both sides)", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
+            max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens")
+            seed = gr.Number(value=seed, precision=0, label="Seed (-1 = random)")
+        system_prompt = gr.Textbox(label="System prompt (optional)", lines=2, max_length=4000)
+    return [temperature, top_p, max_new_tokens, seed, system_prompt]
+
+
+def chat_tab(services: Services) -> None:
+    choices = services.model_choices()
+    with gr.Row():
+        model_left = gr.Dropdown(choices, value=BASE_CHOICE, label="Left model", scale=3)
+        model_right = gr.Dropdown(
+            choices, value=choices[1] if len(choices) > 1 else BASE_CHOICE, label="Right model", scale=3
+        )
+        refresh = gr.Button("↻ Refresh checkpoints", scale=1, size="sm")
+    with gr.Row():
+        chat_options = dict(height=460, allow_tags=False, sanitize_html=True, buttons=["copy"])
+        left_view = gr.Chatbot(label="Left", elem_id="chat-left", **chat_options)
+        right_view = gr.Chatbot(label="Right", elem_id="chat-right", **chat_options)
+    left, right = gr.State([]), gr.State([])  # raw histories; the views are escaped copies
+    with gr.Row():
+        message = gr.Textbox(
+            placeholder="Message both models… (Enter to send)", show_label=False, scale=6, elem_id="chat-input"
+        )
+        send_button = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
+    with gr.Row():
+        regenerate_button = gr.Button("↻ Regenerate", size="sm")
+        clear_button = gr.Button("Clear", size="sm")
+        stats = gr.Markdown(elem_id="chat-stats")
+    controls = sampling_controls()
+
+    inputs = [message, left, right, model_left, model_right, *controls]
+    options = dict(concurrency_id="model", api_visibility="private")
+    views = [left, right, left_view, right_view]
+    send_button.click(partial(send, services), inputs, [*views, message, stats], **options)
+    message.submit(partial(send, services), inputs, [*views, message, stats], **options)
+    regenerate_button.click(
+        partial(regenerate, services), [left, right, model_left, model_right, *controls], [*views, stats], **options
+    )
+    clear_button.click(clear, None, [*views, stats], api_visibility="private")
+    refresh.click(partial(refresh_pickers, services), [model_left, model_right], [model_left, model_right],
+                  api_visibility="private")

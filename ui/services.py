@@ -1,0 +1,120 @@
+"""Settings and the long-lived objects every tab shares (model, store, jobs)."""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from training.models import EMBEDDED, ChatModel, ModelLoadError
+from training.registry import Checkpoint, get_checkpoint, list_checkpoints
+
+BASE_CHOICE = "base"  # the picker's name for the un-adapted base model
+MAX_PROMPT_CHARS = 8000  # longer than any real chat turn; bigger pastes are almost always mistakes
+MAX_CONTEXT_TOKENS = 3072  # keeps one CPU decode step fast; SmolLM2 itself allows 8k
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path = Path("data")
+    base_model: str = EMBEDDED
+    host: str = "127.0.0.1"
+    port: int = 7860
+    auth_file: Path | None = None
+    dtype: str = "auto"
+
+    @property
+    def checkpoints_dir(self) -> Path:
+        return self.data_dir / "checkpoints"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.data_dir / "cache" / "models"
+
+    @property
+    def runs_dir(self) -> Path:
+        return self.data_dir / "runs"
+
+    @property
+    def snapshots_dir(self) -> Path:
+        return self.data_dir / "snapshots"
+
+
+@dataclass
+class Services:
+    settings: Settings
+    chat: ChatModel
+    store: object | None = None  # labeling.store.Store
+    jobs: object | None = None  # ui.jobs.JobManager
+    extra: dict = field(default_factory=dict)
+
+    def checkpoints(self) -> list[Checkpoint]:
+        return list_checkpoints(self.settings.checkpoints_dir)
+
+    def model_choices(self) -> list[str]:
+        """Picker entries: the base, then checkpoints newest first."""
+        return [BASE_CHOICE] + [c.round_id for c in reversed(self.checkpoints())]
+
+    def adapter_for(self, choice: str) -> str | None:
+        """Make sure the picked checkpoint's adapter is attached; None means the base."""
+        if not choice or choice == BASE_CHOICE:
+            return None
+        checkpoint = get_checkpoint(self.settings.checkpoints_dir, choice)
+        if checkpoint is None:
+            raise ModelLoadError(f"checkpoint {choice!r} not found in {self.settings.checkpoints_dir}")
+        self.chat.ensure_adapter(choice, checkpoint.adapter_dir)
+        return choice
+
+    def fingerprint(self, choice: str) -> str | None:
+        adapter = self.adapter_for(choice)
+        return None if adapter is None else self.chat.adapters[adapter]
+
+
+def check_prompt(text: str | None) -> str:
+    """Return the stripped prompt or raise ValueError with a message for the user."""
+    text = (text or "").strip()
+    if not text:
+        raise ValueError("Type a message first: the prompt is empty.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise ValueError(f"The prompt is {len(text):,} characters; the limit is {MAX_PROMPT_CHARS:,}.")
+    return text
+
+
+def check_context(chat: ChatModel, conversations: list[list[dict]], system_prompt: str) -> None:
+    longest = max(chat.prompt_tokens(c, system_prompt) for c in conversations)
+    if longest > MAX_CONTEXT_TOKENS:
+        raise ValueError(
+            f"The conversation is {longest:,} tokens, over the {MAX_CONTEXT_TOKENS:,}-token limit: clear it and start again."
+        )
+
+
+def plain_messages(history: list[dict] | None) -> list[dict]:
+    """Chatbot values carry display metadata; the model wants role + content only."""
+    out = []
+    for message in history or []:
+        content = message.get("content")
+        if isinstance(content, list):  # gradio may wrap text as [{"type": "text", "text": ...}]
+            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
+        out.append({"role": message["role"], "content": str(content or "")})
+    return out
+
+
+_CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.S)
+
+
+def as_display_text(text: str) -> str:
+    """Show raw text literally in a markdown Chatbot: escape HTML outside code spans.
+
+    The Chatbot sanitizes HTML (so a <script> can never run) but would still render
+    or drop tags; escaping keeps what the user or model typed visible as typed.
+    Code spans and fences are left alone because markdown shows them verbatim.
+    """
+    parts = _CODE.split(text)
+    return "".join(
+        part if index % 2 else html.escape(part, quote=False) for index, part in enumerate(parts)
+    )
+
+
+def for_display(history: list[dict]) -> list[dict]:
+    return [{"role": m["role"], "content": as_display_text(m["content"])} for m in history]
