@@ -17,7 +17,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import gradio as gr  # noqa: E402
 
 from training.models import EMBEDDED, ChatModel, ModelLoadError  # noqa: E402
+from labeling.store import Store  # noqa: E402
+from ui import arena, evals, train  # noqa: E402
 from ui.chat import chat_tab  # noqa: E402
+from ui.jobs import JobManager  # noqa: E402
 from ui.services import Services, Settings  # noqa: E402
 
 TITLE = "Preference loop"
@@ -30,8 +33,23 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             elem_id="header",
         )
         with gr.Tabs():
+            with gr.Tab("Arena", id="arena"):
+                arena_progress = arena.arena_tab(services)
             with gr.Tab("Chat", id="chat"):
                 chat_tab(services)
+            with gr.Tab("Train", id="train") as train_page:
+                train_data, train_method, _ = train.train_tab(services)
+            with gr.Tab("Evals", id="evals") as evals_page:
+                evals_picker, evals_outputs = evals.evals_tab(services)
+        private = dict(api_visibility="private")
+        demo.load(lambda request: arena.progress_text(services, arena.annotator_of(request)), None,
+                  arena_progress, **private)
+        data_summary = lambda method: train.data_summary(services, method)[0]  # noqa: E731
+        demo.load(data_summary, train_method, train_data, **private)
+        train_page.select(data_summary, train_method, train_data, **private)
+        evals_refresh = lambda picked: evals.refresh(services, picked)  # noqa: E731
+        demo.load(evals_refresh, evals_picker, evals_outputs, **private)
+        evals_page.select(evals_refresh, evals_picker, evals_outputs, **private)
     # One generation at a time on the shared weights; others wait in gradio's queue.
     demo.queue(default_concurrency_limit=1)
     return demo
@@ -56,7 +74,7 @@ def read_auth_file(path: Path) -> list[tuple[str, str]]:
 def create_services(settings: Settings) -> Services:
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype)
-    return Services(settings=settings, chat=chat)
+    return Services(settings=settings, chat=chat, store=Store(settings.data_dir), jobs=JobManager(settings))
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:

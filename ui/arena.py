@@ -10,9 +10,11 @@ from __future__ import annotations
 import random
 import time
 from functools import partial
+from pathlib import Path
 
 import gradio as gr
 
+from labeling.store import load_prompt_file
 from training.models import ModelLoadError, SamplingParams
 from ui.chat import sampling, sampling_controls
 from ui.services import BASE_CHOICE, Services, check_context, check_prompt, for_display
@@ -52,7 +54,7 @@ def progress_text(services: Services, annotator: str) -> str:
     progress = services.store.annotator_progress(annotator)
     return (
         f"**{annotator}** · labeled today: **{progress['today']}** · in all: **{progress['total']}**"
-        f" · prompts waiting in the queue: {services.store.queue_size()}"
+        f" · prompts waiting for you in the queue: {services.store.queue_size(annotator)}"
     )
 
 
@@ -146,6 +148,20 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
     return state, reveal, progress_text(services, annotator), "", *vote_buttons(False)
 
 
+def import_prompts(services, upload, request: gr.Request = None):
+    """Admins load a JSONL / CSV / MT-bench prompt file into the queue."""
+    if upload is None:
+        raise gr.Error("Choose a .jsonl or .csv file first.")
+    path = getattr(upload, "name", upload)
+    try:
+        rows = load_prompt_file(path)
+        added = services.store.import_prompts(rows, source=Path(path).name)
+    except (ValueError, OSError) as exc:
+        raise gr.Error(f"Could not import {Path(path).name}: {exc}") from exc
+    gr.Info(f"Imported {added} new prompts ({len(rows) - added} were already queued).")
+    return progress_text(services, annotator_of(request))
+
+
 def copy_answer(state, side):
     return (state or {}).get(f"answer_{side}", "")
 
@@ -207,12 +223,17 @@ def arena_tab(services: Services) -> None:
             model_x = gr.Dropdown(services.model_choices(), value=base, label="Model 1")
             model_y = gr.Dropdown(services.model_choices(), value=candidate, label="Model 2")
         controls = sampling_controls(seed=-1)  # -1: a random seed per comparison, recorded with it
+        with gr.Row():
+            prompt_file = gr.File(label="Prompt file (.jsonl with prompt or MT-bench turns, or .csv)",
+                                  file_types=[".jsonl", ".json", ".csv"], scale=3)
+            import_button = gr.Button("Import prompts into the queue", scale=1)
 
     private = dict(api_visibility="private")
     start_outputs = [state, view_a, view_b, prompt, reveal, *buttons]
     start_inputs = [prompt, state, keep_going, model_x, model_y, *controls]
     generate.click(partial(start, services), start_inputs, start_outputs, concurrency_id="model", **private)
     queued.click(partial(take_queued, services), None, [prompt, state], **private)
+    import_button.click(partial(import_prompts, services), prompt_file, progress, **private)
     for key, button in zip(CHOICES, buttons):
         # Lock all four buttons in the browser first, so a double click cannot send twice;
         # the store's unique keys make a replay harmless anyway.

@@ -1,0 +1,140 @@
+"""UI handlers called as plain functions on the tiny model: no browser, no server."""
+
+from __future__ import annotations
+
+import threading
+
+import gradio as gr
+import pytest
+
+from app import build_ui, parse_args, read_auth_file
+from labeling.store import Store
+from training.models import ChatModel, load_base
+from ui import arena, chat
+from ui.jobs import JobManager
+from ui.services import Services, Settings, as_display_text
+
+SAMPLING = [0.0, 1.0, 24, 0, ""]  # greedy, so answers are reproducible
+
+
+class FakeRequest:
+    def __init__(self, username):
+        self.username = username
+
+
+@pytest.fixture
+def services(tiny_model_dir, data_dir):
+    settings = Settings(data_dir=data_dir, base_model=str(tiny_model_dir))
+    model, tokenizer = load_base(str(tiny_model_dir), dtype="fp32")
+    services = Services(settings, ChatModel(model, tokenizer), Store(data_dir), JobManager(settings))
+    yield services
+    services.store.close()
+
+
+def test_chat_send_streams_both_sides_and_regenerate_replaces_answers(services):
+    updates = list(chat.send(services, "hello there", [], [], "base", "base", *SAMPLING))
+    assert len(updates) >= 3  # the user turn, then streamed tokens, then stats
+    left, right, left_view, right_view, box, stats = updates[-1]
+    assert [m["role"] for m in left] == ["user", "assistant"] and left[-1]["content"]
+    assert left == right  # same model and greedy: identical
+    assert box == "" and "tok/s" in stats
+    regenerated = list(chat.regenerate(services, left, right, "base", "base", *SAMPLING))[-1]
+    assert len(regenerated[0]) == 2 and regenerated[0][-1]["content"] == left[-1]["content"]
+
+
+def test_chat_rejects_empty_and_huge_prompts(services):
+    for bad in ["", "   ", "x" * 9000]:
+        with pytest.raises(gr.Error):
+            list(chat.send(services, bad, [], [], "base", "base", *SAMPLING))
+
+
+def test_chat_unknown_checkpoint_is_a_clear_error(services):
+    with pytest.raises(gr.Error, match="not found"):
+        list(chat.send(services, "hi", [], [], "base", "r-missing", *SAMPLING))
+
+
+def test_html_is_shown_as_text_but_code_is_left_alone():
+    shown = as_display_text("<script>alert(1)</script> and `<b>` and\n```\nif a < b:\n```")
+    assert "<script>" not in shown and "&lt;script&gt;" in shown
+    assert "`<b>`" in shown and "if a < b:" in shown
+
+
+def run_arena(services, prompt, user="ann", state=None, keep_going=False):
+    outputs = list(arena.start(services, prompt, state or {}, keep_going, "base", "base", *SAMPLING,
+                               request=FakeRequest(user)))
+    final = outputs[-1]
+    state, view_a, view_b = final[0], final[1], final[2]
+    buttons = final[5:]
+    assert all(not b["interactive"] for out in outputs[:-1] for b in out[5:])  # locked while streaming
+    assert all(b["interactive"] for b in buttons)  # unlocked once both answers are complete
+    return state
+
+
+def test_arena_vote_is_stored_once_and_reveals_models(services):
+    state = run_arena(services, "Tell me about the sea")
+    assert services.store.get_comparison(state["id"])["answer_a"] == state["answer_a"]
+    first = arena.vote(services, "a", state, "", request=FakeRequest("ann"))
+    assert "Vote saved" in first[1] and "A was `base`" in first[1]
+    second = arena.vote(services, "a", state, "", request=FakeRequest("ann"))  # double click / replay
+    assert "Already recorded" in second[1]
+    rows = services.store.labeled_rows()
+    assert len(rows) == 1 and rows[0]["choice"] == "a" and rows[0]["annotator"] == "ann"
+    assert services.store.annotator_progress("ann") == {"today": 1, "total": 1}
+
+
+def test_arena_multi_turn_uses_chosen_answer_as_history(services):
+    state = run_arena(services, "first question")
+    state = arena.vote(services, "b", state, "my better answer", request=FakeRequest("ann"))[0]
+    follow_up = run_arena(services, "second question", state=state, keep_going=True)
+    assert [m["content"] for m in follow_up["messages"]] == ["first question", "my better answer", "second question"]
+
+
+def test_two_annotators_voting_at_once_both_land(services):
+    states = {user: run_arena(services, f"prompt from {user}", user=user) for user in ("ann", "bob")}
+    barrier = threading.Barrier(2)
+
+    def cast(user):
+        barrier.wait()
+        arena.vote(services, "tie", states[user], "", request=FakeRequest(user))
+
+    threads = [threading.Thread(target=cast, args=(user,)) for user in states]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(r["annotator"] for r in services.store.labeled_rows()) == ["ann", "bob"]
+
+
+def test_arena_api_endpoints_round_trip(services):
+    comparison_id, answer_a, answer_b = arena.api_generate(services, "api prompt", FakeRequest("bot"))
+    assert answer_a and answer_b
+    assert arena.api_vote(services, comparison_id, "b", "", FakeRequest("bot")).startswith("saved")
+    assert arena.api_vote(services, comparison_id, "b", "", FakeRequest("bot")).startswith("already recorded")
+    with pytest.raises(ValueError, match="choice"):
+        arena.api_vote(services, comparison_id, "left", "", FakeRequest("bot"))
+
+
+def test_queued_prompts_feed_the_arena(services, tmp_path):
+    queue_file = tmp_path / "prompts.jsonl"
+    queue_file.write_text('{"prompt": "queued one"}\n{"turns": ["queued two", "follow"]}\n')
+    arena.import_prompts(services, str(queue_file), request=FakeRequest("ann"))
+    text, state = arena.take_queued(services, request=FakeRequest("ann"))
+    assert text == "queued one"
+    done = run_arena(services, text, state=state)
+    arena.vote(services, "a", done, "", request=FakeRequest("ann"))
+    assert arena.take_queued(services, request=FakeRequest("ann"))[0] == "queued two"
+
+
+def test_build_ui_registers_the_named_api_endpoints(services):
+    demo = build_ui(services.settings, services)
+    names = {d.api_name for d in demo.fns.values()}
+    assert {"arena_generate", "arena_vote"} <= names
+
+
+def test_cli_parsing_and_auth_file(tmp_path):
+    settings = parse_args(["--data-dir", str(tmp_path), "--port", "7999"])
+    assert settings.port == 7999 and settings.data_dir == tmp_path
+    auth = tmp_path / "users.txt"
+    auth.write_text("# admins\nann:secret\nbob:pw\n")
+    assert read_auth_file(auth) == [("ann", "secret"), ("bob", "pw")]
+    auth.write_text("justaname\n")
+    with pytest.raises(ValueError, match="user:password"):
+        read_auth_file(auth)

@@ -1,0 +1,152 @@
+"""Evals tab: each checkpoint's automatic checks against the base, the promotion
+gate, a trend over rounds, and human-vote win rates beside them."""
+
+from __future__ import annotations
+
+import json
+from functools import partial
+
+import gradio as gr
+import pandas as pd
+
+from evals import winrate
+from ui.arena import annotator_of
+from ui.jobs import JobBusy
+from ui.services import Services
+
+CHECK_COLUMNS = ["check", "flag", "base", "candidate", "note"]
+
+
+def number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
+
+
+def checks_frame(report: dict | None) -> pd.DataFrame:
+    if not report:
+        return pd.DataFrame(columns=CHECK_COLUMNS)
+    rows = [
+        {
+            "check": name,
+            "flag": "🚩 REGRESSION" if check.get("flagged") else "ok",
+            "base": number(check.get("base")),
+            "candidate": number(check.get("candidate")),
+            "note": check.get("explanation") or check.get("note") or "",
+        }
+        for name, check in report.get("checks", {}).items()
+    ]
+    return pd.DataFrame(rows, columns=CHECK_COLUMNS)
+
+
+def examples_markdown(report: dict | None) -> str:
+    if not report:
+        return ""
+    parts = []
+    for name, check in report.get("checks", {}).items():
+        if not check.get("flagged") or not check.get("examples"):
+            continue
+        parts.append(f"#### {name}")
+        for example in check["examples"][:3]:
+            parts.append("```json\n" + json.dumps(example, indent=1, ensure_ascii=False)[:1500] + "\n```")
+    return "\n".join(parts) or "No flagged examples."
+
+
+def trend_frame(services: Services) -> pd.DataFrame:
+    """Candidate value of every numeric check, one point per evaluated round."""
+    points = []
+    for index, checkpoint in enumerate(services.checkpoints(), 1):
+        for name, check in ((checkpoint.eval or {}).get("checks") or {}).items():
+            if isinstance(check.get("candidate"), (int, float)):
+                points.append({"round": index, "value": float(check["candidate"]), "check": name,
+                               "round_id": checkpoint.round_id})
+    return pd.DataFrame(points or [{"round": 0, "value": 0.0, "check": "none", "round_id": ""}])
+
+
+def gate_text(services: Services, round_id: str | None) -> str:
+    if not round_id:
+        return "No checkpoint yet: train a round in the Train tab."
+    checkpoint = next((c for c in services.checkpoints() if c.round_id == round_id), None)
+    if checkpoint is None:
+        return f"Checkpoint {round_id} not found."
+    current = services.store.current_candidate()
+    head = f"Current candidate: `{current or 'none (base only)'}`\n\n"
+    if checkpoint.eval is None:
+        job = services.jobs.current
+        running = job is not None and job.running and job.kind == "eval" and job.round_id == round_id
+        return head + ("⏳ Evals are running for this checkpoint…" if running else
+                       "⚠️ Not evaluated yet: promotion needs an eval report (or an override with a reason).")
+    if checkpoint.regression:
+        flagged = [n for n, c in checkpoint.eval.get("checks", {}).items() if c.get("flagged")]
+        return head + f"🚩 **Promotion blocked**: flagged {', '.join(flagged)}. An admin may override with a written reason."
+    return head + "✅ **All checks pass**: this checkpoint can be promoted."
+
+
+def show_checkpoint(services: Services, round_id: str | None):
+    checkpoint = next((c for c in services.checkpoints() if c.round_id == round_id), None)
+    report = checkpoint.eval if checkpoint else None
+    return checks_frame(report), examples_markdown(report), gate_text(services, round_id)
+
+
+def promote(services: Services, round_id: str, reason: str, request: gr.Request = None):
+    checkpoint = next((c for c in services.checkpoints() if c.round_id == round_id), None)
+    if checkpoint is None:
+        raise gr.Error("Pick a checkpoint first.")
+    reason = (reason or "").strip()
+    blocked = checkpoint.eval is None or checkpoint.regression
+    if blocked and not reason:
+        raise gr.Error("Promotion is blocked by the eval gate: write the reason for overriding it, then promote.")
+    services.store.record_promotion(round_id, annotator_of(request), reason, overridden=bool(blocked))
+    gr.Info(f"{round_id} is now the current candidate" + (" (gate overridden, reason recorded)." if blocked else "."))
+    return gate_text(services, round_id), ""
+
+
+def run_evals(services: Services, round_id: str):
+    if not round_id:
+        raise gr.Error("Pick a checkpoint first.")
+    try:
+        services.jobs.start_eval(round_id)
+    except JobBusy as exc:
+        raise gr.Error(str(exc)) from exc
+    gr.Info(f"Evals started for {round_id}; the report appears here when done (a few minutes).")
+    return gate_text(services, round_id)
+
+
+def win_rates(services: Services):
+    votes = services.store.vote_pairs_by_model()
+    board = winrate.leaderboard(votes) if votes else []
+    pair_rows = winrate.pairwise(votes) if votes else []
+    return pd.DataFrame(board), pd.DataFrame(pair_rows)
+
+
+def refresh(services: Services, round_id: str | None):
+    choices = [c.round_id for c in reversed(services.checkpoints())]
+    round_id = round_id if round_id in choices else (choices[0] if choices else None)
+    board, pair_rows = win_rates(services)
+    return (gr.update(choices=choices, value=round_id), *show_checkpoint(services, round_id),
+            trend_frame(services), board, pair_rows)
+
+
+def evals_tab(services: Services):
+    with gr.Row():
+        picker = gr.Dropdown([], label="Checkpoint", scale=3, elem_id="evals-picker")
+        refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
+        rerun = gr.Button("Run evals again", size="sm", scale=1)
+    gate = gr.Markdown(elem_id="evals-gate")
+    table = gr.Dataframe(headers=CHECK_COLUMNS, interactive=False, wrap=True, elem_id="evals-table")
+    with gr.Row():
+        reason = gr.Textbox(label="Override reason (required only when the gate blocks)", scale=4)
+        promote_button = gr.Button("Promote to current candidate", variant="primary", scale=1, elem_id="evals-promote")
+    with gr.Accordion("Offending examples", open=False):
+        examples = gr.Markdown()
+    trend = gr.LinePlot(trend_frame(services), x="round", y="value", color="check",
+                        title="Candidate value per check over rounds", height=280)
+    gr.Markdown("### Human votes (Arena): Bradley-Terry ratings with 95% bootstrap intervals")
+    board = gr.Dataframe(interactive=False, elem_id="evals-leaderboard")
+    pairwise = gr.Dataframe(interactive=False, label="Win rate per model pair")
+
+    private = dict(api_visibility="private")
+    outputs = [picker, table, examples, gate, trend, board, pairwise]
+    refresh_button.click(partial(refresh, services), picker, outputs, **private)
+    picker.change(partial(show_checkpoint, services), picker, [table, examples, gate], **private)
+    promote_button.click(partial(promote, services), [picker, reason], [gate, reason], **private)
+    rerun.click(partial(run_evals, services), picker, gate, **private)
+    return picker, outputs

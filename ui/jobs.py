@@ -1,0 +1,178 @@
+"""Training and eval subprocesses started from the UI, one at a time.
+
+The app never trains in-process: a round is `python -m training run ...` reading
+a snapshot file, and its evals are `python -m evals run ...` writing eval.json
+next to the checkpoint (DESIGN.md, one-way data flow). This module only starts,
+watches and cancels those processes; progress is read back from the files they
+write, so it survives a page refresh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class JobBusy(RuntimeError):
+    """A second start while a round or eval is running."""
+
+
+@dataclass
+class Job:
+    kind: str  # "train" | "eval"
+    round_id: str
+    log_dir: Path
+    process: subprocess.Popen
+    started: float = field(default_factory=time.time)
+    returncode: int | None = None
+    cancelled: bool = False
+
+    @property
+    def running(self) -> bool:
+        return self.returncode is None
+
+    @property
+    def output_log(self) -> Path:
+        return self.log_dir / f"{self.kind}.out.log"
+
+
+def new_round_id(method: str) -> str:
+    return f"r-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{method}"
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    rows = []
+    try:
+        with path.open() as handle:
+            for line in handle:
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:
+                    break  # a line still being written
+    except OSError:
+        pass
+    return rows
+
+
+def tail(path: Path, lines: int = 40) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - 64_000))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return ""
+    # tqdm redraws with \r; keep only the last state of each line
+    cleaned = [line.split("\r")[-1] for line in text.splitlines()]
+    return "\n".join(cleaned[-lines:])
+
+
+class JobManager:
+    """Runs at most one subprocess; a finished round queues its evals automatically."""
+
+    def __init__(self, settings, on_finished=None):
+        self.settings = settings
+        self.on_finished = on_finished  # called with the Job once it ends (e.g. to refresh pickers)
+        self.current: Job | None = None
+        self.history: list[Job] = []
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------ starting
+
+    def _spawn(self, module: str, round_id: str, args: list[str]) -> Job:
+        kind = {"training": "train", "evals": "eval"}[module]
+        with self._lock:
+            if self.current is not None and self.current.running:
+                what = "A training round" if self.current.kind == "train" else "An eval run"
+                raise JobBusy(f"{what} ({self.current.round_id}) is already running: wait for it or cancel it.")
+            log_dir = self.settings.runs_dir / round_id
+            log_dir.mkdir(parents=True, exist_ok=True)
+            env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
+            output = (log_dir / f"{kind}.out.log").open("ab")
+            process = subprocess.Popen(
+                [sys.executable, "-m", module, *args],
+                cwd=ROOT, stdout=output, stderr=subprocess.STDOUT, env=env,
+                start_new_session=True,  # cancel signals the whole group, not the app
+            )
+            output.close()
+            job = Job(kind, round_id, log_dir, process)
+            self.current = job
+            self.history.append(job)
+        threading.Thread(target=self._watch, args=(job,), daemon=True).start()
+        return job
+
+    def start_round(self, method: str, snapshot: Path, options: dict, init_adapter: Path | None = None) -> Job:
+        round_id = new_round_id(method)
+        args = [
+            "run", "--method", method, "--data", str(snapshot), "--out", str(self.settings.checkpoints_dir),
+            "--round-id", round_id, "--log-dir", str(self.settings.runs_dir / round_id),
+            "--base-model", self.settings.base_model, "--cache-dir", str(self.settings.cache_dir),
+        ]
+        for flag, value in options.items():
+            if value is True:
+                args.append(f"--{flag}")
+            elif value not in (None, False, ""):
+                args += [f"--{flag}", str(value)]
+        if init_adapter is not None:
+            args += ["--init-adapter", str(init_adapter)]
+        return self._spawn("training", round_id, args)
+
+    def start_eval(self, round_id: str) -> Job:
+        checkpoint = self.settings.checkpoints_dir / round_id
+        args = [
+            "run", "--adapter", str(checkpoint / "adapter"), "--out", str(checkpoint / "eval.json"),
+            "--base-model", self.settings.base_model, "--cache-dir", str(self.settings.cache_dir),
+        ]
+        return self._spawn("evals", round_id, args)
+
+    # ------------------------------------------------------------ watching
+
+    def _watch(self, job: Job) -> None:
+        job.returncode = job.process.wait()
+        if job.kind == "train" and job.returncode == 0 and not job.cancelled:
+            try:
+                self.start_eval(job.round_id)  # every finished round is evaluated before promotion
+            except JobBusy:
+                pass
+        if self.on_finished is not None:
+            self.on_finished(job)
+
+    def cancel(self) -> str:
+        job = self.current
+        if job is None or not job.running:
+            return "Nothing is running."
+        job.cancelled = True
+        try:
+            os.killpg(job.process.pid, signal.SIGTERM)  # the trainer cleans up its temp dir on SIGTERM
+            job.process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(job.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return f"Cancelled {job.kind} {job.round_id}."
+
+    def metrics(self, round_id: str) -> list[dict]:
+        return read_jsonl(self.settings.runs_dir / round_id / "metrics.jsonl")
+
+    def status_json(self, round_id: str) -> dict:
+        try:
+            return json.loads((self.settings.runs_dir / round_id / "status.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}
+
+    def log_text(self, job: Job | None, lines: int = 40) -> str:
+        if job is None:
+            return ""
+        text = tail(job.output_log, lines)
+        train_log = job.log_dir / "train.log"
+        return text if text.strip() or not train_log.exists() else tail(train_log, lines)
