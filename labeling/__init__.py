@@ -1,0 +1,1 @@
+"""Labeling: the preference store (DuckDB), vote -> training-row rules, and the CLI."""

@@ -1,0 +1,452 @@
+"""The DuckDB owner: migrations, writes, reads and snapshot files.
+
+All SQL lives here and is parameterized. DuckDB rules that shape the class:
+- one read-write process per file, so the app is the only writer and the CLI
+  opens read-only (`StoreLocked` while the app holds the file);
+- a connection is not thread-safe: writes go through the main connection behind
+  a lock, inside explicit BEGIN/COMMIT (otherwise a failing batch keeps its
+  earlier statements); reads use one cursor per thread;
+- COMMIT is durable once it returns, so an acknowledged vote survives kill -9.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import tempfile
+import threading
+import uuid
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import duckdb
+
+from labeling import pairs
+
+DB_NAME = "preferences.duckdb"
+MAX_BETTER_ANSWER_CHARS = 20_000
+ROLES = ("system", "user", "assistant")
+
+
+class StoreLocked(RuntimeError):
+    """Another process (the running app) holds the database file."""
+
+
+@dataclass(frozen=True)
+class VoteResult:
+    vote_id: str
+    created: bool  # False: a replay or double-click; vote_id is the vote recorded earlier
+
+
+# ---- migrations: append only; each runs once, inside its own transaction ------
+
+
+def _create_prompts(db) -> None:
+    db.execute("CREATE SEQUENCE prompts_id_seq START 1")
+    db.execute("""CREATE TABLE prompts (
+        id INTEGER PRIMARY KEY DEFAULT nextval('prompts_id_seq'),
+        content_hash VARCHAR NOT NULL UNIQUE,  -- sha256 of the messages: re-imports are no-ops
+        messages VARCHAR NOT NULL, source VARCHAR NOT NULL, category VARCHAR, reference VARCHAR,
+        created_at TIMESTAMP NOT NULL)""")
+
+
+def _create_comparisons_and_votes(db) -> None:
+    # answer_a was shown on the LEFT; model_a names the checkpoint that wrote it ("base" for the base)
+    db.execute("""CREATE TABLE comparisons (
+        id VARCHAR PRIMARY KEY, messages VARCHAR NOT NULL,
+        answer_a VARCHAR NOT NULL, answer_b VARCHAR NOT NULL,
+        model_a VARCHAR NOT NULL, model_b VARCHAR NOT NULL, adapter_a VARCHAR, adapter_b VARCHAR,
+        params VARCHAR NOT NULL, annotator VARCHAR NOT NULL,
+        prompt_id INTEGER REFERENCES prompts(id), created_at TIMESTAMP NOT NULL)""")
+    db.execute("""CREATE TABLE votes (
+        id VARCHAR PRIMARY KEY, comparison_id VARCHAR NOT NULL REFERENCES comparisons(id),
+        annotator VARCHAR NOT NULL,
+        choice VARCHAR NOT NULL CHECK (choice IN ('a', 'b', 'tie', 'both_bad')),
+        better_answer VARCHAR, idempotency_key VARCHAR UNIQUE, time_spent_s DOUBLE,
+        created_at TIMESTAMP NOT NULL, UNIQUE (annotator, comparison_id))""")
+
+
+def _create_promotions(db) -> None:
+    db.execute("CREATE SEQUENCE promotions_id_seq START 1")
+    db.execute("""CREATE TABLE promotions (
+        id INTEGER PRIMARY KEY DEFAULT nextval('promotions_id_seq'), round_id VARCHAR NOT NULL,
+        action VARCHAR NOT NULL CHECK (action IN ('promote')), promoted_by VARCHAR NOT NULL,
+        reason VARCHAR NOT NULL, overridden BOOLEAN NOT NULL, created_at TIMESTAMP NOT NULL)""")
+
+
+MIGRATIONS = [_create_prompts, _create_comparisons_and_votes, _create_promotions]
+
+
+# ---- input helpers ----------------------------------------------------------------
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored as naive UTC
+
+
+def _required(value, name: str) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} must be a non-empty string")
+    return value.strip()
+
+
+def _text_content(content) -> str | None:
+    """A string, or Gradio 6's normalised form: a list of {"type": "text", "text": ...} parts."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list) and all(isinstance(p, dict) and p.get("type") == "text" for p in content):
+        return "\n".join(str(p.get("text", "")) for p in content)
+    return None  # files and components cannot become training text
+
+
+def _clean_messages(messages) -> list[dict]:
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {role, content} dicts")
+    cleaned = []
+    for m in messages:
+        content = _text_content(m.get("content")) if isinstance(m, dict) else None
+        if content is None or m.get("role") not in ROLES:
+            raise ValueError(f"bad message {m!r}: need role in {ROLES} and text content")
+        cleaned.append({"role": m["role"], "content": content})  # drop UI-only keys (metadata, options)
+    if cleaned[-1]["role"] != "user":
+        raise ValueError("the conversation used as prompt must end with a user message")
+    return cleaned
+
+
+def _content_hash(messages: list[dict]) -> str:
+    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+def load_prompt_file(path) -> list[dict]:
+    """Rows of {prompt, category, reference} from JSONL ({"prompt"} or MT-bench {"turns"}) or CSV."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"prompt file not found: {path}")
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as f:
+            records = list(csv.DictReader(f))
+        if records and "prompt" not in records[0]:
+            raise ValueError(f"{path}: CSV needs a 'prompt' column")
+        numbered = enumerate(records, start=2)  # line 1 is the header
+    elif path.suffix.lower() in (".jsonl", ".json"):
+        numbered = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                numbered.append((number, json.loads(line)))
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+    else:
+        raise ValueError(f"{path}: unsupported prompt file type; use .jsonl or .csv")
+    rows = []
+    for number, record in numbered:
+        turns = record.get("turns") if isinstance(record, dict) else None
+        # MT-bench: the first turn stands alone; later turns depend on the model's first answer
+        prompt = turns[0] if isinstance(turns, list) and turns else (record or {}).get("prompt")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise ValueError(f"{path}:{number}: no 'prompt' text (or MT-bench 'turns')")
+        reference = record.get("reference")
+        if isinstance(reference, list):
+            reference = reference[0] if reference else None
+        rows.append({"prompt": prompt.strip(), "category": record.get("category") or None,
+                     "reference": reference or None})
+    if not rows:
+        raise ValueError(f"{path}: no prompts found")
+    return rows
+
+
+def _canonical_jsonl(rows: list[dict]) -> bytes:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
+
+
+def write_rows(rows: list[dict], path) -> Path:
+    """Write training rows to .jsonl or .parquet atomically (temp file + fsync + rename)."""
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".parquet"):
+        raise ValueError(f"{path}: output must end in .jsonl or .parquet")
+    if not rows:
+        raise ValueError("no rows to write: label some comparisons first")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            if suffix == ".jsonl":
+                f.write(_canonical_jsonl(rows))
+            else:
+                import pyarrow as pa
+                import pyarrow.parquet as pq
+
+                pq.write_table(pa.Table.from_pylist(rows), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+# ---- the store --------------------------------------------------------------------
+
+
+class Store:
+    def __init__(self, data_dir, read_only: bool = False):
+        self.data_dir = Path(data_dir)
+        self.path = self.data_dir / DB_NAME
+        self.read_only = read_only
+        if read_only and not self.path.exists():
+            raise FileNotFoundError(f"no preferences database at {self.path}")
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            self._conn = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.IOException as e:
+            if "lock" in str(e).lower():
+                raise StoreLocked(f"{self.path} is in use by another process (the running app?)") from None
+            raise
+        self._lock = threading.RLock()
+        self._local = threading.local()
+        self._cursors: list = []
+        try:
+            self._migrate()
+        except BaseException:
+            self._conn.close()  # do not keep the file locked after a failed open
+            raise
+
+    def _migrate(self) -> None:
+        if self.read_only:
+            tables = {r[0] for r in self._conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+            applied = self._conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] \
+                if "schema_migrations" in tables else 0
+            if applied != len(MIGRATIONS):
+                raise RuntimeError(f"{self.path} has schema {applied}/{len(MIGRATIONS)}; open it once with the app")
+            return
+        self._conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
+            version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)""")
+        applied = {r[0] for r in self._conn.execute("SELECT version FROM schema_migrations").fetchall()}
+        for version, migration in enumerate(MIGRATIONS, start=1):
+            if version not in applied:
+                with self._write() as db:
+                    migration(db)
+                    db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, migration.__name__, _now()])
+
+    @contextmanager
+    def _write(self):
+        if self.read_only:
+            raise RuntimeError("store was opened read-only")
+        with self._lock:
+            self._conn.execute("BEGIN TRANSACTION")
+            try:
+                yield self._conn
+                self._conn.execute("COMMIT")
+            except BaseException:
+                try:
+                    self._conn.execute("ROLLBACK")
+                except duckdb.Error:
+                    pass  # a failed COMMIT has already ended the transaction
+                raise
+
+    def _read(self):
+        """This thread's cursor: DuckDB connections must not be shared across threads."""
+        cursor = getattr(self._local, "cursor", None)
+        if cursor is None:
+            with self._lock:
+                cursor = self._conn.cursor()
+                self._cursors.append(cursor)
+            self._local.cursor = cursor
+        return cursor
+
+    def _dicts(self, sql: str, params=()) -> list[dict]:
+        cursor = self._read().execute(sql, list(params))
+        names = [d[0] for d in cursor.description]
+        return [dict(zip(names, row)) for row in cursor.fetchall()]
+
+    def _scalar(self, sql: str, params=()):
+        return self._read().execute(sql, list(params)).fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            for cursor in self._cursors:
+                cursor.close()
+            self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # ---- comparisons and votes ----
+
+    def add_comparison(self, messages: list[dict], answer_a: str, answer_b: str, model_a: str, model_b: str,
+                       adapter_a: str | None, adapter_b: str | None, params: dict, annotator: str,
+                       prompt_id: int | None = None) -> str:
+        messages = _clean_messages(messages)
+        if not isinstance(answer_a, str) or not isinstance(answer_b, str):
+            raise ValueError("answers must be strings")
+        if not isinstance(params, dict):
+            raise ValueError("params must be a dict")
+        row = [str(uuid.uuid4()), json.dumps(messages, ensure_ascii=False), answer_a, answer_b,
+               _required(model_a, "model_a"), _required(model_b, "model_b"), adapter_a, adapter_b,
+               json.dumps(params, sort_keys=True), _required(annotator, "annotator"), prompt_id, _now()]
+        with self._write() as db:
+            if prompt_id is not None and not db.execute("SELECT 1 FROM prompts WHERE id = ?", [prompt_id]).fetchone():
+                raise ValueError(f"unknown prompt id {prompt_id}")
+            db.execute("INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+        return row[0]
+
+    def get_comparison(self, comparison_id: str) -> dict | None:
+        rows = self._dicts("SELECT * FROM comparisons WHERE id = ?", [comparison_id])
+        if not rows:
+            return None
+        row = rows[0]
+        row["messages"], row["params"] = json.loads(row["messages"]), json.loads(row["params"])
+        return row
+
+    def record_vote(self, comparison_id: str, annotator: str, choice: str, better_answer: str | None = None,
+                    idempotency_key: str | None = None, time_spent_s: float | None = None) -> VoteResult:
+        annotator = _required(annotator, "annotator")
+        if choice not in pairs.CHOICES:
+            raise ValueError(f"choice must be one of {', '.join(pairs.CHOICES)}, got {choice!r}")
+        if better_answer is not None and not isinstance(better_answer, str):
+            raise ValueError("better_answer must be a string")
+        better_answer = (better_answer or "").strip() or None
+        if better_answer and len(better_answer) > MAX_BETTER_ANSWER_CHARS:
+            raise ValueError(f"better_answer is over {MAX_BETTER_ANSWER_CHARS} characters")
+        idempotency_key = (idempotency_key or "").strip() or None
+        if time_spent_s is not None and not (isinstance(time_spent_s, (int, float)) and math.isfinite(time_spent_s)
+                                             and time_spent_s >= 0):
+            raise ValueError("time_spent_s must be a non-negative number")
+        with self._write() as db:
+            # replays are answered with the earlier vote; the single writer makes check-then-insert safe
+            existing = db.execute(
+                "SELECT id FROM votes WHERE idempotency_key = ? OR (annotator = ? AND comparison_id = ?) LIMIT 1",
+                [idempotency_key, annotator, comparison_id]).fetchone()
+            if existing:
+                return VoteResult(existing[0], created=False)
+            if not db.execute("SELECT 1 FROM comparisons WHERE id = ?", [comparison_id]).fetchone():
+                raise ValueError(f"unknown comparison id {comparison_id!r}")
+            vote_id = str(uuid.uuid4())
+            db.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                       [vote_id, comparison_id, annotator, choice, better_answer, idempotency_key,
+                        time_spent_s, _now()])
+        return VoteResult(vote_id, created=True)
+
+    def annotator_progress(self, annotator: str) -> dict:
+        midnight = _now().replace(hour=0, minute=0, second=0, microsecond=0)  # UTC day
+        today, total = self._read().execute(
+            "SELECT count(*) FILTER (WHERE created_at >= ?), count(*) FROM votes WHERE annotator = ?",
+            [midnight, annotator]).fetchone()
+        return {"today": today, "total": total}
+
+    def labeled_rows(self) -> list[dict]:
+        rows = self._dicts("""
+            SELECT v.id AS vote_id, v.comparison_id, v.annotator, v.choice, v.better_answer, v.time_spent_s,
+                   v.created_at, c.messages, c.answer_a, c.answer_b, c.model_a, c.model_b,
+                   c.adapter_a, c.adapter_b, c.params, c.prompt_id
+            FROM votes v JOIN comparisons c ON c.id = v.comparison_id
+            ORDER BY v.created_at, v.id""")
+        for row in rows:
+            row["messages"], row["params"] = json.loads(row["messages"]), json.loads(row["params"])
+        return rows
+
+    def vote_pairs_by_model(self) -> list[dict]:
+        return self._dicts("""SELECT c.model_a, c.model_b, v.choice FROM votes v
+                              JOIN comparisons c ON c.id = v.comparison_id ORDER BY v.created_at, v.id""")
+
+    # ---- prompt queue ----
+
+    def import_prompts(self, rows: list[dict], source: str) -> int:
+        source = _required(source, "source")
+        fresh: dict[str, tuple] = {}
+        for row in rows:
+            messages = row.get("messages") or [{"role": "user", "content": _required(row.get("prompt"), "prompt")}]
+            messages = _clean_messages(messages)
+            fresh.setdefault(_content_hash(messages), (messages, row.get("category"), row.get("reference")))
+        with self._write() as db:
+            known = {r[0] for r in db.execute("SELECT content_hash FROM prompts").fetchall()}
+            new = [(h, m, c, r) for h, (m, c, r) in fresh.items() if h not in known]
+            for content_hash, messages, category, reference in new:
+                db.execute("""INSERT INTO prompts (content_hash, messages, source, category, reference, created_at)
+                              VALUES (?, ?, ?, ?, ?, ?)""",
+                           [content_hash, json.dumps(messages, ensure_ascii=False), source, category, reference,
+                            _now()])
+        return len(new)
+
+    # Prompts the annotator has neither voted on nor been served (a comparison they
+    # generated and skipped counts as served, so a skip does not come back forever).
+    _UNSEEN = """
+        WITH seen AS (
+            SELECT prompt_id FROM comparisons WHERE annotator = ? AND prompt_id IS NOT NULL
+            UNION SELECT c.prompt_id FROM votes v JOIN comparisons c ON c.id = v.comparison_id
+                  WHERE v.annotator = ? AND c.prompt_id IS NOT NULL),
+        labels AS (
+            SELECT c.prompt_id, count(*) AS n FROM votes v JOIN comparisons c ON c.id = v.comparison_id
+            GROUP BY c.prompt_id)
+        SELECT p.id, p.messages, p.source, p.category, p.reference, coalesce(l.n, 0) AS labels
+        FROM prompts p LEFT JOIN labels l ON l.prompt_id = p.id
+        WHERE p.id NOT IN (SELECT prompt_id FROM seen)"""
+
+    def next_prompt(self, annotator: str) -> dict | None:
+        rows = self._dicts(self._UNSEEN + " ORDER BY labels, p.id LIMIT 1", [annotator, annotator])
+        if not rows:
+            return None
+        row = rows[0]
+        row["messages"] = json.loads(row["messages"])
+        row["prompt"] = row["messages"][-1]["content"]
+        return row
+
+    def queue_size(self, annotator: str | None = None) -> int:
+        """Prompts still to label: for one annotator, or (no annotator) prompts nobody labeled yet."""
+        if annotator is not None:
+            return self._scalar(f"SELECT count(*) FROM ({self._UNSEEN})", [annotator, annotator])
+        return self._scalar("""SELECT count(*) FROM prompts p WHERE NOT EXISTS (
+            SELECT 1 FROM comparisons c JOIN votes v ON v.comparison_id = c.id WHERE c.prompt_id = p.id)""")
+
+    # ---- snapshots, promotions, stats ----
+
+    def write_snapshot(self, kind: str, out_dir, fmt: str = "jsonl") -> Path:
+        """An immutable training file named by the hash of its rows; an existing one is reused."""
+        if fmt not in ("jsonl", "parquet"):
+            raise ValueError(f"snapshot format must be jsonl or parquet, got {fmt!r}")
+        rows, _ = pairs.build(kind, self.labeled_rows())
+        # hash the canonical JSONL so the name depends on the data, not on the parquet writer
+        digest = hashlib.sha256(_canonical_jsonl(rows)).hexdigest()[:12]
+        path = Path(out_dir) / f"{kind}-{digest}.{fmt}"
+        return path if path.exists() else write_rows(rows, path)
+
+    def record_promotion(self, round_id: str, by: str, reason: str, overridden: bool) -> None:
+        reason = (reason or "").strip()
+        if overridden and not reason:
+            raise ValueError("overriding a flagged regression needs a reason")
+        with self._write() as db:
+            db.execute("""INSERT INTO promotions (round_id, action, promoted_by, reason, overridden, created_at)
+                          VALUES (?, 'promote', ?, ?, ?, ?)""",
+                       [_required(round_id, "round_id"), _required(by, "by"), reason, bool(overridden), _now()])
+
+    def promotions(self) -> list[dict]:
+        """Promotion history, oldest first."""
+        return self._dicts("SELECT * FROM promotions ORDER BY id")
+
+    def current_candidate(self) -> str | None:
+        row = self._read().execute("SELECT round_id FROM promotions ORDER BY id DESC LIMIT 1").fetchone()
+        return row[0] if row else None
+
+    def stats(self) -> dict:
+        rows = self.labeled_rows()
+        return {
+            "prompts": self._scalar("SELECT count(*) FROM prompts"),
+            "comparisons": self._scalar("SELECT count(*) FROM comparisons"),
+            "votes": len(rows),
+            "choices": {c: n for c, n in Counter(r["choice"] for r in rows).items()},
+            "annotators": dict(Counter(r["annotator"] for r in rows).most_common()),
+            "position_bias": pairs.position_bias(rows),
+            "agreement": pairs.agreement(rows),
+        }

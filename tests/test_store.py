@@ -1,0 +1,284 @@
+"""The DuckDB store: migrations, vote idempotency, concurrency, durability, prompts, snapshots."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+from labeling.store import MIGRATIONS, Store, StoreLocked, load_prompt_file
+
+ROOT = Path(__file__).resolve().parent.parent
+MT_BENCH = Path("/work/shared/data/mt_bench/question.jsonl")
+PROMPT = [{"role": "user", "content": "Name a primary colour."}]
+PARAMS = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 1, "system_prompt": ""}
+
+
+def add(store: Store, messages=PROMPT, a="Red.", b="Blue is one.", **kw) -> str:
+    args = dict(model_a="base", model_b="round-1", adapter_a=None, adapter_b="abc123", params=PARAMS,
+                annotator="ann")
+    args.update(kw)
+    return store.add_comparison(messages, a, b, **args)
+
+
+@pytest.fixture
+def store(data_dir):
+    with Store(data_dir) as s:
+        yield s
+
+
+def count(store: Store, table: str) -> int:
+    return store.stats()[table]  # "votes" or "comparisons"
+
+
+# ---- migrations ----
+
+
+def test_migrations_run_once_and_reopen_is_idempotent(data_dir):
+    with Store(data_dir) as store:
+        cid = add(store)
+    assert (data_dir / "preferences.duckdb").exists()
+    with Store(data_dir) as store:
+        versions = store._read().execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+        assert versions == [(i, m.__name__) for i, m in enumerate(MIGRATIONS, start=1)]
+        assert store.get_comparison(cid)["answer_a"] == "Red."
+
+
+def test_read_only_store_cannot_write_and_needs_an_existing_db(data_dir):
+    with pytest.raises(FileNotFoundError):
+        Store(data_dir, read_only=True)
+    Store(data_dir).close()
+    with Store(data_dir, read_only=True) as store:
+        assert store.stats()["votes"] == 0
+        with pytest.raises(RuntimeError, match="read-only"):
+            add(store)
+
+
+# ---- comparisons and votes ----
+
+
+def test_comparison_round_trip(store):
+    history = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"},
+               {"role": "assistant", "content": "Hello.", "metadata": {"ui": 1}},
+               {"role": "user", "content": [{"type": "text", "text": "2+2?"}]}]  # Gradio 6's normalised form
+    cid = add(store, history, "4", "Four.")
+    row = store.get_comparison(cid)
+    assert row["messages"][2] == {"role": "assistant", "content": "Hello."}  # UI-only keys dropped
+    assert row["messages"][3] == {"role": "user", "content": "2+2?"}
+    assert row["params"] == PARAMS and row["model_b"] == "round-1" and row["adapter_a"] is None
+    assert store.get_comparison("nope") is None
+
+
+@pytest.mark.parametrize("messages", [[], [{"role": "user"}], [{"role": "bot", "content": "x"}],
+                                      [{"role": "user", "content": [{"type": "file", "file": {}}]}],
+                                      [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}]])
+def test_add_comparison_rejects_bad_messages(store, messages):
+    with pytest.raises(ValueError):
+        add(store, messages)
+
+
+def test_add_comparison_rejects_unknown_prompt_and_empty_annotator(store):
+    with pytest.raises(ValueError, match="unknown prompt"):
+        add(store, prompt_id=999)
+    with pytest.raises(ValueError, match="annotator"):
+        add(store, annotator="  ")
+    assert count(store, "comparisons") == 0  # the failed transactions left nothing behind
+
+
+def test_vote_is_recorded_and_better_answer_normalised(store):
+    cid = add(store)
+    result = store.record_vote(cid, "ann", "a", better_answer="   ", time_spent_s=3.5)
+    assert result.created
+    [row] = store.labeled_rows()
+    assert row["vote_id"] == result.vote_id and row["better_answer"] is None and row["choice"] == "a"
+    assert row["messages"] == PROMPT and row["answer_b"] == "Blue is one."
+
+
+def test_double_vote_records_one_row(store):
+    cid = add(store)
+    first = store.record_vote(cid, "ann", "a")
+    second = store.record_vote(cid, "ann", "b")  # double-click, or a changed mind after the fact
+    assert (second.vote_id, second.created) == (first.vote_id, False)
+    assert count(store, "votes") == 1 and store.labeled_rows()[0]["choice"] == "a"
+
+
+def test_replayed_idempotency_key_records_one_row(store):
+    cids = [add(store), add(store)]
+    first = store.record_vote(cids[0], "ann", "tie", idempotency_key="req-1")
+    replay = store.record_vote(cids[1], "ann", "tie", idempotency_key="req-1")
+    assert (replay.vote_id, replay.created) == (first.vote_id, False)
+    assert count(store, "votes") == 1
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"comparison_id": "missing"}, "unknown comparison"),
+    ({"choice": "left"}, "choice must be one of"),
+    ({"annotator": ""}, "annotator"),
+    ({"better_answer": "x" * 20_001}, "20000"),
+    ({"time_spent_s": -1}, "time_spent_s"),
+])
+def test_bad_votes_raise_value_error(store, kwargs, message):
+    args = {"comparison_id": add(store), "annotator": "ann", "choice": "a"} | kwargs
+    with pytest.raises(ValueError, match=message):
+        store.record_vote(**args)
+    assert count(store, "votes") == 0
+
+
+def test_concurrent_votes_from_20_threads(store):
+    comparisons = [[add(store, annotator=f"t{t}") for _ in range(10)] for t in range(20)]
+    start = threading.Barrier(20)
+    errors = []
+
+    def label(thread: int) -> None:
+        start.wait()  # all threads hit the store at once
+        try:
+            for cid in comparisons[thread]:
+                assert store.record_vote(cid, f"t{thread}", "ab"[thread % 2]).created
+                store.annotator_progress(f"t{thread}")  # interleave reads on per-thread cursors
+        except Exception as e:  # surfaced below; an assert inside a thread would be lost
+            errors.append(e)
+
+    threads = [threading.Thread(target=label, args=(t,)) for t in range(20)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    assert count(store, "votes") == 200
+    assert store.annotator_progress("t3") == {"today": 10, "total": 10}
+
+
+DURABILITY_CHILD = """
+import sys
+from labeling.store import Store
+store = Store(sys.argv[1])
+prompt = [{"role": "user", "content": "q"}]
+for i in range(100_000):  # runs until the parent kills it
+    cid = store.add_comparison(prompt, "x", "y", "base", "r1", None, None, {}, "ann")
+    vote = store.record_vote(cid, "ann", "a")
+    print(vote.vote_id, flush=True)
+"""
+
+
+def test_acknowledged_votes_survive_sigkill(data_dir):
+    child = subprocess.Popen([sys.executable, "-c", DURABILITY_CHILD, str(data_dir)], cwd=ROOT,
+                             stdout=subprocess.PIPE, text=True)
+    acked = []
+    try:
+        while len(acked) < 25:
+            line = child.stdout.readline()
+            assert line, "child exited before acknowledging enough votes"
+            acked.append(line.strip())
+        os.kill(child.pid, signal.SIGKILL)  # mid-loop: the next vote is likely half-written
+    finally:
+        child.kill()
+        child.wait()
+    assert child.returncode == -signal.SIGKILL
+    with Store(data_dir) as store:
+        stored = {r["vote_id"] for r in store.labeled_rows()}
+    assert set(acked) <= stored
+
+
+def test_cli_side_open_fails_cleanly_while_another_process_holds_the_db(store, data_dir):
+    code = "import sys; from labeling.store import Store, StoreLocked\n" \
+           "try: Store(sys.argv[1], read_only=True)\nexcept StoreLocked as e: print('locked:', e)"
+    out = subprocess.run([sys.executable, "-c", code, str(data_dir)], cwd=ROOT, capture_output=True, text=True)
+    assert out.stdout.startswith("locked:"), out.stderr
+    assert StoreLocked.__mro__[1] is RuntimeError
+
+
+# ---- prompts ----
+
+
+def test_mt_bench_prompts_import_idempotently(store):
+    rows = load_prompt_file(MT_BENCH)
+    assert len(rows) == 80 and rows[0]["category"] == "writing"
+    assert rows[0]["prompt"].startswith("Compose an engaging travel blog post")
+    assert store.import_prompts(rows, source="mt_bench") == 80
+    assert store.import_prompts(rows, source="mt_bench") == 0
+    assert store.queue_size() == 80
+
+
+def test_prompt_files_jsonl_and_csv(tmp_path):
+    jsonl = tmp_path / "p.jsonl"
+    jsonl.write_text('{"prompt": "Hello?"}\n\n{"prompt": "Why?", "category": "misc"}\n')
+    assert [r["prompt"] for r in load_prompt_file(jsonl)] == ["Hello?", "Why?"]
+    table = tmp_path / "p.csv"
+    table.write_text('prompt,category\n"Say hi, please",greet\n')
+    assert load_prompt_file(table) == [{"prompt": "Say hi, please", "category": "greet", "reference": None}]
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("bad.jsonl", '{"prompt": "ok"}\n{not json\n', ":2: not valid JSON"),
+    ("bad.jsonl", '{"question": "x"}\n', ":1: no 'prompt'"),
+    ("bad.csv", "question\nx\n", "'prompt' column"),
+    ("bad.txt", "x", "unsupported"),
+    ("empty.jsonl", "\n", "no prompts"),
+])
+def test_bad_prompt_files_raise_value_error(tmp_path, name, text, message):
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ValueError, match=message):
+        load_prompt_file(path)
+
+
+def test_next_prompt_serves_least_labeled_unseen_prompts(store):
+    store.import_prompts([{"prompt": "one"}, {"prompt": "two"}, {"prompt": "three"}], source="t")
+    first = store.next_prompt("x")
+    assert first["prompt"] == "one" and first["source"] == "t"
+    store.record_vote(add(store, first["messages"], annotator="x", prompt_id=first["id"]), "x", "a")
+    assert store.next_prompt("x")["prompt"] == "two"  # x has labeled "one"
+    assert store.next_prompt("y")["prompt"] == "two"  # "one" already has a label, "two" has none
+    skipped = add(store, [{"role": "user", "content": "two"}], annotator="x", prompt_id=store.next_prompt("x")["id"])
+    assert skipped and store.next_prompt("x")["prompt"] == "three"  # a generated-but-skipped prompt is not re-served
+    assert store.queue_size("x") == 1 and store.queue_size() == 2
+    assert store.annotator_progress("x") == {"today": 1, "total": 1}
+
+
+# ---- snapshots, promotions, stats ----
+
+
+def test_snapshot_is_named_by_content_and_reused(store, tmp_path):
+    for choice in ("a", "b"):
+        store.record_vote(add(store), "ann", choice)
+    path = store.write_snapshot("dpo", tmp_path / "snaps")
+    assert path.name.startswith("dpo-") and path.suffix == ".jsonl" and len(path.stem) == len("dpo-") + 12
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    assert [r["chosen"][0]["content"] for r in rows] == ["Red.", "Blue is one."]
+    mtime = path.stat().st_mtime_ns
+    assert store.write_snapshot("dpo", tmp_path / "snaps") == path and path.stat().st_mtime_ns == mtime
+    parquet = store.write_snapshot("dpo", tmp_path / "snaps", fmt="parquet")
+    assert parquet.stem == path.stem  # same data, same hash, whatever the format
+    store.record_vote(add(store), "ann", "a")
+    assert store.write_snapshot("dpo", tmp_path / "snaps") != path
+    assert not [p for p in (tmp_path / "snaps").iterdir() if p.name.startswith(".")]  # no temp files left
+
+
+def test_promotions(store):
+    assert store.current_candidate() is None
+    store.record_promotion("round-1", by="admin", reason="", overridden=False)
+    with pytest.raises(ValueError, match="reason"):
+        store.record_promotion("round-2", by="admin", reason=" ", overridden=True)
+    store.record_promotion("round-2", by="admin", reason="canned flag is a false positive", overridden=True)
+    assert store.current_candidate() == "round-2"
+    assert [(p["round_id"], p["overridden"]) for p in store.promotions()] == [("round-1", False), ("round-2", True)]
+
+
+def test_stats_and_model_pairs(store):
+    shared = add(store)
+    store.record_vote(shared, "x", "a")
+    store.record_vote(shared, "y", "a")
+    store.record_vote(add(store, model_a="round-1", model_b="base"), "x", "b")
+    stats = store.stats()
+    assert stats["votes"] == 3 and stats["comparisons"] == 2
+    assert stats["annotators"] == {"x": 2, "y": 1} and stats["choices"] == {"a": 2, "b": 1}
+    assert stats["position_bias"]["left_share"] == pytest.approx(2 / 3)
+    assert stats["agreement"]["comparisons"] == 1
+    assert json.dumps(stats)  # JSON-ready for the CLI and the UI
+    assert store.vote_pairs_by_model()[-1] == {"model_a": "round-1", "model_b": "base", "choice": "b"}
