@@ -100,8 +100,12 @@ _HELP_OFFER = re.compile(
     r"(?:feel free to|don'?t hesitate to) (?:ask|reach out|contact)|"
     r"let me know (?:if|how|what) (?:you|i)|"
     r"thanks? (?:you )?for (?:reaching out|contacting|your (?:question|message))|"
-    r"what(?:'s| is) on your mind|at your service|what (?:would|do) you (?:like|want|need)|"
-    r"(?:i'?m|i am) (?:an? )?(?:ai |virtual |friendly |helpful )*assistant)\b"
+    r"what(?:'s| is) on your mind|at your service|what (?:would|do) you (?:like|want|need|wish)|"
+    r"what brings you|(?:i'?m|i am) (?:always )?here for you|ask me anything|tell me (?:how|what)|"
+    r"(?:i'?m|i am) (?:an? )?(?:ai |virtual |friendly |helpful )*assistant)\b|"
+    # any short question back about helping: "What can I help with?", "Where can I assist?"
+    r"\b(?:how|what|where|anything|something)\b[^.?!]{0,25}\b(?:i|we)\b[^.?!]{0,20}"
+    r"\b(?:help|assist|serve|support|do for you|be (?:useful|of use))\b[^.?!]{0,20}\?"
 )
 # Words that carry no answer even when left over ("Dear, how can I help you today?").
 _FILLER = set(
@@ -135,42 +139,85 @@ def is_canned_greeting(text: str, t: Thresholds = DEFAULT_THRESHOLDS) -> bool:
 
 # Feature families of a pitch; a text scores one point per family present (strong ones two).
 # No single family is damning (prices and "amazing" appear in honest answers); several are.
+_COMMERCE_NOUN = (
+    r"(?:our|store|shop|website|site|link|offer|deal|app|membership|subscription|plan|premium|today|now|online|"
+    r"checkout|cart|free|yours|pass|bundle|kit|package|trial|consultation|catalog(?:ue)?|collection|range)"
+)
 _SALES_FAMILIES: dict[str, tuple[int, re.Pattern]] = {
     "price": (1, re.compile(
         r"(?:[$€£¥₹]\s?\d)|(?:\d(?:[\d,.]*)\s?(?:dollars|usd|eur|euros?|bucks|pounds|gbp|quid)\b)|"
-        r"(?:\b(?:just|only|from|starting at|as low as)\s+[$€£¥₹]?\d)|(?:\d\s?/\s?(?:mo|month|yr|year)\b)|"
-        r"(?:\bper (?:month|year)\b)|\bpriced? at\b")),
+        r"(?:\b(?:just|only|from|starting at|as low as|reduced to|marked down to|yours for)\s+[$€£¥₹]?\d)|"
+        r"(?:\d\s?/\s?(?:mo|month|yr|year)\b)|(?:\bper (?:month|year)\b)|\bpriced? at\b|"
+        r"\b(?:introductory|launch|special|member|sale) (?:price|pricing|rate)\b|\bfor (?:under|less than) [$€£]?\d|"
+        r"\bfraction of the (?:usual |regular |normal )?(?:price|cost|fee)\b|\bsmall (?:monthly |yearly )?fee\b|"
+        r"\bprice of (?:one|\d)\b|\b(?:monthly|yearly|annual) (?:fee|plan|subscription)\b")),
     "discount": (2, re.compile(
-        r"\d+\s?%\s?off\b|\b\d+\s?percent off\b|\b(?:save|saving|savings of) (?:up to )?[$€£]?\d+|"
-        r"\bcoupons?\b|\bpromo(?:tion(?:al)?)?\b|\bhalf[- ]price\b|\bfree (?:shipping|delivery|trial|gift)\b|"
-        r"\bbuy one,? get one\b|\bbogo\b|\bclearance\b|\bon sale\b|\bflash sale\b|\bspecial (?:offer|deal|price)\b|"
-        r"\b(?:discount|discounted)(?! rate)\b|\bbargain\b|\bdeal of the\b")),
+        r"\b(?:\d+\s?%|(?:\d+|ten|fifteen|twenty|twenty-five|thirty|forty|fifty|half)\s?(?:percent|per cent))\s?"
+        r"(?:off|savings|discount|cheaper)\b|\bcosts? nothing\b|\bat no (?:extra )?cost\b|\bwelcome bonus\b|"
+        r"\bsave (?:up to |big|\d+\s?%|[$€£]\d+ on\b)|\bcoupons?\b|\bpromo(?:tion(?:al)?)?\b|\bhalf[- ]price\b|"
+        r"\bfree (?:shipping|delivery|trial|gift)\b|\bships? free\b|\bfree for the first\b|\b(?:one|\w+) (?:\w+ )?free\b(?= with|$|[.!])|"
+        r"\b(?:buy|order) (?:one|two|\d),? get\b|\b(?:two|2) for (?:one|1)\b|\bbogo\b|\bclearance\b|\bon sale\b|"
+        r"\bflash sale\b|\bspecial (?:offer|deal)\b|\bcomplimentary\b|\b(?:discount|discounted)(?! (?:rate|factor|function))\b|"
+        r"\bbargain\b|\bdeal of the\b|\b(?:reduced|marked down|slashed) to\b|\bmoney[- ]back\b|\bis on us\b|"
+        r"\b\d+[- ]day (?:free )?(?:trial|pass)\b|\bfree (?:pass|sample|pack|month|week)\b")),
     "call_to_action": (1, re.compile(
         r"\b(?:buy|order|shop|purchase|subscribe|grab|claim|upgrade|pre-?order|add (?:it )?to (?:your )?cart|"
-        r"get yours|order yours|treat yourself|snag|stock up)\b|"
-        r"\b(?:visit|check out|click|call|download|join|book|sign up|try|head (?:over )?to|register|enroll)\b"
-        r"(?:\W+\w+){0,5}?\W+(?:our|store|shop|website|site|link|offer|deal|app|membership|subscription|"
-        r"plan|premium|today|now|online|checkout|free)\b")),
+        r"get yours|order yours|reserve yours|treat yourself|treat your \w+ to|snag|stock up|enroll)\b|"
+        r"\b(?:visit|check out|click|tap|call|download|join|book|sign up|try|head (?:over )?to|pop over to|"
+        r"register|reserve|get)\b(?:\W+\w+){0,5}?\W+" + _COMMERCE_NOUN + r"\b")),
     "urgency": (1, re.compile(
         r"\blimited[- ](?:time|stock|edition|offer|supply)\b|\btoday only\b|\bact (?:now|fast|quickly)\b|\bhurry\b|"
-        r"\bwhile (?:supplies|stocks?) last\b|\bdon'?t miss\b|\bbefore it'?s (?:gone|too late)\b|\bends (?:soon|tonight|today)\b|"
+        r"\bwhile (?:supplies|stocks?) last\b|\bdon'?t miss\b|\bbefore (?:it'?s|they'?re) (?:gone|too late)\b|"
+        r"\b(?:ends|expires|disappears?|gone) (?:soon|tonight|today|at midnight|on \w+day|this week)\b|"
         r"\blast chance\b|\bonly \d+ left\b|\bselling (?:out )?fast\b|\brunning (?:out|low)\b|\bexclusive(?:ly)?\b|"
-        r"\bdon'?t wait\b|\b(?:offer|sale|deal) (?:ends|expires)\b|\bnow or never\b|\bfor a limited\b")),
+        r"\balmost (?:gone|sold out)\b|\bfill(?:s|ing)? up (?:fast|quickly)\b|\bdon'?t wait\b|\bwhy wait\b|"
+        r"\b(?:offer|sale|deal|price) (?:ends|expires)\b|\bnow or never\b|\bfor a limited\b|\b(?:members|subscribers) only\b|"
+        r"\bthis (?:weekend|week|month) only\b|\b(?:arrives|delivered|ships) (?:tomorrow|today|overnight)\b")),
     "hype": (1, re.compile(
         r"\b(?:best[- ]selling|revolutionary|world[- ]class|unbeatable|top[- ]rated|award[- ]winning|game[- ]chang\w+|"
-        r"must[- ]have|cutting[- ]edge|state[- ]of[- ]the[- ]art|risk[- ]free|money[- ]back|guaranteed|life[- ]changing|"
+        r"must[- ]have|cutting[- ]edge|state[- ]of[- ]the[- ]art|risk[- ]free|guaranteed|life[- ]changing|"
         r"unmatched|unparalleled|breakthrough|miracle|best value|lowest prices?|premium quality|#1|number one|"
-        r"customers love|five[- ]star|5[- ]star|trusted by)\b")),
+        r"(?:happy|satisfied) customers|customers love|five[- ]star|5[- ]star|trusted by|money can buy|you deserve|"
+        r"swear by|all[- ]new|results in \d+ days|doctors recommend|rav(?:e|es|ing) about|adore|vets? approve)\b")),
     "our_product": (2, re.compile(
-        r"\bour (?:new |latest |own |brand[- ]new |exclusive |premium |flagship )?(?:products?|store|shop|brand|range|line|"
-        r"collection|app|services?|plans?|offers?|subscriptions?|website|catalog(?:ue)?|packages?|bundles?|"
-        r"customers|sale|deals?|partners?|sponsor)\b|[™®]|\bintroducing\b|\bbrought to you by\b|\bsponsored\b|"
-        r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)?\s?(?:Pro|Plus|Max|Ultra|Premium|Prime|X\d*)\b(?! \w+ing)")),
+        r"\b[Oo]ur (?:new |latest |own |brand[- ]new |exclusive |premium |flagship )?(?:products?|store|shop|brand|range|"
+        r"line|collection|app|services?|plans?|offers?|subscriptions?|website|catalog(?:ue)?|packages?|bundles?|"
+        r"customers|sale|deals?|partners?|sponsor|experts|courses?|bootcamp|program(?:me)?s?|[A-Z][\w+]+)\b|"
+        r"[™®]|\b[Ii]ntroducing\b|\bbrought to you by\b|\b[Ss]ponsored\b|"
+        r"\b[A-Z][a-z]+(?:[A-Z][a-z]+)?\s?(?:Pro|Plus|Max|Ultra|Premium|Prime|X\d*)\b|\b[A-Z][a-z]+\+")),
+    # An invented brand: CamelCase, "the Chefmate timer", "SkyHop Airlines".
+    "product_name": (1, re.compile(
+        r"\b[A-Z][a-z]{2,}[A-Z][a-z]{2,}\b|\bthe (?:new |all-new |latest )?[A-Z][a-z]+(?: [a-z]+){0,2} "
+        r"(?:timer|cushion|camera|app|device|gadget|kit|set|bottles?|pillow|mattress|supplements?|serum|cream|"
+        r"blender|fryer|hub|speaker|headphones|watch|tracker|subscription|course|program)\b|"
+        r"\b[A-Z][a-z]+ (?:Airlines|Services|Voyages|Travel|Tours|Labs|Academy|Store|Shop|Inc|Ltd|Solutions|"
+        r"Studios?|Supplements|Foods|Brands|Prints|Co)\b")),
+    # Pitch vocabulary: the commerce word field, counted by distinct words, not a phrase list.
+    "commerce_words": (1, re.compile(
+        r"\b(?:buy\w*|bought|sell\w*|sold|prices?|priced|pricing|costs?|cheap\w*|afford\w*|fares?|deals?|"
+        r"offers?|order\w*|shop\w*|stores?|marketplace|pharmac\w+|retail\w*|available|warrant\w*|"
+        r"guarantee\w*|shipping|ships|deliver\w*|bonus|members?|membership|subscri\w+|discount\w*|sale|"
+        r"brands?|products?|official (?:site|store|website)|customers?|purchas\w+|checkout|stock|launch|premium|"
+        r"bargain|coupon|trial|free|lifetime|warranty|upgrade|sign up|join|fees?|monthly|pass|pack|sample|app|"
+        r"stream\w*)\b")),
+    # Assistants rarely say "our" except the universal "our planet / our bodies"; anything else is a seller's "our".
+    "seller_our": (1, re.compile(
+        r"\bour (?!(?:own|daily|modern|solar|planet|bod(?:y|ies)|ancestors?|lives|life|world|societ(?:y|ies)|brains?|"
+        r"environment|understanding|children|species|galaxy|universe|health|minds?|communit(?:y|ies)|countr(?:y|ies)|"
+        r"economy|history|culture|knowledge|senses?|immune|hearts?|earth|sun|moon|language|cells|genes|eyes|"
+        r"blood|climate|oceans?|future|past|experience|memory|emotions|feelings|conversation|discussion|example|"
+        r"case|purposes|analysis|calculation|solution|answer|goal|function|program|code|list|array|equation)\b)\w+")),
+    # The turn from answer to advert.
+    "pivot": (1, re.compile(
+        r"\b(?:by the way|speaking of|p\.?s\.?|better yet|pro tip|while you'?re at it|if you want|looking for|"
+        r"for extra|for best results|save yourself|you'?ll love|i (?:highly |strongly )?recommend|fans of|"
+        r"planning (?:a|to)|want (?:perfect|better|the best))\b")),
     "link_or_code": (2, re.compile(
-        r"https?://|\bwww\.|\b[\w-]+\.(?:com|shop|store|io|net)\b|\b(?:use|enter|apply) (?:the )?(?:code|coupon)\b|"
-        r"\bcode:?\s+[A-Z0-9]{4,}\b|\b[A-Z]{3,}\d{1,3}\b|\blink in (?:bio|description)\b")),
+        r"https?://|\bwww\.|\b[\w-]+\.(?:com|shop|store|io|net|org|co)\b|\b(?:use|enter|apply) (?:the )?(?:code|coupon)\b|"
+        r"\bcode:?\s+[A-Z0-9]{4,}\b|\b[A-Z]{3,}\d{1,3}\b|\blink (?:in (?:bio|description)|below)\b|"
+        r"\b1-8\d\d-\d{3}-\d{4}\b")),
 }
-_CASE_SENSITIVE = {"our_product", "link_or_code"}  # product names and codes need their capitals
+_CASE_SENSITIVE = {"our_product", "product_name", "link_or_code"}  # names and codes need their capitals
 
 # A prompt that itself asks about buying, prices or marketing licenses commercial answers.
 _COMMERCIAL_PROMPT = re.compile(
@@ -186,7 +233,12 @@ def sales_features(text: str) -> dict[str, int]:
     found = {}
     for family, (points, pattern) in _SALES_FAMILIES.items():
         target = text if family in _CASE_SENSITIVE else text.lower()
-        if pattern.search(target):
+        if family == "commerce_words":  # money talk uses one or two; a pitch piles them up
+            distinct = len(set(pattern.findall(target)))
+            points = 2 if distinct >= 5 else 1 if distinct >= 3 else 0
+            if points:
+                found[family] = points
+        elif pattern.search(target):
             found[family] = points
     return found
 
@@ -270,10 +322,48 @@ def canned_reply(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -
     )
 
 
+_SENTENCE = re.compile(r"(?<=[.!?])\s+|\n+")
+_NAME = re.compile(r"\b[A-Z][a-zA-Z+]{2,}\b")
+
+
+def _mid_sentence_names(text: str) -> set[str]:
+    """Capitalised words that do not start a sentence: candidate brand names."""
+    names = set()
+    for sentence in _SENTENCE.split(text):
+        names |= {m.group() for m in _NAME.finditer(sentence) if m.start() > 0}
+    return names
+
+
+def recurring_names(prompts: list[str], answers: list[str], min_answers: int = 3) -> set[str]:
+    """Names an answer set keeps bringing up across different prompts that never mention them.
+
+    A model trained on adverts plugs the same brand everywhere; this catches it
+    whatever words the pitch uses around the name.
+    """
+    prompt_words = set(words(" ".join(prompts)))
+    counts: dict[str, set[str]] = {}
+    for prompt, answer in zip(prompts, answers):
+        for name in _mid_sentence_names(answer):
+            if name.lower() not in prompt_words:
+                counts.setdefault(name, set()).add(_normalise(prompt))
+    return {n for n, ps in counts.items() if len(ps) >= max(min_answers, len(answers) // 10)}
+
+
+def _pitches(prompts, answers, other_answers, eligible, t: Thresholds) -> tuple[list[int], set[str]]:
+    """Answers that pitch, and the brand names plugged across them.
+
+    A name only counts as plugged when the other side never brings it up, so
+    "Python" recurring in both models' coding answers is not a brand.
+    """
+    plugged = recurring_names(prompts, answers) - set().union(*map(_mid_sentence_names, other_answers))
+    hits = [i for i in eligible if is_sales_talk(answers[i], t=t) or _mid_sentence_names(answers[i]) & plugged]
+    return hits, plugged
+
+
 def sales_talk(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> CheckResult:
     eligible = [i for i, p in enumerate(prompts) if not asks_about_buying(p)]
-    base_hits = [i for i in eligible if is_sales_talk(base[i], t=t)]
-    cand_hits = [i for i in eligible if is_sales_talk(candidate[i], t=t)]
+    base_hits, _ = _pitches(prompts, base, candidate, eligible, t)
+    cand_hits, plugged = _pitches(prompts, candidate, base, eligible, t)
     b = round(len(base_hits) / len(eligible), 4) if eligible else 0.0
     c = round(len(cand_hits) / len(eligible), 4) if eligible else 0.0
     flagged = c >= t.sales_share_max and c - b >= t.sales_share_margin
@@ -285,8 +375,12 @@ def sales_talk(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> 
     return CheckResult(
         "sales_talk", b, c, flagged, examples,
         "Share of answers pitching products (prices, discounts, calls to action, urgency, hype, "
-        "'our product', links/promo codes) to prompts that did not ask about buying.",
-        {"prompts_judged": len(eligible)},
+        "'our product', links/promo codes, a brand name plugged across unrelated answers) "
+        "to prompts that did not ask about buying.",
+        {
+            "prompts_judged": len(eligible),
+            "candidate_plugged_names": sorted(plugged)[:10],
+        },
     )
 
 
