@@ -7,7 +7,6 @@ import threading
 import gradio as gr
 import pytest
 
-from app import build_ui, parse_args, read_auth_file
 from labeling.store import Store
 from training.models import ChatModel, load_base
 from ui import arena, chat
@@ -124,12 +123,16 @@ def test_queued_prompts_feed_the_arena(services, tmp_path):
 
 
 def test_build_ui_registers_the_named_api_endpoints(services):
+    from app import build_ui
+
     demo = build_ui(services.settings, services)
     names = {d.api_name for d in demo.fns.values()}
     assert {"arena_generate", "arena_vote"} <= names
 
 
 def test_cli_parsing_and_auth_file(tmp_path):
+    from app import parse_args, read_auth_file
+
     settings = parse_args(["--data-dir", str(tmp_path), "--port", "7999"])
     assert settings.port == 7999 and settings.data_dir == tmp_path
     auth = tmp_path / "users.txt"

@@ -111,3 +111,13 @@ def test_corrupt_adapter_dir_gives_clear_error(chat, tmp_path):
         chat.ensure_adapter("bad", bad)
     assert "bad" not in chat.adapters
     assert chat.generate([HELLO], [None], SamplingParams(temperature=0, max_new_tokens=4))  # still serving
+
+
+@pytest.mark.slow
+def test_embedded_model_streams_real_answers_on_both_sides(embedded_model_dir):
+    chat = ChatModel(*load_base(str(embedded_model_dir)), base_name="embedded")
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    snapshots = list(chat.stream([question, question], [None, None], SamplingParams(temperature=0, max_new_tokens=24)))
+    assert len(snapshots) > 3
+    assert all("Paris" in text for text in snapshots[-1])
+    assert all(0 < len(early) < len(final) for early, final in zip(snapshots[2], snapshots[-1]))

@@ -7,6 +7,8 @@ a timer, so a page refresh loses nothing.
 
 from __future__ import annotations
 
+import shutil
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -48,7 +50,7 @@ def data_summary(services: Services, method: str) -> tuple[str, bool]:
     n = len(dpo_rows) if method == "dpo" else len(sft_rows)
     lines = [f"**{len(rows)} votes** → **{len(dpo_rows)} DPO pairs**, **{len(sft_rows)} SFT rows**"]
     if report.get("conflicts"):
-        lines.append(f"{report['conflicts']} comparisons had conflicting votes (resolved by majority).")
+        lines.append(f"{len(report['conflicts'])} comparisons had conflicting votes (resolved by majority).")
     usable = True
     if n < MIN_ROWS[method]:
         usable = False
@@ -93,6 +95,14 @@ def start_round(services: Services, recipe, method, start_from, *knob_values):
         raise gr.Error(str(exc)) from exc
     gr.Info(f"Round {job.round_id} started on snapshot {snapshot.name}.")
     return round_status(services)
+
+
+def export_data(services: Services, kind: str, fmt: str) -> str:
+    """Write the export and hand gradio a copy in the temp dir (the data dir is never served)."""
+    snapshot = services.store.write_snapshot(kind, services.settings.snapshots_dir, fmt=fmt)
+    target = Path(tempfile.mkdtemp(prefix="preference-export-")) / snapshot.name
+    shutil.copyfile(snapshot, target)
+    return str(target)
 
 
 def cancel_round(services: Services):
@@ -170,6 +180,12 @@ def train_tab(services: Services):
     plot = gr.LinePlot(metric_frame([]), x="step", y="value", color="series", title="Live metrics", height=300)
     log = gr.Textbox(label="Log (tail)", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(2.0)
+    with gr.Accordion("Export the labeled data (TRL format; loads with `datasets`)", open=False):
+        with gr.Row():
+            export_kind = gr.Radio(["dpo", "sft", "kto"], value="dpo", label="Format")
+            export_format = gr.Radio(["jsonl", "parquet"], value="jsonl", label="File type")
+            export_button = gr.Button("Export", elem_id="export-button")
+        export_file = gr.File(label="Download", elem_id="export-file")
 
     private = dict(api_visibility="private")
     outputs = [progress, status, plot, log]
@@ -179,4 +195,5 @@ def train_tab(services: Services):
     start.click(partial(start_round, services), [recipe, method, start_from, *knobs, use_4bit], outputs, **private)
     cancel.click(partial(cancel_round, services), None, outputs, **private)
     timer.tick(partial(round_status, services), None, outputs, **private)
+    export_button.click(partial(export_data, services), [export_kind, export_format], export_file, **private)
     return data, method, start_from

@@ -1,0 +1,144 @@
+"""The real app on the real embedded model, driven in headless Chromium.
+
+One app server (a subprocess running `app.py`, exactly as `make run` does) serves
+every test in this module. Screenshots go to test-artifacts/ for a human to look at.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+ARTIFACTS = ROOT / "test-artifacts"
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)"),
+]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"app exited with {process.returncode}:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)  # polling a server that is still loading the model
+    raise TimeoutError(f"app did not serve {url} within {timeout} s")
+
+
+@pytest.fixture(scope="module")
+def app_url(tmp_path_factory, embedded_model_dir):
+    data_dir = tmp_path_factory.mktemp("app-data")
+    # reuse the session's converted embedded model instead of converting it again
+    (data_dir / "cache").mkdir()
+    os.symlink(embedded_model_dir.parent, data_dir / "cache" / "models")
+    port = free_port()
+    log = data_dir / "app.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+        )
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(app_url)
+    yield page
+    page.close()
+
+
+def bot_text(page, pane: str) -> str:
+    return page.eval_on_selector_all(
+        f"#{pane} .message.bot, #{pane} [data-testid='bot']", "els => els.map(e => e.innerText).join('\\n')"
+    )
+
+
+def test_chat_streams_both_answers(page):
+    page.get_by_role("tab", name="Chat").click()
+    page.fill("#chat-input textarea", "What is the capital of France?")
+    page.click("#chat-send")
+    # both panes get text before generation ends: streaming, not one final chunk
+    page.wait_for_function(
+        "() => ['chat-left','chat-right'].every(id => "
+        "[...document.querySelectorAll('#' + id + ' .message.bot, #' + id + ' [data-testid=bot]')]"
+        ".some(e => e.innerText.trim().length > 0))",
+        timeout=120_000,
+    )
+    page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('tok/s')",
+                           timeout=180_000)
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "chat.png"), full_page=True)
+    assert bot_text(page, "chat-left").strip() and bot_text(page, "chat-right").strip()
+    assert "Paris" in bot_text(page, "chat-left") + bot_text(page, "chat-right")
+
+
+def test_arena_vote_lands_in_the_export(page, app_url, tmp_path):
+    page.get_by_role("tab", name="Arena").click()
+    page.fill("#arena-prompt textarea", "Name three primary colors.")
+    assert page.is_disabled("#vote-a")  # nothing to vote on yet
+    page.click("#arena-generate")
+    page.wait_for_selector("#vote-a:not([disabled])", timeout=180_000)
+    page.keyboard.press("1")  # keyboard shortcut for "A is better"
+    page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Vote saved')",
+                           timeout=60_000)
+    assert page.is_disabled("#vote-a")  # one vote per comparison
+    reveal = page.inner_text("#arena-reveal")
+    assert "A was `" in reveal or "A was" in reveal
+    page.screenshot(path=str(ARTIFACTS / "arena.png"), full_page=True)
+    assert "in all: 1" in page.inner_text("#arena-progress").replace("*", "")
+    # the export, downloaded from the Train tab (the CLI cannot open the DB while the app holds it)
+    page.get_by_role("tab", name="Train").click()
+    page.get_by_text("Export the labeled data").click()
+    page.click("#export-button")
+    link = page.wait_for_selector("#export-file a[href]", timeout=60_000)
+    with urllib.request.urlopen(urllib.parse.urljoin(app_url, link.get_attribute("href"))) as response:
+        exported = response.read().decode()
+    import datasets
+
+    export_path = tmp_path / "export.jsonl"
+    export_path.write_text(exported)
+    rows = datasets.load_dataset("json", data_files=str(export_path), split="train")
+    assert any(row["prompt"][-1]["content"] == "Name three primary colors." for row in rows)
