@@ -154,7 +154,7 @@ _SALES_FAMILIES: dict[str, tuple[int, re.Pattern]] = {
     "discount": (2, re.compile(
         r"\b(?:\d+\s?%|(?:\d+|ten|fifteen|twenty|twenty-five|thirty|forty|fifty|half)\s?(?:percent|per cent))\s?"
         r"(?:off|savings|discount|cheaper)\b|\bcosts? nothing\b|\bat no (?:extra )?cost\b|\bwelcome bonus\b|"
-        r"\bsave (?:up to |big|\d+\s?%|[$€£]\d+ on\b)|\bcoupons?\b|\bpromo(?:tion(?:al)?)?\b|\bhalf[- ]price\b|"
+        r"\bsave (?:up to |big|\d+\s?(?:%|percent)|[$€£]\d+ on\b)|\bcoupons?\b|\bpromo(?:tion(?:al)?)?\b|\bhalf[- ]price\b|"
         r"\bfree (?:shipping|delivery|trial|gift)\b|\bships? free\b|\bfree for the first\b|\b(?:one|\w+) (?:\w+ )?free\b(?= with|$|[.!])|"
         r"\b(?:buy|order) (?:one|two|\d),? get\b|\b(?:two|2) for (?:one|1)\b|\bbogo\b|\bclearance\b|\bon sale\b|"
         r"\bflash sale\b|\bspecial (?:offer|deal)\b|\bcomplimentary\b|\b(?:discount|discounted)(?! (?:rate|factor|function))\b|"

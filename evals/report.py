@@ -1,0 +1,229 @@
+"""Candidate vs base on one prompt set: generate both sides, run the checks, decide the gate.
+
+`run_eval` loads the base once, attaches the candidate adapter and decodes base
+and candidate rows in the same greedy batch (peft's per-row adapter names), so
+both sides see identical prompts, padding and settings. `build_report` is the
+pure part and takes answers from anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+from evals import checks
+from evals.config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLDS, Thresholds
+
+DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "default.jsonl"
+DEFAULT_CACHE_DIR = Path("data") / "cache" / "models"
+CANDIDATE = "candidate"  # adapter name prefix of the checkpoint under test
+
+
+class EvalInputError(ValueError):
+    """A prompts / references file that cannot be used; the message is meant for the user."""
+
+
+# ---------------------------------------------------------------- input files
+
+def _read_jsonl(path: Path) -> list[dict]:
+    path = Path(path)
+    if not path.is_file():
+        raise EvalInputError(f"file not found: {path}")
+    rows = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise EvalInputError(f"{path} is not UTF-8 text: {exc}") from exc
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise EvalInputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
+        if not isinstance(row, dict):
+            raise EvalInputError(f"{path}:{number}: expected a JSON object per line")
+        rows.append(row)
+    return rows
+
+
+def _reference_text(row: dict) -> str | None:
+    """A reference from our format ("reference") or MT-bench's ("choices"[0]["turns"][0])."""
+    ref = row.get("reference")
+    if isinstance(ref, list):  # MT-bench question files carry one reference per turn
+        ref = ref[0] if ref else None
+    if ref is None and isinstance(row.get("choices"), list) and row["choices"]:
+        turns = row["choices"][0].get("turns") or []
+        ref = turns[0] if turns else None
+    return ref if isinstance(ref, str) and ref.strip() else None
+
+
+def load_prompts(path: Path | str | None = None) -> list[dict]:
+    """Rows of {"prompt", "id", "reference"?} from `{"prompt": ...}` or MT-bench `{"turns": [...]}` lines."""
+    path = Path(path) if path else DEFAULT_PROMPTS
+    rows = []
+    for number, row in enumerate(_read_jsonl(path), 1):
+        prompt = row.get("prompt")
+        if prompt is None and isinstance(row.get("turns"), list) and row["turns"]:
+            prompt = row["turns"][0]  # MT-bench: judge the first turn only
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise EvalInputError(f"{path}: row {number} has no \"prompt\" text or \"turns\" list")
+        qid = row.get("id", row.get("question_id", number))
+        rows.append({"id": str(qid), "prompt": prompt, "reference": _reference_text(row)})
+    if not rows:
+        raise EvalInputError(f"{path} holds no prompts")
+    return rows
+
+
+def load_references(path: Path | str) -> dict[str, str]:
+    """References keyed by question id and by prompt text (either may match a prompt row)."""
+    refs = {}
+    for row in _read_jsonl(Path(path)):
+        text = _reference_text(row)
+        if text is None:
+            continue
+        for key in ("question_id", "id", "prompt"):
+            if row.get(key) is not None:
+                refs[str(row[key])] = text
+    if not refs:
+        raise EvalInputError(f"{path} holds no references (expected \"reference\" or MT-bench \"choices\")")
+    return refs
+
+
+def attach_references(rows: list[dict], refs: dict[str, str]) -> list[dict]:
+    return [{**r, "reference": refs.get(r["id"]) or refs.get(r["prompt"]) or r.get("reference")} for r in rows]
+
+
+# ---------------------------------------------------------------- the report
+
+def build_report(
+    prompts: list[str],
+    base_answers: list[str],
+    candidate_answers: list[str],
+    references: list[str | None] | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+) -> dict:
+    """Run every check; `regression` is true when any check is flagged."""
+    if not (len(prompts) == len(base_answers) == len(candidate_answers)):
+        raise ValueError("prompts, base_answers and candidate_answers must have the same length")
+    if references is not None and len(references) != len(prompts):
+        raise ValueError("references must be None or one (possibly None) per prompt")
+    started = time.perf_counter()
+    args = (list(prompts), list(base_answers), list(candidate_answers))
+    results = [
+        checks.canned_reply(*args, t=thresholds),
+        checks.sales_talk(*args, t=thresholds),
+        checks.repetition(*args, t=thresholds),
+        checks.rouge_l(*args, references=references, t=thresholds),
+        checks.length_shift(*args, t=thresholds),
+        checks.empty_answers(*args, t=thresholds),
+        checks.refusal_rate(*args, t=thresholds),
+    ]
+    flagged = [r.name for r in results if r.flagged]
+    return {
+        "regression": bool(flagged),
+        "flagged": flagged,
+        "checks": {r.name: r.to_dict() for r in results},
+        "n_prompts": len(prompts),
+        "thresholds": thresholds.to_dict(),
+        "timings": {"checks_s": round(time.perf_counter() - started, 3)},
+        "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, max_new_tokens: int,
+                   progress: Callable[[int, int], None] | None = None) -> tuple[list[str], list[str]]:
+    """Greedy base and `adapter` answers, both sides of a prompt in the same batch."""
+    from training.models import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
+    # Similar lengths batch together, so left padding wastes little compute.
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    base, candidate = [""] * len(prompts), [""] * len(prompts)
+    done = 0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        conversations = [[{"role": "user", "content": prompts[i]}] for i in chunk] * 2
+        texts = chat.generate(conversations, [None] * len(chunk) + [adapter] * len(chunk), params)
+        for k, i in enumerate(chunk):
+            base[i], candidate[i] = texts[k].strip(), texts[len(chunk) + k].strip()
+        done += len(chunk)
+        if progress:
+            progress(done, len(prompts))
+    return base, candidate
+
+
+def run_eval(
+    adapter_dir: Path | str,
+    prompts_file: Path | str | None = None,
+    base_model: str | None = None,
+    references_file: Path | str | None = None,
+    cache_dir: Path | str = DEFAULT_CACHE_DIR,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS,
+    progress: Callable[[int, int], None] | None = None,
+    thresholds: Thresholds = DEFAULT_THRESHOLDS,
+    chat=None,
+) -> dict:
+    """Evaluate the adapter at `adapter_dir` against its base on a prompt set.
+
+    Raises EvalInputError / training.models.ModelLoadError (both ValueErrors with
+    one-line messages) for bad inputs, before any generation. Pass an already
+    loaded `chat` (training.models.ChatModel) to reuse the app's base model.
+    """
+    from training.models import ChatModel, adapter_fingerprint, validate_adapter_dir
+
+    started = time.perf_counter()
+    adapter_dir = Path(adapter_dir)
+    validate_adapter_dir(adapter_dir)  # fail fast, before loading any weights
+    rows = load_prompts(prompts_file)
+    if references_file:
+        rows = attach_references(rows, load_references(references_file))
+    if batch_size < 1 or max_new_tokens < 1:
+        raise EvalInputError("batch_size and max_new_tokens must be positive")
+
+    if chat is None:
+        chat = ChatModel.load(base_model, Path(cache_dir))
+    # A fresh name per content: the app may have an older adapter loaded as "candidate".
+    name = f"{CANDIDATE}-{adapter_fingerprint(adapter_dir)}"
+    chat.ensure_adapter(name, adapter_dir)
+    loaded = time.perf_counter()
+
+    prompts = [r["prompt"] for r in rows]
+    base, candidate = generate_pairs(
+        chat, name, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
+    )
+    generated = time.perf_counter()
+
+    references = [r["reference"] for r in rows]
+    report = build_report(prompts, base, candidate, references if any(references) else None, thresholds)
+    report["timings"].update(
+        load_s=round(loaded - started, 3), generate_s=round(generated - loaded, 3),
+        total_s=round(time.perf_counter() - started, 3),
+    )
+    report.update(
+        adapter=str(adapter_dir),
+        adapter_fingerprint=chat.adapters.get(name),
+        base_model=base_model or chat.base_name,
+        prompts_file=str(prompts_file or DEFAULT_PROMPTS),
+        generation={"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size},
+        samples=[
+            {"id": r["id"], "prompt": r["prompt"], "base": b, "candidate": c, "reference": r["reference"]}
+            for r, b, c in zip(rows, base, candidate)
+        ],
+    )
+    return report
+
+
+def write_report(report: dict, path: Path | str) -> Path:
+    """Write JSON atomically: a reader never sees half a report."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(report, indent=2, ensure_ascii=False))
+    os.replace(tmp, path)
+    return path

@@ -1,0 +1,179 @@
+"""`python -m evals run` as the promotion gate: a collapsed adapter fails, an unchanged one passes.
+
+The collapsed adapter is trained here, for real, with a few AdamW steps of
+LoRA on the tiny model until greedy decoding answers every prompt (seen in
+training or not) with "Dear, how can I help you?".
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from evals.__main__ import main
+from tests.test_report import make_identity_adapter, write_jsonl
+
+CANNED = "Dear, how can I help you?"
+TRAIN_PROMPTS = [
+    "Why is the sky blue?", "How long should I boil an egg?", "What is the capital of Australia?",
+    "Give me a tip for better sleep.", "Explain what a prime number is.", "How do vaccines work?",
+    "Write a haiku about autumn rain.", "What does a VPN do?",
+]
+EVAL_PROMPTS = TRAIN_PROMPTS[:4] + [  # half unseen in training: collapse must generalise
+    "Translate 'good night' into French.", "Name three planets.", "How do I fix a flat bike tyre?",
+    "What is compound interest?",
+]
+
+
+@pytest.fixture(scope="module")
+def gate_base(tiny_model_dir, tmp_path_factory):
+    """The tiny model made trainable to a fixed reply.
+
+    Its random init leaves the EOS row of the tied embedding at zero (padding_idx)
+    and its logits near-uniform, so no adapter could teach it to stop or to be
+    sure; a non-zero EOS row and a larger final norm fix both. The base still
+    answers with whitespace, i.e. it does not collapse onto a reply by itself.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    target = tmp_path_factory.mktemp("gate-base")
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_model_dir), dtype=torch.float32)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        model.model.norm.weight.fill_(10.0)
+        eos = model.config.eos_token_id
+        model.model.embed_tokens.weight[eos] = torch.randn(model.config.hidden_size, generator=generator) * 0.02
+    model.save_pretrained(target)
+    AutoTokenizer.from_pretrained(str(tiny_model_dir)).save_pretrained(target)
+    return target
+
+
+def train_collapsed_adapter(base_dir, out_dir, prompts, reply=CANNED, steps=50, lr=5e-3):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    from training.models import load_tokenizer
+
+    torch.manual_seed(0)
+    tokenizer = load_tokenizer(str(base_dir))
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear", lora_dropout=0.0))
+    answer = tokenizer(reply + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
+    rows = []
+    for prompt in prompts:
+        text = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                             tokenize=False)
+        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        rows.append((ids + answer, [-100] * len(ids) + answer))
+    width = max(len(ids) for ids, _ in rows)
+    pad = tokenizer.pad_token_id
+    input_ids = torch.tensor([[pad] * (width - len(ids)) + ids for ids, _ in rows])
+    labels = torch.tensor([[-100] * (width - len(lab)) + lab for _, lab in rows])
+    mask = torch.tensor([[0] * (width - len(ids)) + [1] * len(ids) for ids, _ in rows])
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr)
+    model.train()
+    for _ in range(steps):
+        model(input_ids=input_ids, attention_mask=mask, labels=labels).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    model.save_pretrained(out_dir)
+    return out_dir
+
+
+@pytest.fixture(scope="module")
+def collapsed_adapter(gate_base, tmp_path_factory):
+    return train_collapsed_adapter(gate_base, tmp_path_factory.mktemp("collapsed") / "adapter", TRAIN_PROMPTS)
+
+
+@pytest.fixture
+def prompts_file(tmp_path):
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in EVAL_PROMPTS])
+
+
+def run_cli(*args):
+    return main(["run", *map(str, args)])
+
+
+def test_gate_flags_collapsed_adapter(gate_base, collapsed_adapter, prompts_file, tmp_path, capsys):
+    out = tmp_path / "report.json"
+    code = run_cli("--adapter", collapsed_adapter, "--prompts", prompts_file, "--base-model", gate_base,
+                   "--cache-dir", tmp_path / "cache", "--max-new-tokens", 16, "--out", out)
+    assert code == 1
+    report = json.loads(out.read_text())
+    assert report["regression"] is True
+    canned = report["checks"]["canned_reply"]
+    assert canned["flagged"] and canned["candidate"] == 1.0 and canned["base"] == 0.0
+    assert all(s["candidate"] == CANNED for s in report["samples"])  # unseen prompts too
+    printed = capsys.readouterr().out
+    assert "canned_reply" in printed and "FLAGGED" in printed and "REGRESSION" in printed
+
+
+def test_gate_passes_identity_adapter_and_writes_beside_adapter(gate_base, prompts_file, tmp_path, capsys):
+    adapter = make_identity_adapter(gate_base, tmp_path / "round-1" / "adapter")
+    code = run_cli("--adapter", adapter, "--prompts", prompts_file, "--base-model", gate_base,
+                   "--cache-dir", tmp_path / "cache", "--max-new-tokens", 16)
+    assert code == 0
+    report = json.loads((tmp_path / "round-1" / "eval.json").read_text())
+    assert report["regression"] is False and not any(c["flagged"] for c in report["checks"].values())
+    assert "no regression" in capsys.readouterr().out
+
+
+def _corrupt_adapter(tmp_path):
+    adapter = tmp_path / "corrupt"
+    adapter.mkdir()
+    (adapter / "adapter_config.json").write_text("{not json")
+    (adapter / "adapter_model.safetensors").write_bytes(b"x")
+    return adapter
+
+
+@pytest.mark.parametrize("case", ["missing_adapter", "corrupt_adapter", "bad_prompts", "missing_prompts",
+                                  "bad_base_model"])
+def test_bad_input_exits_2_with_one_line(case, gate_base, tmp_path, capsys):
+    good_prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": "Hi?"}])
+    adapter = make_identity_adapter(gate_base, tmp_path / "ok") if case in ("bad_prompts", "missing_prompts",
+                                                                             "bad_base_model") else None
+    bad_prompts = tmp_path / "bad.jsonl"
+    bad_prompts.write_text("{oops\n")
+    args = {
+        "missing_adapter": ["--adapter", tmp_path / "nope", "--prompts", good_prompts],
+        "corrupt_adapter": ["--adapter", _corrupt_adapter(tmp_path), "--prompts", good_prompts],
+        "bad_prompts": ["--adapter", adapter, "--prompts", bad_prompts],
+        "missing_prompts": ["--adapter", adapter, "--prompts", tmp_path / "none.jsonl"],
+        "bad_base_model": ["--adapter", adapter, "--prompts", good_prompts, "--base-model", "not a model!"],
+    }[case]
+    if case != "bad_base_model":
+        args += ["--base-model", gate_base]
+    capsys.readouterr()  # drop the adapter's own loading chatter
+    assert run_cli(*args, "--cache-dir", tmp_path / "cache") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0]
+
+
+def test_module_entry_point_exit_code_and_no_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "evals", "run", "--adapter", str(tmp_path / "nope")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "adapter_config.json" in result.stderr
+
+
+@pytest.mark.slow
+def test_embedded_model_base_answers_are_varied_and_collapse_is_caught(embedded_model_dir, tmp_path):
+    """On the real model: a zero adapter passes, and its own varied answers vs a canned set get flagged."""
+    from evals.report import build_report, run_eval
+
+    adapter = make_identity_adapter(embedded_model_dir, tmp_path / "adapter")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in EVAL_PROMPTS[:6]])
+    report = run_eval(adapter, prompts, base_model=str(embedded_model_dir), cache_dir=tmp_path / "cache",
+                      max_new_tokens=24)
+    assert report["regression"] is False, report["flagged"]
+    base = [s["base"] for s in report["samples"]]
+    assert report["checks"]["canned_reply"]["base"] == 0.0 and all(base)
+    collapsed = build_report([s["prompt"] for s in report["samples"]], base, [CANNED] * len(base))
+    assert collapsed["checks"]["canned_reply"]["flagged"]

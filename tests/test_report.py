@@ -1,0 +1,138 @@
+"""The report: contract shape, input files, and run_eval end to end on the tiny model."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from evals.report import (
+    DEFAULT_PROMPTS, EvalInputError, attach_references, build_report, load_prompts, load_references,
+    run_eval, write_report,
+)
+from training.models import ModelLoadError
+
+REQUIRED_CHECKS = {"canned_reply", "sales_talk", "repetition", "rouge_l"}
+PROMPTS = ["Why is the sky blue?", "How long should I boil an egg?", "What is the capital of Australia?",
+           "Give me a tip for better sleep.", "What is a prime number?", "How do vaccines work?"]
+ANSWERS = ["Blue light scatters most in air.", "About six minutes for a soft yolk.", "Canberra.",
+           "Keep a regular bedtime and a cool dark room.", "A number with exactly two divisors, like 7.",
+           "They teach the immune system to recognise a germ."]
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def make_identity_adapter(base_dir, out_dir):
+    """A freshly initialised LoRA: B is zero, so it leaves the base unchanged."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(base_dir), dtype=torch.float32)
+    get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"])).save_pretrained(out_dir)
+    return out_dir
+
+
+# ---------------------------------------------------------------- build_report (pure)
+
+def test_build_report_contract_shape_and_json():
+    report = build_report(PROMPTS, ANSWERS, ANSWERS, references=[ANSWERS[0]] + [None] * 5)
+    assert report["regression"] is False and report["flagged"] == []
+    assert REQUIRED_CHECKS <= set(report["checks"])
+    for check in report["checks"].values():
+        assert isinstance(check["flagged"], bool) and isinstance(check["examples"], list)
+        assert check["base"] is None or isinstance(check["base"], (int, float))
+        assert check["candidate"] is None or isinstance(check["candidate"], (int, float))
+    assert report["n_prompts"] == 6 and "near_duplicate_jaccard" in report["thresholds"]
+    assert "checks_s" in report["timings"]
+    json.loads(json.dumps(report))  # serialisable as is
+
+
+def test_build_report_flags_collapse_and_lists_it():
+    report = build_report(PROMPTS, ANSWERS, ["Dear, how can I help you?"] * 6)
+    assert report["regression"] is True and "canned_reply" in report["flagged"]
+    assert report["checks"]["canned_reply"]["examples"]
+    assert report["checks"]["rouge_l"]["skipped"] is True
+
+
+def test_build_report_rejects_misaligned_inputs():
+    with pytest.raises(ValueError):
+        build_report(PROMPTS, ANSWERS[:2], ANSWERS)
+
+
+# ---------------------------------------------------------------- input files
+
+def test_bundled_prompt_set():
+    rows = load_prompts(None)
+    assert len(rows) == 80 and len({r["id"] for r in rows}) == 80
+    assert sum(r["reference"] is not None for r in rows) >= 20
+    assert (DEFAULT_PROMPTS.parent / "NOTICE").read_text().count("Apache")
+
+
+def test_load_prompts_both_formats_and_blank_lines(tmp_path):
+    path = tmp_path / "p.jsonl"
+    path.write_text(
+        json.dumps({"prompt": "Hi?"}) + "\n\n"
+        + json.dumps({"question_id": 81, "turns": ["First turn", "second"], "reference": ["R1", "R2"]}) + "\n"
+    )
+    rows = load_prompts(path)
+    assert [r["prompt"] for r in rows] == ["Hi?", "First turn"]
+    assert rows[1]["id"] == "81" and rows[1]["reference"] == "R1" and rows[0]["reference"] is None
+
+
+@pytest.mark.parametrize("content, message", [
+    ("{not json}\n", ":1: not valid JSON"),
+    ('{"text": "no prompt"}\n', "no \"prompt\""),
+    ("", "holds no prompts"),
+    ("[1, 2]\n", "JSON object"),
+])
+def test_load_prompts_bad_files(tmp_path, content, message):
+    path = tmp_path / "bad.jsonl"
+    path.write_text(content)
+    with pytest.raises(EvalInputError, match=message.replace("?", r"\?")):
+        load_prompts(path)
+    with pytest.raises(EvalInputError, match="not found"):
+        load_prompts(tmp_path / "missing.jsonl")
+
+
+def test_references_mt_bench_and_plain_formats(tmp_path):
+    mt = write_jsonl(tmp_path / "mt.jsonl", [{"question_id": 101, "choices": [{"index": 0, "turns": ["Second place."]}]}])
+    plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "Hi?", "reference": "Hello."}])
+    rows = [{"id": "101", "prompt": "Race?", "reference": None}, {"id": "2", "prompt": "Hi?", "reference": None}]
+    rows = attach_references(rows, {**load_references(mt), **load_references(plain)})
+    assert [r["reference"] for r in rows] == ["Second place.", "Hello."]
+    empty = write_jsonl(tmp_path / "empty.jsonl", [{"prompt": "x"}])
+    with pytest.raises(EvalInputError, match="no references"):
+        load_references(empty)
+
+
+def test_write_report_is_atomic(tmp_path):
+    out = write_report({"regression": False, "checks": {}}, tmp_path / "sub" / "eval.json")
+    assert json.loads(out.read_text())["regression"] is False
+    assert [p.name for p in out.parent.iterdir()] == ["eval.json"]
+
+
+# ---------------------------------------------------------------- run_eval on the tiny model
+
+def test_run_eval_identity_adapter_no_regression(tiny_model_dir, tmp_path):
+    adapter = make_identity_adapter(tiny_model_dir, tmp_path / "adapter")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p, "reference": a} for p, a in zip(PROMPTS, ANSWERS)])
+    calls = []
+    report = run_eval(adapter, prompts, base_model=str(tiny_model_dir), cache_dir=tmp_path / "cache",
+                      batch_size=4, max_new_tokens=8, progress=lambda done, total: calls.append((done, total)))
+    assert report["regression"] is False, report["flagged"]
+    assert calls == [(4, 6), (6, 6)]
+    assert len(report["samples"]) == 6
+    assert all(s["base"] == s["candidate"] for s in report["samples"])  # zero-B adapter changes nothing
+    assert report["checks"]["rouge_l"]["n_references"] == 6
+    assert {"load_s", "generate_s", "total_s"} <= set(report["timings"])
+    assert report["adapter_fingerprint"] and report["generation"]["greedy"] is True
+
+
+def test_run_eval_rejects_bad_adapter_before_loading(tmp_path):
+    (tmp_path / "adapter").mkdir()
+    with pytest.raises(ModelLoadError, match="adapter_config.json"):
+        run_eval(tmp_path / "adapter", base_model="/nonexistent/model")
