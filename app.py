@@ -42,8 +42,10 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             with gr.Tab("Evals", id="evals") as evals_page:
                 evals_picker, evals_outputs = evals.evals_tab(services)
         private = dict(api_visibility="private")
-        demo.load(lambda request: arena.progress_text(services, arena.annotator_of(request)), None,
-                  arena_progress, **private)
+        def load_progress(request: gr.Request) -> str:
+            return arena.progress_text(services, arena.annotator_of(request))
+
+        demo.load(load_progress, None, arena_progress, **private)
         data_summary = lambda method: train.data_summary(services, method)[0]  # noqa: E731
         demo.load(data_summary, train_method, train_data, **private)
         train_page.select(data_summary, train_method, train_data, **private)

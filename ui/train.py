@@ -17,11 +17,10 @@ import gradio as gr
 import pandas as pd
 
 from labeling import pairs
-from training.config import RECIPES_DIR, load_recipe
+from training.config import RECIPES_DIR, default_recipe, load_recipe
 from ui.jobs import JobBusy
 from ui.services import BASE_CHOICE, Services
 
-MIN_ROWS = {"dpo": 8, "sft": 8}  # fewer rows than this cannot train anything useful
 KNOBS = [  # (RoundConfig field, CLI flag, label)
     ("lora_r", "lora-r", "LoRA rank"),
     ("lora_alpha", "lora-alpha", "LoRA alpha"),
@@ -52,9 +51,10 @@ def data_summary(services: Services, method: str) -> tuple[str, bool]:
     if report.get("conflicts"):
         lines.append(f"{len(report['conflicts'])} comparisons had conflicting votes (resolved by majority).")
     usable = True
-    if n < MIN_ROWS[method]:
+    min_rows = load_recipe(default_recipe(method)).min_pairs  # the trainer refuses fewer rows anyway
+    if n < min_rows:
         usable = False
-        lines.append(f"⛔ **Cannot start a {method.upper()} round:** {n} rows, at least {MIN_ROWS[method]} needed. "
+        lines.append(f"⛔ **Cannot start a {method.upper()} round:** {n} rows, at least {min_rows} needed. "
                      "Label more in the Arena tab.")
     if method == "dpo" and not lint.ok:
         usable = False
