@@ -145,6 +145,8 @@ def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, m
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
     base, candidate = [""] * len(prompts), [""] * len(prompts)
     done = 0
+    if progress:
+        progress(0, len(prompts))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
         conversations = [[{"role": "user", "content": prompts[i]}] for i in chunk] * 2

@@ -124,7 +124,7 @@ def test_run_eval_identity_adapter_no_regression(tiny_model_dir, tmp_path):
     report = run_eval(adapter, prompts, base_model=str(tiny_model_dir), cache_dir=tmp_path / "cache",
                       batch_size=4, max_new_tokens=8, progress=lambda done, total: calls.append((done, total)))
     assert report["regression"] is False, report["flagged"]
-    assert calls == [(4, 6), (6, 6)]
+    assert calls == [(0, 6), (4, 6), (6, 6)]
     assert len(report["samples"]) == 6
     assert all(s["base"] == s["candidate"] for s in report["samples"])  # zero-B adapter changes nothing
     assert report["checks"]["rouge_l"]["n_references"] == 6
