@@ -9,6 +9,7 @@ import argparse
 import os
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -19,7 +20,7 @@ import gradio as gr  # noqa: E402
 from training.models import EMBEDDED, ChatModel, ModelLoadError  # noqa: E402
 from labeling.store import Store  # noqa: E402
 from ui import arena, evals, train  # noqa: E402
-from ui.chat import chat_tab  # noqa: E402
+from ui.chat import chat_tab, refresh_pickers  # noqa: E402
 from ui.jobs import JobManager  # noqa: E402
 from ui.services import Services, Settings  # noqa: E402
 
@@ -33,10 +34,10 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             elem_id="header",
         )
         with gr.Tabs():
-            with gr.Tab("Arena", id="arena"):
-                arena_progress = arena.arena_tab(services)
-            with gr.Tab("Chat", id="chat"):
-                chat_tab(services)
+            with gr.Tab("Arena", id="arena") as arena_page:
+                arena_progress, *arena_models = arena.arena_tab(services)
+            with gr.Tab("Chat", id="chat") as chat_page:
+                chat_models = chat_tab(services)
             with gr.Tab("Train", id="train") as train_page:
                 train_data, train_method, _ = train.train_tab(services)
             with gr.Tab("Evals", id="evals") as evals_page:
@@ -46,6 +47,9 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             return arena.progress_text(services, arena.annotator_of(request))
 
         demo.load(load_progress, None, arena_progress, **private)
+        # checkpoints finished since the page loaded appear when a tab is opened again
+        arena_page.select(partial(arena.refresh_models, services), arena_models, arena_models, **private)
+        chat_page.select(partial(refresh_pickers, services), chat_models, chat_models, **private)
         data_summary = lambda method: train.data_summary(services, method)[0]  # noqa: E731
         demo.load(data_summary, train_method, train_data, **private)
         train_page.select(data_summary, train_method, train_data, **private)
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     print(f"model ready in {time.perf_counter() - started:.1f} s", flush=True)
     demo = build_ui(settings, services)
-    demo.launch(server_name=settings.host, server_port=settings.port, auth=auth, show_error=True)
+    demo.launch(server_name=settings.host, server_port=settings.port, auth=auth, show_error=True,
+                head=arena.KEYBOARD_JS)  # gradio 6 takes page-level head/js at launch
     return 0
 
 

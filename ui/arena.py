@@ -162,6 +162,15 @@ def import_prompts(services, upload, request: gr.Request = None):
     return progress_text(services, annotator_of(request))
 
 
+def refresh_models(services, model_x, model_y):
+    """New checkpoints show up without a restart; an unset side follows the current candidate."""
+    choices = services.model_choices()
+    base, candidate = default_pair(services)
+    model_x = model_x if model_x in choices else base
+    model_y = model_y if model_y in choices and model_y != BASE_CHOICE else candidate
+    return gr.update(choices=choices, value=model_x), gr.update(choices=choices, value=model_y)
+
+
 def copy_answer(state, side):
     return (state or {}).get(f"answer_{side}", "")
 
@@ -260,4 +269,4 @@ def arena_tab(services: Services) -> None:
 
     gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
     gr.api(arena_vote, api_name="arena_vote")
-    return progress
+    return progress, model_x, model_y

@@ -143,3 +143,4 @@ def chat_tab(services: Services) -> None:
     clear_button.click(clear, None, [*views, stats], api_visibility="private")
     refresh.click(partial(refresh_pickers, services), [model_left, model_right], [model_left, model_right],
                   api_visibility="private")
+    return model_left, model_right

@@ -155,6 +155,20 @@ def round_status(services: Services):
     return progress_html(step, total, label), label, metric_frame(rows), services.jobs.log_text(job)
 
 
+def past_rounds(services: Services) -> pd.DataFrame:
+    """Every round ever started (from data/runs/*/status.json), newest first, failures included."""
+    rows = []
+    for status_file in sorted(services.settings.runs_dir.glob("*/status.json"), reverse=True):
+        status = services.jobs.status_json(status_file.parent.name)
+        rows.append({
+            "round": status_file.parent.name,
+            "state": status.get("state", "?"),
+            "error": (status.get("error") or "")[:160],
+            "log": str(status_file.parent / "train.log"),
+        })
+    return pd.DataFrame(rows, columns=["round", "state", "error", "log"])
+
+
 def train_tab(services: Services):
     gr.Markdown("Train a LoRA adapter on the votes collected so far. The round runs in a separate process; "
                 "every finished round is evaluated automatically (Evals tab) before it can be promoted.")
@@ -180,6 +194,9 @@ def train_tab(services: Services):
     plot = gr.LinePlot(metric_frame([]), x="step", y="value", color="series", title="Live metrics", height=300)
     log = gr.Textbox(label="Log (tail)", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(2.0)
+    with gr.Accordion("Past rounds (failed and cancelled ones keep their logs)", open=False):
+        history = gr.Dataframe(past_rounds(services), interactive=False, wrap=True)
+        refresh_history = gr.Button("↻ Refresh", size="sm")
     with gr.Accordion("Export the labeled data (TRL format; loads with `datasets`)", open=False):
         with gr.Row():
             export_kind = gr.Radio(["dpo", "sft", "kto"], value="dpo", label="Format")
@@ -195,5 +212,6 @@ def train_tab(services: Services):
     start.click(partial(start_round, services), [recipe, method, start_from, *knobs, use_4bit], outputs, **private)
     cancel.click(partial(cancel_round, services), None, outputs, **private)
     timer.tick(partial(round_status, services), None, outputs, **private)
+    refresh_history.click(partial(past_rounds, services), None, history, **private)
     export_button.click(partial(export_data, services), [export_kind, export_format], export_file, **private)
     return data, method, start_from
