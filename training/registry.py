@@ -8,6 +8,9 @@ fall out of sync. Temp dirs (leading dot) are ignored.
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -57,3 +60,34 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Checkpoint]:
 
 def get_checkpoint(checkpoints_dir: Path, round_id: str) -> Checkpoint | None:
     return next((c for c in list_checkpoints(checkpoints_dir) if c.round_id == round_id), None)
+
+
+# ---------------------------------------------------------------- temp dirs of rounds in progress
+
+def temp_dir_for(checkpoints_dir: Path, round_id: str) -> Path:
+    """Where run.py builds a round before renaming it to `<checkpoints_dir>/<round_id>`."""
+    return Path(checkpoints_dir) / f".{round_id}.tmp"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True
+
+
+def remove_stale_temp_dirs(checkpoints_dir: Path) -> list[Path]:
+    """Delete temp dirs left by killed rounds (their `.pid` names a dead process); returns what went."""
+    removed = []
+    for path in Path(checkpoints_dir).glob(".*.tmp"):
+        try:
+            dead = not _alive(int((path / ".pid").read_text()))
+        except (OSError, ValueError):  # no pid: a round just starting, or one killed before it wrote it
+            dead = path.exists() and path.stat().st_mtime < time.time() - 3600
+        if dead:
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
