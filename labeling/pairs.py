@@ -20,7 +20,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from evals.checks import is_canned_greeting, is_sales_talk
+from evals.checks import are_sales_talk, is_canned_greeting
 
 CHOICES = ("a", "b", "tie", "both_bad")
 KINDS = ("dpo", "sft", "kto")
@@ -218,6 +218,8 @@ def lint(dpo_rows: list[dict]) -> LintReport:
         found[code].append(index)
         samples.setdefault(code, " ".join(text.split())[:80])
 
+    # one batched call: the semantic sales detector embeds all chosen answers at once
+    sales = are_sales_talk([_text(r.get("chosen")) for r in dpo_rows], [_text(r.get("prompt")) for r in dpo_rows])
     seen = set()
     for index, row in enumerate(dpo_rows):
         chosen, rejected = _text(row.get("chosen")), _text(row.get("rejected"))
@@ -238,7 +240,7 @@ def lint(dpo_rows: list[dict]) -> LintReport:
             flag("length_ratio", index, chosen)
         if is_canned_greeting(chosen):
             flag("canned_chosen", index, chosen)
-        if is_sales_talk(chosen, prompt=_text(row.get("prompt"))):  # asked-for shopping advice is fine
+        if sales[index]:  # asked-for shopping advice is exempt inside are_sales_talk
             flag("sales_chosen", index, chosen)
 
     total = max(len(dpo_rows), 1)
