@@ -231,7 +231,7 @@ def arena_tab(services: Services) -> None:
         with gr.Row():
             model_x = gr.Dropdown(services.model_choices(), value=base, label="Model 1")
             model_y = gr.Dropdown(services.model_choices(), value=candidate, label="Model 2")
-        controls = sampling_controls(seed=-1)  # -1: a random seed per comparison, recorded with it
+        controls = sampling_controls(seed=-1, prefix="arena")  # -1: a random seed per comparison, recorded with it
         with gr.Row():
             prompt_file = gr.File(label="Prompt file (.jsonl with prompt or MT-bench turns, or .csv)",
                                   file_types=[".jsonl", ".json", ".csv"], scale=3)

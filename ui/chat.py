@@ -96,13 +96,14 @@ def refresh_pickers(services: Services, model_left: str, model_right: str):
     )
 
 
-def sampling_controls(seed: int = 0):
+def sampling_controls(seed: int = 0, prefix: str = "chat"):
     """Sampling settings shared by both sides (also reused by the Arena tab)."""
     with gr.Accordion("Sampling settings (apply to both sides)", open=False):
         with gr.Row():
             temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
             top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
-            max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens")
+            max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens",
+                                       elem_id=f"{prefix}-max-tokens")
             seed = gr.Number(value=seed, precision=0, label="Seed (-1 = random)")
         system_prompt = gr.Textbox(label="System prompt (optional)", lines=2, max_length=4000)
     return [temperature, top_p, max_new_tokens, seed, system_prompt]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -72,8 +73,8 @@ def tail(path: Path, lines: int = 40) -> str:
             text = handle.read().decode("utf-8", "replace")
     except OSError:
         return ""
-    # tqdm redraws with \r; keep only the last state of each line
-    cleaned = [line.split("\r")[-1] for line in text.splitlines()]
+    # tqdm redraws with \r; keep only the last state of each line (splitlines would split on \r too)
+    cleaned = [line.split("\r")[-1] for line in text.split("\n")]
     return "\n".join(cleaned[-lines:])
 
 
@@ -171,8 +172,15 @@ class JobManager:
             return {}
 
     def log_text(self, job: Job | None, lines: int = 40) -> str:
+        """The trainer's own readable log while it runs; raw output (tracebacks) for evals and failures."""
         if job is None:
             return ""
-        text = tail(job.output_log, lines)
         train_log = job.log_dir / "train.log"
-        return text if text.strip() or not train_log.exists() else tail(train_log, lines)
+        if job.kind == "train" and train_log.exists() and job.returncode in (None, 0):
+            return tail(train_log, lines)
+        return tail(job.output_log, lines)
+
+    def eval_progress(self, job: Job) -> tuple[int, int]:
+        """(done, total) prompts from the eval's tqdm line, (0, 0) before it starts."""
+        found = re.findall(r"(\d+)/(\d+) \[", tail(job.output_log, 5))
+        return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)

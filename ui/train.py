@@ -7,6 +7,7 @@ a timer, so a page refresh loses nothing.
 
 from __future__ import annotations
 
+import html
 import shutil
 import tempfile
 import time
@@ -112,6 +113,7 @@ def cancel_round(services: Services):
 
 def progress_html(done: int, total: int, label: str) -> str:
     percent = 0 if not total else min(100, round(100 * done / total))
+    label = html.escape(label.replace("**", "").replace("`", ""))
     return (
         f"<div style='margin:4px 0'>{label}</div>"
         f"<div style='background:#e5e7eb;border-radius:6px;height:14px'>"
@@ -119,10 +121,14 @@ def progress_html(done: int, total: int, label: str) -> str:
     )
 
 
+SERIES = {"loss": "train loss", "eval_loss": "held-out loss", "rewards/margins": "reward margin",
+          "rewards/accuracies": "reward accuracy"}
+SERIES_COLORS = dict(zip(SERIES.values(), ["#f97316", "#2563eb", "#16a34a", "#9333ea"]))
+
+
 def metric_frame(rows: list[dict]) -> pd.DataFrame:
     """Long format (step, value, series) for one LinePlot with a colour per series."""
-    wanted = {"loss": "train loss", "eval_loss": "held-out loss", "rewards/margins": "reward margin",
-              "rewards/accuracies": "reward accuracy"}
+    wanted = SERIES
     points = [
         {"step": row["step"], "value": float(row[key]), "series": label}
         for row in rows if row.get("step") is not None
@@ -140,11 +146,17 @@ def round_status(services: Services):
     steps = [r for r in rows if r.get("step") is not None]
     last = steps[-1] if steps else {}
     step, total = int(last.get("step") or 0), int(last.get("max_steps") or 0)
-    if job.running:
+    elapsed = time.time() - job.started
+    if job.running and job.kind == "eval":
+        step, total = services.jobs.eval_progress(job)
+        eta = elapsed / step * (total - step) if step else None
+        label = (f"**evals** of `{job.round_id}` running · {step}/{total or '?'} prompts"
+                 + (f" · ETA {eta:.0f} s" if eta is not None else "") + f" · {elapsed:.0f} s elapsed")
+    elif job.running:
         eta = last.get("eta_s")
-        label = (f"**{job.kind}** `{job.round_id}` running · step {step}/{total or '?'}"
+        label = (f"**training** `{job.round_id}` running · step {step}/{total or '?'}"
                  + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) else "")
-                 + f" · {time.time() - job.started:.0f} s elapsed")
+                 + f" · {elapsed:.0f} s elapsed")
     elif job.cancelled:
         label = f"**{job.kind}** `{job.round_id}` cancelled; nothing was written under checkpoints/."
     elif job.returncode == 0:
@@ -191,7 +203,8 @@ def train_tab(services: Services):
         cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
     progress = gr.HTML(elem_id="train-progress")
     status = gr.Markdown(elem_id="train-status")
-    plot = gr.LinePlot(metric_frame([]), x="step", y="value", color="series", title="Live metrics", height=300)
+    plot = gr.LinePlot(metric_frame([]), x="step", y="value", color="series", color_map=SERIES_COLORS,
+                       title="Live metrics: loss, held-out loss, DPO reward margin and accuracy", height=300)
     log = gr.Textbox(label="Log (tail)", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(2.0)
     with gr.Accordion("Past rounds (failed and cancelled ones keep their logs)", open=False):
