@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from training.models import EMBEDDED, ChatModel, ModelLoadError
@@ -47,7 +47,6 @@ class Services:
     chat: ChatModel
     store: object | None = None  # labeling.store.Store
     jobs: object | None = None  # ui.jobs.JobManager
-    extra: dict = field(default_factory=dict)
 
     def checkpoints(self) -> list[Checkpoint]:
         return list_checkpoints(self.settings.checkpoints_dir)
@@ -87,17 +86,6 @@ def check_context(chat: ChatModel, conversations: list[list[dict]], system_promp
         raise ValueError(
             f"The conversation is {longest:,} tokens, over the {MAX_CONTEXT_TOKENS:,}-token limit: clear it and start again."
         )
-
-
-def plain_messages(history: list[dict] | None) -> list[dict]:
-    """Chatbot values carry display metadata; the model wants role + content only."""
-    out = []
-    for message in history or []:
-        content = message.get("content")
-        if isinstance(content, list):  # gradio may wrap text as [{"type": "text", "text": ...}]
-            content = "".join(part.get("text", "") for part in content if isinstance(part, dict))
-        out.append({"role": message["role"], "content": str(content or "")})
-    return out
 
 
 _CODE = re.compile(r"(```.*?(?:```|$)|`[^`\n]*`)", re.S)
