@@ -268,7 +268,26 @@ def test_bad_input_exits_2_with_one_line_and_no_checkpoint(case, expected, tiny_
         assert json.loads(status.read_text())["state"] == "failed"
 
 
+def test_existing_checkpoint_is_never_overwritten(tmp_path, capsys):
+    data = write_jsonl(tmp_path / "pairs.jsonl", dpo_rows(5))
+    out = tmp_path / "checkpoints"
+    (out / "taken").mkdir(parents=True)
+    (out / "taken" / "round.json").write_text("{}")
+    code = main(["run", "--data", str(data), "--out", str(out), "--round-id", "taken", "--no-4bit"])
+    assert code == 2 and "already exists" in capsys.readouterr().err
+    assert (out / "taken" / "round.json").read_text() == "{}"
+
+
 # ---------------------------------------------------------------- crash and cancel safety
+
+def test_sweep_keeps_temp_dirs_of_live_rounds(tmp_path):
+    live, dead = temp_dir_for(tmp_path, "live"), temp_dir_for(tmp_path, "dead")
+    for path, pid in ((live, os.getpid()), (dead, 2**22 + 12345)):  # above pid_max: never a live process
+        path.mkdir()
+        (path / ".pid").write_text(str(pid))
+    assert remove_stale_temp_dirs(tmp_path) == [dead]
+    assert live.is_dir() and not dead.exists()
+
 
 def start_long_round(tiny_model_dir, tmp_path, round_id):
     data = write_jsonl(tmp_path / "pairs.jsonl", dpo_rows(8))

@@ -92,12 +92,27 @@ def command_list(args) -> int:
     return 0
 
 
+def limit_heap_growth() -> None:
+    """Serve big tensors from mmap so freed memory goes back to the OS.
+
+    glibc raises its mmap threshold after each large free, so activation-sized tensors end up on
+    a heap that fragments: a DPO step on the embedded model peaked at 8.5 GB RSS instead of 5.9 GB.
+    """
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").mallopt(-3, 1 << 16)  # M_MMAP_THRESHOLD = 64 KiB, fixed
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to tune
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     args = build_parser().parse_args(argv)
     if args.command == "list":
         return command_list(args)
+    limit_heap_growth()
     import datasets
     import transformers
 

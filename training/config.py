@@ -41,7 +41,7 @@ class RoundConfig:
     max_steps: int = 60  # ... capped at this many optimizer steps (0 = no cap), so big snapshots stay bounded
     batch_size: int = 4
     grad_accum: int = 1
-    max_length: int = 256  # prompt + answer tokens; longer rows are truncated at the end
+    max_length: int = 128  # prompt + answer tokens, truncated at the end; step time and memory grow with it
     seed: int = 42
 
     # ---- DPO
