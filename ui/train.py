@@ -8,6 +8,7 @@ a timer, so a page refresh loses nothing.
 from __future__ import annotations
 
 import html
+import os
 import shutil
 import tempfile
 import time
@@ -122,8 +123,8 @@ def progress_html(done: int, total: int, label: str) -> str:
 
 
 SERIES = {"loss": "train loss", "eval_loss": "held-out loss", "rewards/margins": "reward margin",
-          "rewards/accuracies": "reward accuracy"}
-SERIES_COLORS = dict(zip(SERIES.values(), ["#f97316", "#2563eb", "#16a34a", "#9333ea"]))
+          "eval_rewards/margins": "held-out reward margin", "rewards/accuracies": "reward accuracy"}
+SERIES_COLORS = dict(zip(SERIES.values(), ["#f97316", "#2563eb", "#16a34a", "#0d9488", "#9333ea"]))
 
 
 def metric_frame(rows: list[dict]) -> pd.DataFrame:
@@ -167,14 +168,27 @@ def round_status(services: Services):
     return progress_html(step, total, label), label, metric_frame(rows), services.jobs.log_text(job)
 
 
+def pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def past_rounds(services: Services) -> pd.DataFrame:
     """Every round ever started (from data/runs/*/status.json), newest first, failures included."""
     rows = []
     for status_file in sorted(services.settings.runs_dir.glob("*/status.json"), reverse=True):
         status = services.jobs.status_json(status_file.parent.name)
+        state = status.get("state", "?")
+        if state == "running" and not pid_alive(status.get("pid")):
+            state = "died (killed before it could record why)"
         rows.append({
             "round": status_file.parent.name,
-            "state": status.get("state", "?"),
+            "state": state,
             "error": (status.get("error") or "")[:160],
             "log": str(status_file.parent / "train.log"),
         })
@@ -220,6 +234,8 @@ def train_tab(services: Services):
     private = dict(api_visibility="private")
     outputs = [progress, status, plot, log]
     recipe.change(recipe_values, recipe, [method, *knobs, use_4bit], **private)
+    # switching method by hand loads that method's recipe (a DPO loss type would be refused for SFT)
+    method.input(default_recipe, method, recipe, **private)
     for trigger in (method.change, refresh_data.click):
         trigger(lambda m: data_summary(services, m)[0], method, data, **private)
     start.click(partial(start_round, services), [recipe, method, start_from, *knobs, use_4bit], outputs, **private)
