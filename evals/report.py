@@ -8,6 +8,7 @@ pure part and takes answers from anywhere.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import time
@@ -136,27 +137,50 @@ def build_report(
 
 
 def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, max_new_tokens: int,
-                   progress: Callable[[int, int], None] | None = None) -> tuple[list[str], list[str]]:
-    """Greedy base and `adapter` answers, both sides of a prompt in the same batch."""
+                   progress: Callable[[int, int], None] | None = None,
+                   base_answers: list[str] | None = None) -> tuple[list[str], list[str]]:
+    """Greedy base and `adapter` answers, both sides of a prompt in the same batch.
+
+    With `base_answers` given (cached from an earlier eval of the same base), only
+    the candidate rows are decoded: greedy base answers never change.
+    """
     from training.models import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     # Similar lengths batch together, so left padding wastes little compute.
     order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    base, candidate = [""] * len(prompts), [""] * len(prompts)
+    base = list(base_answers) if base_answers is not None else [""] * len(prompts)
+    candidate = [""] * len(prompts)
+    sides = [adapter] if base_answers is not None else [None, adapter]
     done = 0
     if progress:
         progress(0, len(prompts))
     for start in range(0, len(order), batch_size):
         chunk = order[start : start + batch_size]
-        conversations = [[{"role": "user", "content": prompts[i]}] for i in chunk] * 2
-        texts = chat.generate(conversations, [None] * len(chunk) + [adapter] * len(chunk), params)
+        conversations = [[{"role": "user", "content": prompts[i]}] for i in chunk] * len(sides)
+        texts = chat.generate(conversations, [side for side in sides for _ in chunk], params)
         for k, i in enumerate(chunk):
-            base[i], candidate[i] = texts[k].strip(), texts[len(chunk) + k].strip()
+            candidate[i] = texts[(len(sides) - 1) * len(chunk) + k].strip()
+            if base_answers is None:
+                base[i] = texts[k].strip()
         done += len(chunk)
         if progress:
             progress(done, len(prompts))
     return base, candidate
+
+
+def base_cache_file(cache_dir: Path, base_name: str, prompts: list[str], max_new_tokens: int) -> Path:
+    """Where greedy base answers for this base + prompt set + length are kept between evals."""
+    key = hashlib.sha256(json.dumps([base_name, prompts, max_new_tokens]).encode()).hexdigest()[:16]
+    return Path(cache_dir).parent / "eval-base" / f"{key}.json"
+
+
+def read_base_cache(path: Path, n: int) -> list[str] | None:
+    try:
+        answers = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return answers if isinstance(answers, list) and len(answers) == n else None
 
 
 def run_eval(
@@ -170,6 +194,7 @@ def run_eval(
     progress: Callable[[int, int], None] | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     chat=None,
+    use_base_cache: bool = True,
 ) -> dict:
     """Evaluate the adapter at `adapter_dir` against its base on a prompt set.
 
@@ -196,9 +221,14 @@ def run_eval(
     loaded = time.perf_counter()
 
     prompts = [r["prompt"] for r in rows]
+    cache_file = base_cache_file(Path(cache_dir), str(base_model or chat.base_name), prompts, max_new_tokens)
+    cached = read_base_cache(cache_file, len(prompts)) if use_base_cache else None
     base, candidate = generate_pairs(
-        chat, name, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress
+        chat, name, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
+        base_answers=cached,
     )
+    if use_base_cache and cached is None:
+        write_report(base, cache_file)  # atomic JSON write; the next round's eval skips the base half
     generated = time.perf_counter()
 
     references = [r["reference"] for r in rows]
@@ -212,7 +242,8 @@ def run_eval(
         adapter_fingerprint=chat.adapters.get(name),
         base_model=base_model or chat.base_name,
         prompts_file=str(prompts_file or DEFAULT_PROMPTS),
-        generation={"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size},
+        generation={"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                    "base_answers_cached": cached is not None},
         samples=[
             {"id": r["id"], "prompt": r["prompt"], "base": b, "candidate": c, "reference": r["reference"]}
             for r, b, c in zip(rows, base, candidate)

@@ -6,6 +6,7 @@ every test in this module. Screenshots go to test-artifacts/ for a human to look
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -48,8 +49,13 @@ def wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout: 
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, embedded_model_dir):
-    data_dir = tmp_path_factory.mktemp("app-data")
+def app_data_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("app-data")
+
+
+@pytest.fixture(scope="module")
+def app_url(app_data_dir, embedded_model_dir):
+    data_dir = app_data_dir
     # reuse the session's converted embedded model instead of converting it again
     (data_dir / "cache").mkdir()
     os.symlink(embedded_model_dir.parent, data_dir / "cache" / "models")
@@ -142,3 +148,31 @@ def test_arena_vote_lands_in_the_export(page, app_url, tmp_path):
     export_path.write_text(exported)
     rows = datasets.load_dataset("json", data_files=str(export_path), split="train")
     assert any(row["prompt"][-1]["content"] == "Name three primary colors." for row in rows)
+
+
+def test_evals_tab_blocks_a_collapsed_checkpoint_until_an_override_reason(page, app_data_dir):
+    from evals.report import build_report
+
+    prompts = ["What is DNS?", "Write a haiku about rain.", "How do I boil an egg?", "Explain gravity."]
+    base = ["DNS maps names to IP addresses.", "Rain taps on the roof...", "Boil it for nine minutes.",
+            "Gravity pulls masses together."]
+    report = build_report(prompts, base, ["Dear, how can I help you?"] * 4)
+    assert report["regression"] and report["checks"]["canned_reply"]["flagged"]
+    checkpoint = app_data_dir / "checkpoints" / "r-collapsed"
+    (checkpoint / "adapter").mkdir(parents=True)
+    (checkpoint / "round.json").write_text(json.dumps({"round_id": "r-collapsed", "finished_at": "2026-01-01"}))
+    (checkpoint / "eval.json").write_text(json.dumps(report))
+
+    page.get_by_role("tab", name="Evals").click()
+    page.wait_for_function("() => document.querySelector('#evals-gate').innerText.includes('Promotion blocked')",
+                           timeout=30_000)
+    assert "canned_reply" in page.inner_text("#evals-gate")
+    assert "REGRESSION" in page.inner_text("#evals-table")
+    page.click("#evals-promote")  # no reason: refused
+    page.wait_for_selector("text=write the reason", timeout=10_000)
+    page.get_by_label("Override reason (required only when the gate blocks)").fill("demo build, known issue")
+    page.click("#evals-promote")
+    page.wait_for_function("() => document.querySelector('#evals-gate').innerText.includes('r-collapsed')",
+                           timeout=10_000)
+    page.screenshot(path=str(ARTIFACTS / "evals.png"), full_page=True)
+    assert "Current candidate: r-collapsed" in page.inner_text("#evals-gate").replace("`", "")

@@ -136,3 +136,24 @@ def test_run_eval_rejects_bad_adapter_before_loading(tmp_path):
     (tmp_path / "adapter").mkdir()
     with pytest.raises(ModelLoadError, match="adapter_config.json"):
         run_eval(tmp_path / "adapter", base_model="/nonexistent/model")
+
+
+def test_second_eval_reuses_cached_base_answers(tiny_model_dir, tmp_path):
+    from training.models import ChatModel, load_base
+
+    adapter = make_identity_adapter(tiny_model_dir, tmp_path / "adapter")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS])
+    chat = ChatModel(*load_base(str(tiny_model_dir), dtype="fp32"), base_name=str(tiny_model_dir))
+    decoded_rows = []
+    original = chat.generate
+    chat.generate = lambda conversations, adapters, params: decoded_rows.append(len(adapters)) or original(
+        conversations, adapters, params)
+    kwargs = dict(cache_dir=tmp_path / "cache" / "models", batch_size=6, max_new_tokens=8, chat=chat)
+    first = run_eval(adapter, prompts, **kwargs)
+    second = run_eval(adapter, prompts, **kwargs)
+    assert decoded_rows == [12, 6]  # the second eval decodes only the candidate half
+    assert not first["generation"]["base_answers_cached"] and second["generation"]["base_answers_cached"]
+    assert [s["base"] for s in first["samples"]] == [s["base"] for s in second["samples"]]
+    assert second["checks"] == first["checks"]
+    third = run_eval(adapter, prompts, **{**kwargs, "max_new_tokens": 9})  # other settings: no reuse
+    assert not third["generation"]["base_answers_cached"]
