@@ -50,15 +50,24 @@ def examples_markdown(report: dict | None) -> str:
     return "\n".join(parts) or "No flagged examples."
 
 
+# Checks whose figures are shares in [0, 1], so they share one axis (length_shift is in words).
+TREND_CHECKS = ["canned_reply", "sales_talk", "repetition", "rouge_l", "empty_answers", "refusal_rate"]
+TREND_COLORS = dict(zip(TREND_CHECKS, ["#dc2626", "#f97316", "#9333ea", "#2563eb", "#6b7280", "#16a34a"]))
+LEADERBOARD_COLUMNS = ["model", "rating", "ci_low", "ci_high", "n_votes", "win_rate"]
+PAIRWISE_COLUMNS = ["model_a", "model_b", "n_votes", "a_wins", "b_wins", "ties", "both_bad", "a_win_rate"]
+
+
 def trend_frame(services: Services) -> pd.DataFrame:
-    """Candidate value of every numeric check, one point per evaluated round."""
+    """Candidate value of every share-valued check, one point per evaluated round."""
     points = []
     for index, checkpoint in enumerate(services.checkpoints(), 1):
         for name, check in ((checkpoint.eval or {}).get("checks") or {}).items():
-            if isinstance(check.get("candidate"), (int, float)):
+            if name in TREND_COLORS and isinstance(check.get("candidate"), (int, float)):
                 points.append({"round": index, "value": float(check["candidate"]), "check": name,
                                "round_id": checkpoint.round_id})
-    return pd.DataFrame(points or [{"round": 0, "value": 0.0, "check": "none", "round_id": ""}])
+    frame = pd.DataFrame(points, columns=["round", "value", "check", "round_id"])
+    # typed even when empty, so the plot starts with numeric axes rather than categorical ones
+    return frame.astype({"round": int, "value": float, "check": str, "round_id": str})
 
 
 def gate_text(services: Services, round_id: str | None) -> str:
@@ -114,7 +123,7 @@ def win_rates(services: Services):
     votes = services.store.vote_pairs_by_model()
     board = winrate.leaderboard(votes) if votes else []
     pair_rows = winrate.pairwise(votes) if votes else []
-    return pd.DataFrame(board), pd.DataFrame(pair_rows)
+    return pd.DataFrame(board, columns=LEADERBOARD_COLUMNS), pd.DataFrame(pair_rows, columns=PAIRWISE_COLUMNS)
 
 
 def refresh(services: Services, round_id: str | None):
@@ -137,11 +146,11 @@ def evals_tab(services: Services):
         promote_button = gr.Button("Promote to current candidate", variant="primary", scale=1, elem_id="evals-promote")
     with gr.Accordion("Offending examples", open=False):
         examples = gr.Markdown()
-    trend = gr.LinePlot(trend_frame(services), x="round", y="value", color="check",
+    trend = gr.LinePlot(trend_frame(services), x="round", y="value", color="check", color_map=TREND_COLORS, y_lim=[0, 1],
                         title="Candidate value per check over rounds", height=280)
     gr.Markdown("### Human votes (Arena): Bradley-Terry ratings with 95% bootstrap intervals")
-    board = gr.Dataframe(interactive=False, elem_id="evals-leaderboard")
-    pairwise = gr.Dataframe(interactive=False, label="Win rate per model pair")
+    board = gr.Dataframe(headers=LEADERBOARD_COLUMNS, interactive=False, elem_id="evals-leaderboard")
+    pairwise = gr.Dataframe(headers=PAIRWISE_COLUMNS, interactive=False, label="Win rate per model pair")
 
     private = dict(api_visibility="private")
     outputs = [picker, table, examples, gate, trend, board, pairwise]
