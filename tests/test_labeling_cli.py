@@ -13,7 +13,7 @@ from labeling.__main__ import main
 from labeling.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
-MT_BENCH = Path("/work/shared/data/mt_bench/question.jsonl")
+MT_BENCH = Path(__file__).resolve().parent.parent / "evals" / "prompts" / "mt_bench_questions.jsonl"
 ANSWERS = [
     ("What is the capital of France?", "The capital of France is Paris.", "Rain falls on the quiet town."),
     ("Write a short poem about the sea.", "The sea and the sky and the wind.", "Buy now and save 50 percent!"),

@@ -15,7 +15,7 @@ import pytest
 from labeling.store import MIGRATIONS, Store, StoreLocked, load_prompt_file
 
 ROOT = Path(__file__).resolve().parent.parent
-MT_BENCH = Path("/work/shared/data/mt_bench/question.jsonl")
+MT_BENCH = Path(__file__).resolve().parent.parent / "evals" / "prompts" / "mt_bench_questions.jsonl"
 PROMPT = [{"role": "user", "content": "Name a primary colour."}]
 PARAMS = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 64, "seed": 1, "system_prompt": ""}
 
