@@ -145,7 +145,6 @@ def load_tokenizer(path: str):
 
 def load_base(path: str, *, dtype: str = "auto", load_in_4bit: bool = False):
     """Load a resolved base (see resolve_base_model) as (model, tokenizer)."""
-    import torch
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs: dict = {"dtype": pick_dtype(dtype)}
