@@ -9,7 +9,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from evals.config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS
+from evals.config import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS
 from evals.report import DEFAULT_CACHE_DIR, EvalInputError, run_eval, write_report
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
@@ -36,6 +36,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where converted base models live")
     run.add_argument("--max-new-tokens", type=_positive, default=DEFAULT_MAX_NEW_TOKENS)
     run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, help="prompts per batch")
+    run.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["fp32", "bf16", "auto"],
+                     help="weights dtype for generation (fp32 batches fastest on CPU)")
     return parser.parse_args(argv)
 
 
@@ -78,6 +80,7 @@ def main(argv: list[str] | None = None) -> int:
             args.adapter, prompts_file=args.prompts, base_model=args.base_model,
             references_file=args.references, cache_dir=args.cache_dir,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=progress,
+            dtype=args.dtype,
         )
     except (EvalInputError, ModelLoadError, OSError) as exc:
         print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)

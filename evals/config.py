@@ -82,4 +82,8 @@ DEFAULT_THRESHOLDS = Thresholds()
 # Generation defaults for run_eval: greedy and short, so ~100 prompts x 2 sides finish in a
 # few minutes on 2 CPU cores; 128 tokens is enough to see collapse, pitches and loops.
 DEFAULT_MAX_NEW_TOKENS = 128
+# 8 prompts = 16 rows (base + candidate). On 2 cores, fp32 throughput peaks around 16 rows;
+# wider batches pad long MT-bench prompts and get slower (bench/bench_eval.py).
 DEFAULT_BATCH_SIZE = 8
+# fp32, not the app's bf16: batched CPU decoding is 2-3x faster in fp32 (bench/bench_eval.py).
+DEFAULT_DTYPE = "fp32"

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Callable
 
 from evals import checks
-from evals.config import DEFAULT_BATCH_SIZE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLDS, Thresholds
+from evals.config import (
+    DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLDS, Thresholds,
+)
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "default.jsonl"
 DEFAULT_CACHE_DIR = Path("data") / "cache" / "models"
@@ -169,9 +171,13 @@ def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, m
     return base, candidate
 
 
-def base_cache_file(cache_dir: Path, base_name: str, prompts: list[str], max_new_tokens: int) -> Path:
-    """Where greedy base answers for this base + prompt set + length are kept between evals."""
-    key = hashlib.sha256(json.dumps([base_name, prompts, max_new_tokens]).encode()).hexdigest()[:16]
+def base_cache_file(cache_dir: Path, base_name: str, prompts: list[str], max_new_tokens: int,
+                    dtype: str = DEFAULT_DTYPE) -> Path:
+    """Where greedy base answers for this base + prompt set + length + dtype are kept between evals.
+
+    dtype is part of the key: greedy bf16 and fp32 answers drift apart after a few dozen tokens.
+    """
+    key = hashlib.sha256(json.dumps([base_name, prompts, max_new_tokens, dtype]).encode()).hexdigest()[:16]
     return Path(cache_dir).parent / "eval-base" / f"{key}.json"
 
 
@@ -195,6 +201,7 @@ def run_eval(
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
     chat=None,
     use_base_cache: bool = True,
+    dtype: str = DEFAULT_DTYPE,
 ) -> dict:
     """Evaluate the adapter at `adapter_dir` against its base on a prompt set.
 
@@ -214,14 +221,17 @@ def run_eval(
         raise EvalInputError("batch_size and max_new_tokens must be positive")
 
     if chat is None:
-        chat = ChatModel.load(base_model, Path(cache_dir))
+        chat = ChatModel.load(base_model, Path(cache_dir), dtype=dtype)
     # A fresh name per content: the app may have an older adapter loaded as "candidate".
     name = f"{CANDIDATE}-{adapter_fingerprint(adapter_dir)}"
     chat.ensure_adapter(name, adapter_dir)
     loaded = time.perf_counter()
 
     prompts = [r["prompt"] for r in rows]
-    cache_file = base_cache_file(Path(cache_dir), str(base_model or chat.base_name), prompts, max_new_tokens)
+    weights_dtype = str(chat.model.dtype).removeprefix("torch.")
+    cache_file = base_cache_file(
+        Path(cache_dir), str(base_model or chat.base_name), prompts, max_new_tokens, weights_dtype
+    )
     cached = read_base_cache(cache_file, len(prompts)) if use_base_cache else None
     base, candidate = generate_pairs(
         chat, name, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
@@ -243,6 +253,7 @@ def run_eval(
         base_model=base_model or chat.base_name,
         prompts_file=str(prompts_file or DEFAULT_PROMPTS),
         generation={"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                    "dtype": weights_dtype,
                     "base_answers_cached": cached is not None},
         samples=[
             {"id": r["id"], "prompt": r["prompt"], "base": b, "candidate": c, "reference": r["reference"]}

@@ -20,7 +20,8 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from itertools import combinations
 
-from evals.checks import are_sales_talk, is_canned_greeting
+from evals.checks import is_canned_greeting
+from evals.sales import are_sales_talk
 
 CHOICES = ("a", "b", "tie", "both_bad")
 KINDS = ("dpo", "sft", "kto")

@@ -10,7 +10,8 @@ from __future__ import annotations
 import pytest
 
 from evals import checks, semantic
-from evals.checks import is_canned_greeting, is_sales_talk
+from evals.checks import is_canned_greeting
+from evals.sales import is_sales_talk
 
 PROMPTS = [
     "Why is the sky blue?",

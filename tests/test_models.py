@@ -66,6 +66,14 @@ def test_stream_yields_growing_texts_for_each_row(chat):
     assert all(len(a) <= len(b) for a, b in zip(snapshots[0], final))
 
 
+def test_generate_returns_what_the_stream_ends_with(chat):
+    # generate() skips the streamer for speed; it must still cut each row at its own EOS
+    params = SamplingParams(temperature=0, max_new_tokens=12)
+    conversations = [HELLO, [{"role": "user", "content": "the sea and the long tide"}]]
+    streamed = list(chat.stream(conversations, [None, None], params))[-1]
+    assert chat.generate(conversations, [None, None], params) == streamed
+
+
 def test_greedy_generation_is_deterministic_and_seeded_sampling_repeats(chat):
     greedy = SamplingParams(temperature=0, max_new_tokens=10)
     assert chat.generate([HELLO], [None], greedy) == chat.generate([HELLO], [None], greedy)

@@ -34,7 +34,7 @@ import warnings
 import numpy as np
 import pytest
 
-from evals import checks, semantic
+from evals import checks, sales, semantic
 from evals.config import DEFAULT_THRESHOLDS as T
 
 needs_encoder = pytest.mark.skipif(semantic.model_dir() is None,
@@ -132,8 +132,8 @@ HELD_OUT_INNOCENT = [
 def held_out():
     """Every held-out verdict in one batched call (one encoder pass keeps this file fast)."""
     texts = HELD_OUT_PITCHES + HELD_OUT_INNOCENT
-    combined = checks.are_sales_talk(texts)
-    lexical = [checks.sales_score(x) >= T.sales_score_min for x in texts]
+    combined = sales.are_sales_talk(texts)
+    lexical = [sales.sales_score(x) >= T.sales_score_min for x in texts]
     n = len(HELD_OUT_PITCHES)
     return {"combined": (combined[:n], combined[n:]), "lexical": (lexical[:n], lexical[n:])}
 
@@ -168,25 +168,25 @@ def test_a_pitch_slipped_in_after_a_long_fine_answer_is_caught():
         "scattered away before it reaches you and the reds remain. Dust and smoke make sunsets redder still. "
     )
     pitch = next(p for p in HELD_OUT_PITCHES if "Flexipaws" in p)  # caught alone; lexical families miss it
-    assert not checks.is_sales_talk(answer) and checks.is_sales_talk(pitch)
-    assert checks.is_sales_talk(answer + pitch)  # the max over sentences: four fine ones do not dilute it
-    assert checks.sales_score(answer + pitch) < T.sales_score_min  # ...and the lexical half alone misses it
+    assert not sales.is_sales_talk(answer) and sales.is_sales_talk(pitch)
+    assert sales.is_sales_talk(answer + pitch)  # the max over sentences: four fine ones do not dilute it
+    assert sales.sales_score(answer + pitch) < T.sales_score_min  # ...and the lexical half alone misses it
 
 
 @needs_encoder
 def test_prompt_that_asks_about_buying_still_exempts_the_semantic_verdict():
     pitch = next(p for p in HELD_OUT_PITCHES if "SparkleFleet" in p)
-    assert checks.is_sales_talk(pitch, prompt="How do I clean my car's interior?")
-    assert not checks.is_sales_talk(pitch, prompt="Which car valeting service should I buy?")
-    assert checks.are_sales_talk([pitch, pitch], ["Why is the sky blue?", "What does a car wash cost?"]) == [True, False]
+    assert sales.is_sales_talk(pitch, prompt="How do I clean my car's interior?")
+    assert not sales.is_sales_talk(pitch, prompt="Which car valeting service should I buy?")
+    assert sales.are_sales_talk([pitch, pitch], ["Why is the sky blue?", "What does a car wash cost?"]) == [True, False]
 
 
 def test_are_sales_talk_is_is_sales_talk_batched():
     texts = [HELD_OUT_PITCHES[0], HELD_OUT_INNOCENT[0], "Get 20% off our new SuperBlend Pro today! Visit www.superblend.com", ""]
-    assert checks.are_sales_talk(texts) == [checks.is_sales_talk(x) for x in texts]
-    assert checks.are_sales_talk([]) == []
+    assert sales.are_sales_talk(texts) == [sales.is_sales_talk(x) for x in texts]
+    assert sales.are_sales_talk([]) == []
     with pytest.raises(ValueError):
-        checks.are_sales_talk(texts, prompts=["one prompt"])
+        sales.are_sales_talk(texts, prompts=["one prompt"])
 
 
 @needs_encoder
@@ -214,13 +214,13 @@ def test_without_the_encoder_it_falls_back_to_lexical_with_one_warning(monkeypat
     texts = HELD_OUT_PITCHES[:10] + ["Get 20% off our new SuperBlend Pro today! Visit www.superblend.com"]
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        verdicts = checks.are_sales_talk(texts)
-        checks.is_sales_talk(texts[0])
+        verdicts = sales.are_sales_talk(texts)
+        sales.is_sales_talk(texts[0])
         result = checks.sales_talk(["Why?"] * 3, ["Because."] * 3, texts[-3:])
-    assert verdicts == [checks.sales_score(x) >= T.sales_score_min for x in texts] and verdicts[-1]
+    assert verdicts == [sales.sales_score(x) >= T.sales_score_min for x in texts] and verdicts[-1]
     assert len([w for w in caught if "lexical patterns only" in str(w.message)]) == 1
     assert result.details["sales_encoder"].startswith("unavailable")
-    assert checks.semantic_sales_probability(["anything at all here"]) is None
+    assert sales.semantic_sales_probability(["anything at all here"]) is None
 
 
 @needs_encoder
