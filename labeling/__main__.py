@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 from labeling import pairs
-from labeling.store import Store, StoreLocked, load_prompt_file, write_rows
+from labeling.rows import load_prompt_file, write_rows
+from labeling.store import Store, StoreLocked
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from labeling.store import MIGRATIONS, Store, StoreLocked, load_prompt_file
+from labeling.rows import load_prompt_file
+from labeling.store import MIGRATIONS, Store, StoreLocked
 
 ROOT = Path(__file__).resolve().parent.parent
 MT_BENCH = Path(__file__).resolve().parent.parent / "evals" / "prompts" / "mt_bench_questions.jsonl"

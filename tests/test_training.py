@@ -18,7 +18,8 @@ from training.__main__ import main
 from training.config import RoundConfig, load_recipe
 from training.models import ChatModel, SamplingParams, load_base
 from training.registry import list_checkpoints, remove_stale_temp_dirs, temp_dir_for
-from training.run import make_callbacks, plan_steps, run_round, watch_heldout
+from training.callbacks import make_callbacks, watch_heldout
+from training.run import plan_steps, run_round
 
 ROOT = Path(__file__).resolve().parent.parent
 HELLO = [{"role": "user", "content": "hello how are you"}]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 
-from labeling.store import load_prompt_file
+from labeling.rows import load_prompt_file
 from training.models import ModelLoadError, SamplingParams
 from ui.chat import sampling, sampling_controls
 from ui.services import BASE_CHOICE, Services, check_context, check_prompt, for_display
