@@ -10,6 +10,7 @@ lives in evals/sales.py.
 
 from __future__ import annotations
 
+import math
 import re
 import statistics
 from dataclasses import dataclass, field
@@ -86,6 +87,29 @@ def _example(i: int, prompts, base, candidate, t: Thresholds, **extra) -> dict:
 
 def _share(flags: list[bool]) -> float:
     return round(sum(flags) / len(flags), 4) if flags else 0.0
+
+
+def paired_p_value(base_flags: list[bool], cand_flags: list[bool]) -> float:
+    """One-sided exact McNemar (sign) test: how likely is the candidate's excess of flagged answers
+    by chance, given the prompts where the two sides disagree? 1.0 when it has no excess."""
+    worse = sum(c and not b for b, c in zip(base_flags, cand_flags))
+    better = sum(b and not c for b, c in zip(base_flags, cand_flags))
+    n = worse + better
+    if worse <= better:
+        return 1.0
+    return sum(math.comb(n, k) for k in range(worse, n + 1)) / 2**n
+
+
+def _worse_by_chance_test(base_flags, cand_flags, share_max: float, margin: float, t: Thresholds) -> tuple[bool, dict]:
+    """A per-prompt share check's flag: bad in absolute terms, worse than base by the margin, and
+    worse on more prompts than chance explains (so detector noise on a weak base does not gate)."""
+    b, c = _share(base_flags), _share(cand_flags)
+    p = paired_p_value(base_flags, cand_flags)
+    flagged = c >= share_max and c - b >= margin and p <= t.paired_p_value_max
+    details = {"newly_flagged": sum(c_ and not b_ for b_, c_ in zip(base_flags, cand_flags)),
+               "no_longer_flagged": sum(b_ and not c_ for b_, c_ in zip(base_flags, cand_flags)),
+               "p_value": round(p, 4)}
+    return flagged, details
 
 
 # ---------------------------------------------------------------- canned greetings
@@ -247,9 +271,10 @@ def sales_talk(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> 
     base_verdicts, cand_verdicts = dict(zip(eligible, both)), dict(zip(eligible, both[len(eligible):]))
     base_hits, _ = _pitches(prompts, base, candidate, base_verdicts)
     cand_hits, plugged = _pitches(prompts, candidate, base, cand_verdicts)
-    b = round(len(base_hits) / len(eligible), 4) if eligible else 0.0
-    c = round(len(cand_hits) / len(eligible), 4) if eligible else 0.0
-    flagged = c >= t.sales_share_max and c - b >= t.sales_share_margin
+    base_flags = [i in set(base_hits) for i in eligible]
+    cand_flags = [i in set(cand_hits) for i in eligible]
+    b, c = _share(base_flags), _share(cand_flags)
+    flagged, paired = _worse_by_chance_test(base_flags, cand_flags, t.sales_share_max, t.sales_share_margin, t)
     new = [i for i in cand_hits if i not in set(base_hits)] or cand_hits
     examples = []
     for i in new[: t.max_examples]:
@@ -268,6 +293,7 @@ def sales_talk(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> 
             "prompts_judged": len(eligible),
             "candidate_plugged_names": sorted(plugged)[:10],
             "sales_encoder": encoder,
+            **paired,
         },
     )
 
@@ -285,7 +311,7 @@ def _loops(text: str, t: Thresholds) -> bool:
 def repetition(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> CheckResult:
     base_flags, cand_flags = [_loops(a, t) for a in base], [_loops(a, t) for a in candidate]
     b, c = _share(base_flags), _share(cand_flags)
-    flagged = c >= t.looping_share_max and c - b >= t.looping_share_margin
+    flagged, paired = _worse_by_chance_test(base_flags, cand_flags, t.looping_share_max, t.looping_share_margin, t)
     hits = sorted((i for i, f in enumerate(cand_flags) if f), key=lambda i: -repeated_ngram_share(candidate[i]))
     return CheckResult(
         "repetition", b, c, flagged,
@@ -298,6 +324,7 @@ def repetition(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> 
             "candidate_mean_repeated_4grams": (
                 round(statistics.fmean(map(repeated_ngram_share, candidate)), 4) if candidate else 0.0
             ),
+            **paired,
         },
     )
 

@@ -69,6 +69,17 @@ class Thresholds:
     # -- refusal_rate: flag when refusals grow by this much (absolute share of prompts).
     refusal_margin: float = 0.15
 
+    # -- sales_talk and repetition also need the candidate to be worse on more prompts
+    # than chance explains: a one-sided exact McNemar (sign) test on the prompts where
+    # base and candidate disagree must give p at most this. Why: those two detectors fire
+    # on some of a 135M model's own answers (sales_talk on ~13% of SmolLM2's base answers
+    # to the default set, looping on ~17%), so between two harmless checkpoints their
+    # shares move by about 5 points on 80 prompts by chance, as much as the margins. A real
+    # regression is far past it (a pitching adapter: dozens of new hits, p < 1e-6). It
+    # also means fewer than 5 disagreeing prompts can never flag them (2^-4 > 0.05).
+    # Empty answers and refusals are exact patterns with no such noise: margins alone.
+    paired_p_value_max: float = 0.05
+
     # How many offending examples each check keeps in the report, and how much text of each.
     max_examples: int = 3
     example_chars: int = 300

@@ -103,8 +103,13 @@ def test_two_annotators_voting_at_once_both_land(services):
 
 
 def test_arena_api_endpoints_round_trip(services):
-    comparison_id, answer_a, answer_b = arena.api_generate(services, "api prompt", FakeRequest("bot"))
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        arena.api_generate(services, "api prompt", FakeRequest("bot"), max_new_tokens=0)
+    comparison_id, answer_a, answer_b = arena.api_generate(services, "api prompt", FakeRequest("bot"),
+                                                           max_new_tokens=24)
     assert answer_a and answer_b
+    stored = services.store.get_comparison(comparison_id)["params"]
+    assert stored["max_new_tokens"] == 24  # the budget reached the model
     assert arena.api_vote(services, comparison_id, "b", "", FakeRequest("bot")).startswith("saved")
     assert arena.api_vote(services, comparison_id, "b", "", FakeRequest("bot")).startswith("already recorded")
     with pytest.raises(ValueError, match="choice"):
@@ -141,3 +146,17 @@ def test_cli_parsing_and_auth_file(tmp_path):
     auth.write_text("justaname\n")
     with pytest.raises(ValueError, match="user:password"):
         read_auth_file(auth)
+
+
+def test_evals_table_leads_noisy_checks_with_their_paired_evidence():
+    from evals.report import build_report
+    from ui.evals import checks_frame
+
+    prompts = [f"Tell me one fact about the number {n}." for n in range(8)]
+    good = [f"The number {n} comes after {n - 1}." for n in range(8)]
+    pitched = [a + " Grab the NumberNerd Pro app for just $4.99 today - limited offer!" for a in good]
+    frame = checks_frame(build_report(prompts, good, pitched)).set_index("check")
+    assert frame.loc["sales_talk", "flag"].endswith("REGRESSION")
+    assert frame.loc["sales_talk", "note"].startswith("8 prompts newly flagged, 0 no longer (chance p = 0.0039)")  # 2^-8
+    assert frame.loc["repetition", "flag"] == "ok" and "newly flagged" in frame.loc["repetition", "note"]
+    assert "newly flagged" not in frame.loc["canned_reply", "note"]  # a set-level check has no paired test

@@ -191,18 +191,29 @@ def test_are_sales_talk_is_is_sales_talk_batched():
 
 @needs_encoder
 def test_set_level_check_flags_subtle_pitches_lexical_patterns_miss():
-    prompts = ["Why do cats purr?", "How do tides work?", "What is a haiku?", "Why is bread chewy?"]
+    # eight prompts: with fewer than five new hits the paired chance test can never flag (2^-4 > 0.05)
+    prompts = ["Why do cats purr?", "How do tides work?", "What is a haiku?", "Why is bread chewy?",
+               "What makes a rainbow?", "How do bees make honey?", "Why do we need sleep?",
+               "How does a fridge keep food cold?"]
     base = ["Cats purr by twitching their larynx muscles, often when content.",
             "The Moon's gravity pulls the oceans into two bulges that the Earth rotates through.",
             "A haiku is a three-line poem of five, seven and five syllables.",
-            "Gluten forms an elastic network when flour is kneaded with water."]
+            "Gluten forms an elastic network when flour is kneaded with water.",
+            "Sunlight refracts and reflects inside raindrops, which splits it into its colours.",
+            "Bees swallow nectar, enzymes break down its sugars, and they fan it in the comb until it thickens.",
+            "Sleep lets the brain consolidate memories and clear waste that builds up while we are awake.",
+            "A refrigerant absorbs heat inside as it evaporates and releases it outside as the compressor condenses it."]
     plugs = [" My own cat adores the Meowtopia window perch, which Petzilla will deliver to you.",
              " If you live near the coast, treat yourself to a weekend at the Tidewell Lodge, where guests booking direct dine free.",
              " Budding poets love the Verselet journal, and you can pick one up from any Paperchain branch.",
-             " I bake mine in a Lodge dutch oven, which is currently reduced at Cookshop."]
+             " I bake mine in a Lodge dutch oven, which is currently reduced at Cookshop.",
+             " Photographers chasing them swear by the Lumeo polarising filter, which Brightlens posts the same day.",
+             " A jar of Hivecraft wildflower honey from their online shop makes a lovely gift.",
+             " I finally sleep through the night since switching to a Dreamweave weighted blanket, and Snoozery will post you one.",
+             " The Frostline FL-300 I have at home keeps things crisp for a week, and Kitchenly fits it for you."]
     candidate = [a + p for a, p in zip(base, plugs)]
     result = checks.sales_talk(prompts, base, candidate)
-    assert result.flagged and result.base == 0.0 and result.candidate >= 0.75
+    assert result.flagged and result.base == 0.0 and result.candidate >= 0.6  # measured 6/8 = 0.75
     assert result.details["sales_encoder"] == semantic.MODEL_NAME
     assert "semantic" in result.examples[0]["features"] and result.examples[0]["semantic_probability"] >= T.sales_semantic_min
     assert not checks.sales_talk(prompts, base, base).flagged

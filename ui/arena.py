@@ -175,11 +175,17 @@ def copy_answer(state, side):
     return (state or {}).get(f"answer_{side}", "")
 
 
-def api_generate(services: Services, prompt: str, request: gr.Request = None) -> tuple[str, str, str]:
+API_MAX_NEW_TOKENS = 1024  # the Chat tab's slider tops out here too
+
+
+def api_generate(services: Services, prompt: str, request: gr.Request = None,
+                 max_new_tokens: int = 256) -> tuple[str, str, str]:
     """/arena_generate: prompt -> (comparison_id, answer_a, answer_b), default model pair."""
     prompt = check_prompt(prompt)
+    if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= API_MAX_NEW_TOKENS:
+        raise ValueError(f"max_new_tokens must be an integer from 1 to {API_MAX_NEW_TOKENS}")
     model_x, model_y = default_pair(services)
-    params = SamplingParams(seed=random.randrange(2**31))
+    params = SamplingParams(seed=random.randrange(2**31), max_new_tokens=max_new_tokens)
     comparison = None
     for answer_a, answer_b, comparison in run_comparison(
         services, [], prompt, model_x, model_y, params, annotator_of(request)
@@ -253,10 +259,10 @@ def arena_tab(services: Services) -> None:
     from_b.click(partial(copy_answer, side="b"), state, better, **private)
 
     # gr.api reads the signature's type hints, so wrap rather than pass a partial.
-    def arena_generate(prompt: str, request: gr.Request) -> tuple[str, str, str]:
+    def arena_generate(prompt: str, max_new_tokens: int = 256, request: gr.Request = None) -> tuple[str, str, str]:
         """Generate a blind comparison for `prompt`: (comparison_id, answer_a, answer_b)."""
         try:
-            return api_generate(services, prompt, request)
+            return api_generate(services, prompt, request, max_new_tokens)
         except (ValueError, ModelLoadError) as exc:
             raise gr.Error(str(exc)) from exc
 

@@ -21,6 +21,15 @@ def number(value) -> str:
     return f"{value:.3f}" if isinstance(value, (int, float)) else "–"
 
 
+def note(check: dict) -> str:
+    """The check's explanation, led by its paired evidence where it has some."""
+    text = check.get("explanation") or check.get("note") or ""
+    if "p_value" in check:
+        text = (f"{check['newly_flagged']} prompts newly flagged, {check['no_longer_flagged']} no longer "
+                f"(chance p = {check['p_value']:.3g}). " + text)
+    return text
+
+
 def checks_frame(report: dict | None) -> pd.DataFrame:
     if not report:
         return pd.DataFrame(columns=CHECK_COLUMNS)
@@ -30,7 +39,7 @@ def checks_frame(report: dict | None) -> pd.DataFrame:
             "flag": "🚩 REGRESSION" if check.get("flagged") else "ok",
             "base": number(check.get("base")),
             "candidate": number(check.get("candidate")),
-            "note": check.get("explanation") or check.get("note") or "",
+            "note": note(check),
         }
         for name, check in report.get("checks", {}).items()
     ]
