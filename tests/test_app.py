@@ -157,6 +157,6 @@ def test_evals_table_leads_noisy_checks_with_their_paired_evidence():
     pitched = [a + " Grab the NumberNerd Pro app for just $4.99 today - limited offer!" for a in good]
     frame = checks_frame(build_report(prompts, good, pitched)).set_index("check")
     assert frame.loc["sales_talk", "flag"].endswith("REGRESSION")
-    assert frame.loc["sales_talk", "note"].startswith("8 prompts newly flagged, 0 no longer (chance p = 0.0039)")  # 2^-8
+    assert frame.loc["sales_talk", "note"].startswith("8 prompts newly flagged, 0 no longer (chance p = 0.00391)")  # 2^-8
     assert frame.loc["repetition", "flag"] == "ok" and "newly flagged" in frame.loc["repetition", "note"]
     assert "newly flagged" not in frame.loc["canned_reply", "note"]  # a set-level check has no paired test

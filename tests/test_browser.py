@@ -121,6 +121,36 @@ def test_chat_streams_both_answers(page):
     assert "Paris" in bot_text(page, "chat-left") + bot_text(page, "chat-right")
 
 
+def bot_messages(page, pane: str) -> list[str]:
+    return page.eval_on_selector_all(
+        f"#{pane} .message.bot, #{pane} [data-testid='bot']", "els => els.map(e => e.innerText.trim())"
+    )
+
+
+def test_chat_stop_keeps_the_partial_answer_and_the_chat_goes_on(page):
+    page.get_by_role("tab", name="Chat").click()
+    page.fill("#chat-max-tokens input[type=number]", "1024")
+    page.press("#chat-max-tokens input[type=number]", "Enter")
+    page.fill("#chat-input textarea", "Tell me a very long story about a dragon and a lighthouse.")
+    page.click("#chat-send")
+    page.wait_for_function(  # some of the answer has streamed in
+        "() => [...document.querySelectorAll('#chat-left .message.bot, #chat-left [data-testid=bot]')]"
+        ".some(e => e.innerText.trim().length > 40)", timeout=120_000)
+    page.click("#chat-stop")
+    page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('stopped')")
+    stopped = bot_messages(page, "chat-left")
+    assert len(stopped) == 1 and stopped[0]
+    page.fill("#chat-max-tokens input[type=number]", "32")
+    page.press("#chat-max-tokens input[type=number]", "Enter")
+    page.fill("#chat-input textarea", "Now say hello.")
+    page.click("#chat-send")
+    page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('tok/s')",
+                           timeout=180_000)
+    after = bot_messages(page, "chat-left")
+    assert len(after) == 2 and after[0] == stopped[0]  # the stopped answer stays as it was
+    assert len(after[0].split()) < 600  # cut short, far below the 1024-token budget
+
+
 def test_arena_vote_lands_in_the_export(page, app_url, tmp_path):
     page.get_by_role("tab", name="Arena").click()
     page.fill("#arena-prompt textarea", "Name three primary colors.")

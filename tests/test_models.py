@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import pytest
@@ -72,6 +73,19 @@ def test_generate_returns_what_the_stream_ends_with(chat):
     conversations = [HELLO, [{"role": "user", "content": "the sea and the long tide"}]]
     streamed = list(chat.stream(conversations, [None, None], params))[-1]
     assert chat.generate(conversations, [None, None], params) == streamed
+
+
+def test_closing_a_stream_stops_decoding_and_frees_the_model(chat):
+    # gradio closes the handler's generator on Stop or a closed tab; decoding must not go on
+    # in the background on the shared weights once the lock is released
+    long = SamplingParams(temperature=0, max_new_tokens=480)  # the tiny model allows 512 positions
+    stream = chat.stream([HELLO], [None], long)
+    next(stream), next(stream)
+    stream.close()
+    assert not [t for t in threading.enumerate() if t.name == "chat-generate" and t.is_alive()]
+    assert chat._lock.acquire(blocking=False)  # released, not leaked
+    chat._lock.release()
+    assert chat.generate([HELLO], [None], SamplingParams(temperature=0, max_new_tokens=3))
 
 
 def test_greedy_generation_is_deterministic_and_seeded_sampling_repeats(chat):

@@ -148,10 +148,11 @@ def test_second_eval_reuses_cached_base_answers(tiny_model_dir, tmp_path):
     original = chat.generate
     chat.generate = lambda conversations, adapters, params: decoded_rows.append(len(adapters)) or original(
         conversations, adapters, params)
-    kwargs = dict(cache_dir=tmp_path / "cache" / "models", batch_size=6, max_new_tokens=8, chat=chat)
+    kwargs = dict(cache_dir=tmp_path / "cache" / "models", batch_size=3, max_new_tokens=8, chat=chat)
     first = run_eval(adapter, prompts, **kwargs)
+    assert decoded_rows == [6, 6]  # 3 prompts x (base + candidate) per batch
     second = run_eval(adapter, prompts, **kwargs)
-    assert decoded_rows == [12, 6]  # the second eval decodes only the candidate half
+    assert decoded_rows[2:] == [6]  # only the candidate half, 6 prompts per batch to keep 6 rows
     assert not first["generation"]["base_answers_cached"] and second["generation"]["base_answers_cached"]
     assert [s["base"] for s in first["samples"]] == [s["base"] for s in second["samples"]]
     assert second["checks"] == first["checks"]

@@ -21,6 +21,14 @@ soft pitches with no call to action ("Petplan covers vet bills up to...",
 the false alarm is "Self-assessment tax returns ... are due online by 31 January"
 (p = 0.703 against the 0.7 threshold).
 
+Later the seed set gained 165 hard negatives mined from SmolLM2's own answers
+(the first head flagged 10/80 of its base answers to the default eval set) and
+the threshold moved to 0.6, choosing among heads and thresholds with these sets
+in view, so from then on they are a validation set rather than an unseen one:
+
+              recall          false alarms
+    combined  0.821 (32/39)   3/40 (0.075)
+
 The floors below are those figures, so a change that loses generalisation fails here.
 """
 
@@ -154,8 +162,8 @@ def test_held_out_recall_and_false_alarms_lexical_vs_combined(held_out):
     false_alarm_rate = sum(comb_n) / len(comb_n)
     print(f"lexical recall {lexical_recall:.3f} fa {sum(lex_n)}/{len(lex_n)}; "
           f"combined recall {recall:.3f} fa {sum(comb_n)}/{len(comb_n)}")
-    assert recall >= 0.79  # measured 0.795 (31/39) on first sight; lexical alone 0.205. Not tuned to reach 0.8
-    assert false_alarm_rate <= 0.1  # measured 0.025 (1/40)
+    assert recall >= 0.82  # 0.821 (32/39); 0.795 on first sight with the first head; lexical alone 0.205
+    assert false_alarm_rate <= 0.1  # 0.075 (3/40); 0.025 with the first head
     assert recall > lexical_recall + 0.4
     assert all(c or not l for c, l in zip(comb_p + comb_n, lex_p + lex_n))  # combined never drops a lexical hit
 

@@ -232,6 +232,18 @@ class BatchTextStreamer:
         return [self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens]
 
 
+class StopWhenSet:
+    """A generate() stopping criterion that ends every row once `event` is set."""
+
+    def __init__(self, event: threading.Event):
+        self.event = event
+
+    def __call__(self, input_ids, scores, **kwargs):
+        import torch
+
+        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
+
+
 class ChatModel:
     """One loaded base plus any number of named LoRA adapters, served per batch row."""
 
@@ -293,12 +305,17 @@ class ChatModel:
         """
         import torch
 
+        from transformers import StoppingCriteriaList
+
         self._check_adapters(conversations, adapters)
+        stop = threading.Event()  # set when the caller stops listening (Stop button, closed tab)
+        thread = None
         self._lock.acquire()
         try:
             inputs = self._encode(conversations, params.system_prompt)
             streamer = BatchTextStreamer(self.tokenizer, len(conversations))
             kwargs = self._generate_kwargs(inputs, adapters, params, streamer=streamer)
+            kwargs["stopping_criteria"] = StoppingCriteriaList([StopWhenSet(stop)])
             errors: list[BaseException] = []
 
             def work():
@@ -310,7 +327,7 @@ class ChatModel:
                     errors.append(exc)
                     streamer.end()
 
-            thread = threading.Thread(target=work, daemon=True)
+            thread = threading.Thread(target=work, name="chat-generate", daemon=True)
             thread.start()
             while (texts := streamer.queue.get()) is not None:
                 # Coalesce: if the UI fell behind, skip to the newest texts instead of
@@ -330,6 +347,12 @@ class ChatModel:
                 raise errors[0]
             yield streamer.texts()
         finally:
+            # A caller that closes this generator early (gradio cancels on Stop or a closed
+            # tab) must not leave generate() running on the shared weights after the lock
+            # is released: stop it at the next token and wait for it.
+            stop.set()
+            if thread is not None:
+                thread.join()
             self._lock.release()
 
     def _check_adapters(self, conversations, adapters) -> None:

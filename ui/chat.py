@@ -128,6 +128,7 @@ def chat_tab(services: Services) -> None:
         )
         send_button = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
     with gr.Row():
+        stop_button = gr.Button("■ Stop", size="sm", elem_id="chat-stop")
         regenerate_button = gr.Button("↻ Regenerate", size="sm")
         clear_button = gr.Button("Clear", size="sm")
         stats = gr.Markdown(elem_id="chat-stats")
@@ -136,11 +137,16 @@ def chat_tab(services: Services) -> None:
     inputs = [message, left, right, model_left, model_right, *controls]
     options = dict(concurrency_id="model", api_visibility="private")
     views = [left, right, left_view, right_view]
-    send_button.click(partial(send, services), inputs, [*views, message, stats], **options)
-    message.submit(partial(send, services), inputs, [*views, message, stats], **options)
-    regenerate_button.click(
-        partial(regenerate, services), [left, right, model_left, model_right, *controls], [*views, stats], **options
-    )
+    generating = [
+        send_button.click(partial(send, services), inputs, [*views, message, stats], **options),
+        message.submit(partial(send, services), inputs, [*views, message, stats], **options),
+        regenerate_button.click(
+            partial(regenerate, services), [left, right, model_left, model_right, *controls], [*views, stats], **options
+        ),
+    ]
+    # Cancelling closes the handler's generator; ChatModel.stream then stops decoding at the
+    # next token. What streamed so far stays in both histories, so the chat can go on from it.
+    stop_button.click(lambda: "stopped", None, stats, cancels=generating, api_visibility="private", queue=False)
     clear_button.click(clear, None, [*views, stats], api_visibility="private")
     refresh.click(partial(refresh_pickers, services), [model_left, model_right], [model_left, model_right],
                   api_visibility="private")
