@@ -17,8 +17,9 @@ SAMPLING = [0.0, 1.0, 24, 0, ""]  # greedy, so answers are reproducible
 
 
 class FakeRequest:
-    def __init__(self, username):
+    def __init__(self, username, session_hash="session-1"):
         self.username = username
+        self.session_hash = session_hash
 
 
 @pytest.fixture
@@ -39,6 +40,24 @@ def test_chat_send_streams_both_sides_and_regenerate_replaces_answers(services):
     assert box == "" and "tok/s" in stats
     regenerated = list(chat.regenerate(services, left, right, "base", "base", *SAMPLING))[-1]
     assert len(regenerated[0]) == 2 and regenerated[0][-1]["content"] == left[-1]["content"]
+
+
+def test_chat_stop_ends_the_turn_keeping_what_streamed(services):
+    long_sampling = (0.0, 1.0, 400, 0, "")  # greedy, up to 400 new tokens
+    me, other = FakeRequest("ann", "mine"), FakeRequest("bob", "theirs")
+    services.request_stop("mine")  # a Stop pressed before the turn does not end it early
+    turn = chat.send(services, "tell me a long story", [], [], "base", "base", *long_sampling, request=me)
+    for step, update in enumerate(turn):
+        if step == 3:
+            chat.stop(services, other)  # another browser's Stop leaves this turn alone
+        if step == 6:
+            chat.stop(services, me)
+    left, right, stats = update[0], update[1], update[5]
+    assert stats.startswith("stopped · ")
+    steps = int(stats.split("stopped · ")[1].split()[0])
+    assert 5 <= steps < 20  # ended at the Stop, far short of the 400-token budget
+    assert left[-1]["role"] == "assistant" and left[-1]["content"] and right[-1]["content"]
+    assert services.stop_requests == {"theirs"}  # only this session's request was used up
 
 
 def test_chat_rejects_empty_and_huge_prompts(services):

@@ -122,13 +122,16 @@ def test_chat_streams_both_answers(page):
 
 
 def bot_messages(page, pane: str) -> list[str]:
-    return page.eval_on_selector_all(
-        f"#{pane} .message.bot, #{pane} [data-testid='bot']", "els => els.map(e => e.innerText.trim())"
-    )
+    """One text per bot message (the two selectors of bot_text can match the same message twice)."""
+    return page.evaluate(
+        "pane => { const tagged = document.querySelectorAll('#' + pane + ' [data-testid=bot]');"
+        " const els = tagged.length ? tagged : document.querySelectorAll('#' + pane + ' .message.bot');"
+        " return [...els].map(e => e.innerText.trim()); }", pane)
 
 
 def test_chat_stop_keeps_the_partial_answer_and_the_chat_goes_on(page):
     page.get_by_role("tab", name="Chat").click()
+    page.get_by_text("Sampling settings (apply to both sides)").locator("visible=true").first.click()
     page.fill("#chat-max-tokens input[type=number]", "1024")
     page.press("#chat-max-tokens input[type=number]", "Enter")
     page.fill("#chat-input textarea", "Tell me a very long story about a dragon and a lighthouse.")
@@ -144,8 +147,8 @@ def test_chat_stop_keeps_the_partial_answer_and_the_chat_goes_on(page):
     page.press("#chat-max-tokens input[type=number]", "Enter")
     page.fill("#chat-input textarea", "Now say hello.")
     page.click("#chat-send")
-    page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('tok/s')",
-                           timeout=180_000)
+    page.wait_for_function("() => { const s = document.querySelector('#chat-stats').innerText;"
+                           " return s.includes('tok/s') && !s.includes('stopped'); }", timeout=180_000)
     after = bot_messages(page, "chat-left")
     assert len(after) == 2 and after[0] == stopped[0]  # the stopped answer stays as it was
     assert len(after[0].split()) < 600  # cut short, far below the 1024-token budget

@@ -28,12 +28,19 @@ def sampling(temperature, top_p, max_new_tokens, seed, system_prompt) -> Samplin
     )
 
 
-def stream_pair(services: Services, left: list, right: list, model_left: str, model_right: str, params):
+def session_of(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def stream_pair(services: Services, left: list, right: list, model_left: str, model_right: str, params,
+                session: str | None = None):
     """Append an assistant turn to both histories and yield them as tokens arrive.
 
     Histories are raw role/content messages (kept in gr.State; the Chatbots show
     escaped copies). The last message of each must be the user's. Yields (left, right, stats).
+    Stop (services.request_stop for this session) ends the answers where they are.
     """
+    services.take_stop_request(session)  # a Stop pressed before this turn does not count
     try:
         adapters = [services.adapter_for(model_left), services.adapter_for(model_right)]
         conversations = [left, right]
@@ -44,17 +51,22 @@ def stream_pair(services: Services, left: list, right: list, model_left: str, mo
     right = right + [{"role": "assistant", "content": ""}]
     started = time.perf_counter()
     steps = 0
+    stopped = False
     for texts in services.chat.stream(conversations, adapters, params):
         steps += 1
         left[-1] = {"role": "assistant", "content": texts[0]}
         right[-1] = {"role": "assistant", "content": texts[1]}
+        if services.take_stop_request(session):
+            # leaving the loop closes the stream, which stops decoding at the next token
+            stopped = True
+            break
         yield left, right, ""
     elapsed = time.perf_counter() - started
     stats = f"{steps} decode steps in {elapsed:.1f} s · {steps / max(elapsed, 1e-6):.1f} tok/s per side"
-    yield left, right, stats
+    yield left, right, ("stopped · " if stopped else "") + stats
 
 
-def send(services, message, left, right, model_left, model_right, *sampling_args):
+def send(services, message, left, right, model_left, model_right, *sampling_args, request: gr.Request = None):
     """Send one user message to both sides.
 
     Yields (left state, right state, left view, right view, textbox, stats).
@@ -66,11 +78,12 @@ def send(services, message, left, right, model_left, model_right, *sampling_args
     user = {"role": "user", "content": text}
     left, right = (left or []) + [user], (right or []) + [user]
     yield left, right, for_display(left), for_display(right), "", "generating…"
-    for left, right, stats in stream_pair(services, left, right, model_left, model_right, sampling(*sampling_args)):
+    params = sampling(*sampling_args)
+    for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request)):
         yield left, right, for_display(left), for_display(right), "", stats
 
 
-def regenerate(services, left, right, model_left, model_right, *sampling_args):
+def regenerate(services, left, right, model_left, model_right, *sampling_args, request: gr.Request = None):
     """Drop both last answers and answer the last user message again."""
     left, right = list(left or []), list(right or [])
     while left and left[-1]["role"] == "assistant":
@@ -79,8 +92,13 @@ def regenerate(services, left, right, model_left, model_right, *sampling_args):
         right.pop()
     if not left or not right:
         raise gr.Error("Nothing to regenerate yet: send a message first.")
-    for left, right, stats in stream_pair(services, left, right, model_left, model_right, sampling(*sampling_args)):
+    params = sampling(*sampling_args)
+    for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request)):
         yield left, right, for_display(left), for_display(right), stats
+
+
+def stop(services: Services, request: gr.Request = None) -> None:
+    services.request_stop(session_of(request))
 
 
 def clear():
@@ -137,16 +155,14 @@ def chat_tab(services: Services) -> None:
     inputs = [message, left, right, model_left, model_right, *controls]
     options = dict(concurrency_id="model", api_visibility="private")
     views = [left, right, left_view, right_view]
-    generating = [
-        send_button.click(partial(send, services), inputs, [*views, message, stats], **options),
-        message.submit(partial(send, services), inputs, [*views, message, stats], **options),
-        regenerate_button.click(
-            partial(regenerate, services), [left, right, model_left, model_right, *controls], [*views, stats], **options
-        ),
-    ]
-    # Cancelling closes the handler's generator; ChatModel.stream then stops decoding at the
-    # next token. What streamed so far stays in both histories, so the chat can go on from it.
-    stop_button.click(lambda: "stopped", None, stats, cancels=generating, api_visibility="private", queue=False)
+    send_button.click(partial(send, services), inputs, [*views, message, stats], **options)
+    message.submit(partial(send, services), inputs, [*views, message, stats], **options)
+    regenerate_button.click(
+        partial(regenerate, services), [left, right, model_left, model_right, *controls], [*views, stats], **options
+    )
+    # Not gradio's `cancels`: a cancelled event left the Send button dead in gradio 6.31. The
+    # running turn sees the request at its next token and ends normally, keeping what streamed.
+    stop_button.click(partial(stop, services), None, None, api_visibility="private", queue=False)
     clear_button.click(clear, None, [*views, stats], api_visibility="private")
     refresh.click(partial(refresh_pickers, services), [model_left, model_right], [model_left, model_right],
                   api_visibility="private")

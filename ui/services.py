@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import html
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from training.models import EMBEDDED, ChatModel, ModelLoadError
@@ -47,6 +47,18 @@ class Services:
     chat: ChatModel
     store: object | None = None  # labeling.store.Store
     jobs: object | None = None  # ui.jobs.JobManager
+    # Browser sessions whose reviewer pressed Stop; the running generation checks it per token.
+    stop_requests: set = field(default_factory=set)
+
+    def request_stop(self, session: str | None) -> None:
+        self.stop_requests.add(session)
+
+    def take_stop_request(self, session: str | None) -> bool:
+        """True once after Stop was pressed in this session (clears the request)."""
+        if session in self.stop_requests:
+            self.stop_requests.discard(session)
+            return True
+        return False
 
     def checkpoints(self) -> list[Checkpoint]:
         return list_checkpoints(self.settings.checkpoints_dir)
