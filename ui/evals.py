@@ -156,6 +156,7 @@ def evals_tab(services: Services):
     with gr.Accordion("Offending examples", open=False):
         examples = gr.Markdown()
     trend = gr.LinePlot(trend_frame(services), x="round", y="value", color="check", color_map=TREND_COLORS, y_lim=[0, 1],
+                        tooltip=["round_id", "check", "value"],  # hovering a point names its checkpoint
                         title="Candidate value per check over rounds", height=280)
     gr.Markdown("### Human votes (Arena): Bradley-Terry ratings with 95% bootstrap intervals")
     board = gr.Dataframe(headers=LEADERBOARD_COLUMNS, interactive=False, elem_id="evals-leaderboard")
