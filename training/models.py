@@ -347,9 +347,10 @@ class ChatModel:
                 raise errors[0]
             yield streamer.texts()
         finally:
-            # A caller that closes this generator early (gradio cancels on Stop or a closed
-            # tab) must not leave generate() running on the shared weights after the lock
-            # is released: stop it at the next token and wait for it.
+            # A caller that closes this generator early (the Chat tab's Stop leaves its loop;
+            # gradio closes a handler whose client went away) must not leave generate()
+            # running on the shared weights after the lock is released: stop it at the
+            # next token and wait for it.
             stop.set()
             if thread is not None:
                 thread.join()
