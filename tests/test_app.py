@@ -88,6 +88,20 @@ def run_arena(services, prompt, user="ann", state=None, keep_going=False):
     return state
 
 
+def test_arena_stop_records_nothing_and_gives_the_prompt_back(services):
+    long_sampling = (0.0, 1.0, 400, 0, "")
+    me = FakeRequest("ann", "mine")
+    turn = arena.start(services, "tell me a long story", {}, False, "base", "base", *long_sampling, request=me)
+    for step, update in enumerate(turn):
+        if step == 4:
+            chat.stop(services, me)
+    state, prompt_box, reveal, buttons = update[0], update[3], update[4], update[5:]
+    assert state is None and prompt_box == "tell me a long story" and reveal.startswith("Stopped")
+    assert not any(b["interactive"] for b in buttons)  # nothing to vote on
+    assert services.store.stats()["comparisons"] == 0
+    assert run_arena(services, "and now a short one", user="ann")["id"]  # the next comparison is stored
+
+
 def test_arena_vote_is_stored_once_and_reveals_models(services):
     state = run_arena(services, "Tell me about the sea")
     assert services.store.get_comparison(state["id"])["answer_a"] == state["answer_a"]

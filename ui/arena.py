@@ -16,7 +16,7 @@ import gradio as gr
 
 from labeling.rows import load_prompt_file
 from training.models import ModelLoadError, SamplingParams
-from ui.chat import sampling, sampling_controls
+from ui.chat import sampling, sampling_controls, session_of, stop
 from ui.services import BASE_CHOICE, Services, check_context, check_prompt, for_display
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -58,12 +58,14 @@ def progress_text(services: Services, annotator: str) -> str:
     )
 
 
-def run_comparison(services, history, prompt, model_x, model_y, params, annotator, prompt_id=None):
+def run_comparison(services, history, prompt, model_x, model_y, params, annotator, prompt_id=None, session=None):
     """Generate both answers (streaming) in a random order, then store the comparison.
 
     Yields (answer_a, answer_b, comparison or None); the last yield carries the
-    stored comparison dict.
+    stored comparison dict. A Stop from this session ends it with nothing stored:
+    half an answer is not a fair comparison.
     """
+    services.take_stop_request(session)  # a Stop pressed before this comparison does not count
     messages = list(history) + [{"role": "user", "content": prompt}]
     models = [model_x, model_y]
     random.shuffle(models)  # blind: the annotator never knows which side is which
@@ -74,6 +76,8 @@ def run_comparison(services, history, prompt, model_x, model_y, params, annotato
         raise gr.Error(str(exc)) from exc
     texts = ["", ""]
     for texts in services.chat.stream([messages, messages], adapters, params):
+        if services.take_stop_request(session):
+            return  # leaving the loop closes the stream, which stops decoding at the next token
         yield texts[0], texts[1], None
     comparison_id = services.store.add_comparison(
         messages, texts[0], texts[1], models[0], models[1],
@@ -105,13 +109,18 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
     prompt_id = state.get("queued_prompt_id") if state and state.get("queued_prompt") == prompt else None
     shown = for_display(history + [{"role": "user", "content": prompt}])
     yield None, shown, shown, "", "Generating both answers…", *vote_buttons(False)
+    view_a = view_b = shown
+    comparison = None
     for answer_a, answer_b, comparison in run_comparison(
-        services, history, prompt, model_x, model_y, params, annotator, prompt_id
+        services, history, prompt, model_x, model_y, params, annotator, prompt_id, session_of(request)
     ):
         view_a = shown + for_display([{"role": "assistant", "content": answer_a}])
         view_b = shown + for_display([{"role": "assistant", "content": answer_b}])
         if comparison is None:
             yield None, view_a, view_b, "", "Generating both answers…", *vote_buttons(False)
+    if comparison is None:  # stopped: give the prompt back so it can be edited and sent again
+        yield None, view_a, view_b, prompt, "Stopped: nothing was recorded.", *vote_buttons(False)
+        return
     yield comparison, view_a, view_b, "", "Both answers are complete: vote with the buttons or keys 1–4.", *vote_buttons(True)
 
 
@@ -213,6 +222,7 @@ def arena_tab(services: Services) -> None:
                             scale=6, lines=2, elem_id="arena-prompt")
         with gr.Column(scale=1, min_width=160):
             generate = gr.Button("Generate", variant="primary", elem_id="arena-generate")
+            stop_button = gr.Button("■ Stop", size="sm", elem_id="arena-stop")
             queued = gr.Button("Next queued prompt", size="sm", elem_id="arena-next")
     keep_going = gr.Checkbox(label="Continue this conversation (the chosen answer becomes history)", value=False)
     with gr.Row():
@@ -247,6 +257,7 @@ def arena_tab(services: Services) -> None:
     start_outputs = [state, view_a, view_b, prompt, reveal, *buttons]
     start_inputs = [prompt, state, keep_going, model_x, model_y, *controls]
     generate.click(partial(start, services), start_inputs, start_outputs, concurrency_id="model", **private)
+    stop_button.click(partial(stop, services), None, None, queue=False, **private)
     queued.click(partial(take_queued, services), None, [prompt, state], **private)
     import_button.click(partial(import_prompts, services), prompt_file, progress, **private)
     for key, button in zip(CHOICES, buttons):
