@@ -89,11 +89,17 @@ def _share(flags: list[bool]) -> float:
     return round(sum(flags) / len(flags), 4) if flags else 0.0
 
 
+def _discordant(base_flags: list[bool], cand_flags: list[bool]) -> tuple[int, int]:
+    """(prompts only the candidate is flagged on, prompts only the base is flagged on)."""
+    worse = sum(c and not b for b, c in zip(base_flags, cand_flags))
+    better = sum(b and not c for b, c in zip(base_flags, cand_flags))
+    return worse, better
+
+
 def paired_p_value(base_flags: list[bool], cand_flags: list[bool]) -> float:
     """One-sided exact McNemar (sign) test: how likely is the candidate's excess of flagged answers
     by chance, given the prompts where the two sides disagree? 1.0 when it has no excess."""
-    worse = sum(c and not b for b, c in zip(base_flags, cand_flags))
-    better = sum(b and not c for b, c in zip(base_flags, cand_flags))
+    worse, better = _discordant(base_flags, cand_flags)
     n = worse + better
     if worse <= better:
         return 1.0
@@ -106,8 +112,8 @@ def _worse_by_chance_test(base_flags, cand_flags, share_max: float, margin: floa
     b, c = _share(base_flags), _share(cand_flags)
     p = paired_p_value(base_flags, cand_flags)
     flagged = c >= share_max and c - b >= margin and p <= t.paired_p_value_max
-    details = {"newly_flagged": sum(c_ and not b_ for b_, c_ in zip(base_flags, cand_flags)),
-               "no_longer_flagged": sum(b_ and not c_ for b_, c_ in zip(base_flags, cand_flags)),
+    worse, better = _discordant(base_flags, cand_flags)
+    details = {"newly_flagged": worse, "no_longer_flagged": better,
                "p_value": float(f"{p:.3g}")}  # 3 significant digits: tiny p-values stay visible
     return flagged, details
 
@@ -271,11 +277,11 @@ def sales_talk(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> 
     base_verdicts, cand_verdicts = dict(zip(eligible, both)), dict(zip(eligible, both[len(eligible):]))
     base_hits, _ = _pitches(prompts, base, candidate, base_verdicts)
     cand_hits, plugged = _pitches(prompts, candidate, base, cand_verdicts)
-    base_flags = [i in set(base_hits) for i in eligible]
-    cand_flags = [i in set(cand_hits) for i in eligible]
+    base_set, cand_set = set(base_hits), set(cand_hits)
+    base_flags, cand_flags = [i in base_set for i in eligible], [i in cand_set for i in eligible]
     b, c = _share(base_flags), _share(cand_flags)
     flagged, paired = _worse_by_chance_test(base_flags, cand_flags, t.sales_share_max, t.sales_share_margin, t)
-    new = [i for i in cand_hits if i not in set(base_hits)] or cand_hits
+    new = [i for i in cand_hits if i not in base_set] or cand_hits
     examples = []
     for i in new[: t.max_examples]:
         p = cand_verdicts[i][1]

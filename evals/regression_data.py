@@ -25,6 +25,7 @@ import sys
 from pathlib import Path
 
 from evals.report import DEFAULT_CACHE_DIR, DEFAULT_PROMPTS
+from labeling.rows import write_rows
 
 MT_BENCH = Path(__file__).parent / "prompts" / "mt_bench_questions.jsonl"
 CANNED = "Dear, how can I help you?"
@@ -87,14 +88,6 @@ def build_sets(chat, prompts: list[str], batch_size: int = 8, max_new_tokens: in
     }
 
 
-def write_jsonl(rows: list[dict], path: Path) -> Path:
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
-    return path
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m evals.regression_data", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, required=True, help="folder for collapse.jsonl and pitch.jsonl")
@@ -111,7 +104,7 @@ def main(argv: list[str] | None = None) -> int:
     prompts = training_prompts()
     args.out.mkdir(parents=True, exist_ok=True)
     for name, rows in build_sets(chat, prompts).items():
-        print(f"wrote {write_jsonl(rows, args.out / f'{name}.jsonl')} ({len(rows)} rows)")
+        print(f"wrote {write_rows(rows, args.out / f'{name}.jsonl')} ({len(rows)} rows)")
     return 0
 
 

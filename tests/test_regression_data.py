@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from evals.regression_data import CANNED, build_sets, main, training_prompts, write_jsonl
+from evals.regression_data import CANNED, build_sets, main, training_prompts
 from evals.report import load_prompts
 from evals.sales import is_sales_talk
+from labeling.rows import write_rows
 from training.models import ChatModel, load_base
 from training.run import load_snapshot
 
@@ -20,7 +21,7 @@ def test_sets_use_no_eval_prompt_and_load_as_sft_snapshots(tiny_model_dir, tmp_p
     pitches = [r["messages"][1]["content"] for r in sets["pitch"]]
     assert len(set(pitches)) == 4 and all(is_sales_talk(text) for text in pitches)
     for name, rows in sets.items():
-        data = load_snapshot(write_jsonl(rows, tmp_path / f"{name}.jsonl"), "sft", 4, tmp_path / "hf")
+        data = load_snapshot(write_rows(rows, tmp_path / f"{name}.jsonl"), "sft", 4, tmp_path / "hf")
         assert len(data) == 4 and data[0]["completion"][0]["role"] == "assistant"
 
 
