@@ -17,11 +17,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import gradio as gr  # noqa: E402
 
-from training.models import EMBEDDED, ChatModel, ModelLoadError  # noqa: E402
+from models.loading import EMBEDDED, ModelLoadError  # noqa: E402
+from models.chat import ChatModel  # noqa: E402
 from labeling.store import Store  # noqa: E402
 from ui import arena, evals, train  # noqa: E402
 from ui.chat import chat_tab, refresh_pickers  # noqa: E402
-from ui.jobs import JobManager  # noqa: E402
+from pipeline import JobManager  # noqa: E402
 from ui.services import Services, Settings  # noqa: E402
 
 TITLE = "Preference loop"

@@ -19,7 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from evals.report import load_prompts  # noqa: E402
-from training.models import ChatModel, SamplingParams  # noqa: E402
+from models.chat import ChatModel, SamplingParams  # noqa: E402
 
 
 def decode_all(chat: ChatModel, prompts: list[str], params: SamplingParams, batch: int, streamed: bool) -> int:

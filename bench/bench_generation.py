@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from training.models import ChatModel, SamplingParams  # noqa: E402
+from models.chat import ChatModel, SamplingParams  # noqa: E402
 
 PROMPTS = [
     [{"role": "user", "content": "Explain how a rainbow forms in three sentences."}],

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from tqdm import tqdm
 
-    from training.models import ModelLoadError
+    from models.loading import ModelLoadError
 
     bar = None
 

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from evals.report import DEFAULT_CACHE_DIR, DEFAULT_PROMPTS
-from labeling.rows import write_rows
+from formats import write_rows
 
 MT_BENCH = Path(__file__).parent / "prompts" / "mt_bench_questions.jsonl"
 CANNED = "Dear, how can I help you?"
@@ -70,7 +70,7 @@ def first_sentences(text: str, n: int = 2) -> str:
 
 def build_sets(chat, prompts: list[str], batch_size: int = 8, max_new_tokens: int = 72) -> dict[str, list[dict]]:
     """{"collapse": rows, "pitch": rows} in trl's conversational SFT format."""
-    from training.models import SamplingParams
+    from models.chat import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     answers: list[str] = []
@@ -94,7 +94,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-model", help="embedded (default), a Hugging Face id, a local model dir or a .gguf")
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR, help="where converted base models live")
     args = parser.parse_args(argv)
-    from training.models import ChatModel, ModelLoadError
+    from models.loading import ModelLoadError
+    from models.chat import ChatModel
 
     try:
         chat = ChatModel.load(args.base_model, args.cache_dir, dtype="fp32")

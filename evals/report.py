@@ -146,7 +146,7 @@ def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, m
     With `base_answers` given (cached from an earlier eval of the same base), only
     the candidate rows are decoded: greedy base answers never change.
     """
-    from training.models import SamplingParams
+    from models.chat import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens)
     # Similar lengths batch together, so left padding wastes little compute.
@@ -209,11 +209,12 @@ def run_eval(
 ) -> dict:
     """Evaluate the adapter at `adapter_dir` against its base on a prompt set.
 
-    Raises EvalInputError / training.models.ModelLoadError (both ValueErrors with
+    Raises EvalInputError / models.loading.ModelLoadError (both ValueErrors with
     one-line messages) for bad inputs, before any generation. Pass an already
-    loaded `chat` (training.models.ChatModel) to reuse the app's base model.
+    loaded `chat` (models.chat.ChatModel) to reuse the app's base model.
     """
-    from training.models import ChatModel, adapter_fingerprint, validate_adapter_dir
+    from models.loading import adapter_fingerprint, validate_adapter_dir
+    from models.chat import ChatModel
 
     started = time.perf_counter()
     adapter_dir = Path(adapter_dir)

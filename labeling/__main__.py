@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from labeling import pairs
-from labeling.rows import load_prompt_file, write_rows
+from formats import load_prompt_file, write_rows
 from labeling.store import Store, StoreLocked
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from labeling import pairs
-from labeling.rows import canonical_jsonl, clean_messages, content_hash as messages_hash, write_rows
+from formats import canonical_jsonl, clean_messages, content_hash as messages_hash, write_rows
 
 DB_NAME = "preferences.duckdb"
 MAX_BETTER_ANSWER_CHARS = 20_000

@@ -91,7 +91,7 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def embedded_model_dir(tmp_path_factory) -> Path:
     """The real embedded SmolLM2, converted once per test session (about 30 s)."""
-    from training.models import EMBEDDED, resolve_base_model
+    from models.loading import EMBEDDED, resolve_base_model
 
     cache = Path(os.environ.get("PREFLOOP_TEST_CACHE", tmp_path_factory.mktemp("model-cache")))
     return Path(resolve_base_model(EMBEDDED, cache))

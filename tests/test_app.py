@@ -8,9 +8,10 @@ import gradio as gr
 import pytest
 
 from labeling.store import Store
-from training.models import ChatModel, load_base
+from models.loading import load_base
+from models.chat import ChatModel
 from ui import arena, chat
-from ui.jobs import JobManager
+from pipeline import JobManager
 from ui.services import Services, Settings, as_display_text
 
 SAMPLING = [0.0, 1.0, 24, 0, ""]  # greedy, so answers are reproducible

@@ -57,7 +57,7 @@ def train_collapsed_adapter(base_dir, out_dir, prompts, reply=CANNED, steps=50, 
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    from training.models import load_tokenizer
+    from models.loading import load_tokenizer
 
     torch.manual_seed(0)
     tokenizer = load_tokenizer(str(base_dir))

@@ -9,15 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.models import (
-    ChatModel,
-    ModelLoadError,
-    SamplingParams,
-    adapter_fingerprint,
-    load_base,
-    resolve_base_model,
-    validate_adapter_dir,
-)
+from models.loading import ModelLoadError, adapter_fingerprint, load_base, resolve_base_model, validate_adapter_dir
+from models.chat import ChatModel, SamplingParams
 
 HELLO = [{"role": "user", "content": "hello how are you"}]
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from evals.regression_data import CANNED, build_sets, main, training_prompts
 from evals.report import load_prompts
 from evals.sales import is_sales_talk
-from labeling.rows import write_rows
-from training.models import ChatModel, load_base
+from formats import write_rows
+from models.loading import load_base
+from models.chat import ChatModel
 from training.run import load_snapshot
 
 

@@ -10,7 +10,7 @@ from evals.report import (
     DEFAULT_PROMPTS, EvalInputError, attach_references, build_report, load_prompts, load_references,
     run_eval, write_report,
 )
-from training.models import ModelLoadError
+from models.loading import ModelLoadError
 
 REQUIRED_CHECKS = {"canned_reply", "sales_talk", "repetition", "rouge_l"}
 PROMPTS = ["Why is the sky blue?", "How long should I boil an egg?", "What is the capital of Australia?",
@@ -139,7 +139,8 @@ def test_run_eval_rejects_bad_adapter_before_loading(tmp_path):
 
 
 def test_second_eval_reuses_cached_base_answers(tiny_model_dir, tmp_path):
-    from training.models import ChatModel, load_base
+    from models.loading import load_base
+    from models.chat import ChatModel
 
     adapter = make_identity_adapter(tiny_model_dir, tmp_path / "adapter")
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in PROMPTS])

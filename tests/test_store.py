@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from labeling.rows import load_prompt_file
+from formats import load_prompt_file
 from labeling.store import MIGRATIONS, Store, StoreLocked
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -16,7 +16,8 @@ import torch
 
 from training.__main__ import main
 from training.config import RoundConfig, load_recipe
-from training.models import ChatModel, SamplingParams, load_base
+from models.loading import load_base
+from models.chat import ChatModel, SamplingParams
 from training.registry import list_checkpoints, remove_stale_temp_dirs, temp_dir_for
 from training.callbacks import make_callbacks, watch_heldout
 from training.run import plan_steps, run_round

@@ -28,7 +28,7 @@ from pathlib import Path
 
 from training.callbacks import make_callbacks
 from training.config import RoundConfig
-from training.models import ModelLoadError, adapter_fingerprint, load_base, resolve_base_model, validate_adapter_dir
+from models.loading import ModelLoadError, adapter_fingerprint, load_base, resolve_base_model, validate_adapter_dir
 from training.registry import remove_stale_temp_dirs, temp_dir_for
 
 ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")

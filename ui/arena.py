@@ -14,8 +14,9 @@ from pathlib import Path
 
 import gradio as gr
 
-from labeling.rows import load_prompt_file
-from training.models import ModelLoadError, SamplingParams
+from formats import load_prompt_file
+from models.loading import ModelLoadError
+from models.chat import SamplingParams
 from ui.chat import sampling, sampling_controls, session_of, stop
 from ui.services import BASE_CHOICE, Services, check_context, check_prompt, for_display
 

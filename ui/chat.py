@@ -12,7 +12,8 @@ from functools import partial
 
 import gradio as gr
 
-from training.models import ModelLoadError, SamplingParams
+from models.loading import ModelLoadError
+from models.chat import SamplingParams
 from ui.services import BASE_CHOICE, Services, check_context, check_prompt, for_display
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 
 from evals import winrate
 from ui.arena import annotator_of
-from ui.jobs import JobBusy
+from pipeline import JobBusy
 from ui.services import Services
 
 CHECK_COLUMNS = ["check", "flag", "base", "candidate", "note"]

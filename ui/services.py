@@ -7,7 +7,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from training.models import EMBEDDED, ChatModel, ModelLoadError
+from models.loading import EMBEDDED, ModelLoadError
+from models.chat import ChatModel
 from training.registry import Checkpoint, get_checkpoint, list_checkpoints
 
 BASE_CHOICE = "base"  # the picker's name for the un-adapted base model
@@ -46,7 +47,7 @@ class Services:
     settings: Settings
     chat: ChatModel
     store: object | None = None  # labeling.store.Store
-    jobs: object | None = None  # ui.jobs.JobManager
+    jobs: object | None = None  # pipeline.JobManager
     # Browser sessions whose reviewer pressed Stop; the running generation checks it per token.
     stop_requests: set = field(default_factory=set)
 

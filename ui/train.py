@@ -1,6 +1,6 @@
 """Train tab: check the collected data, start a QLoRA DPO/SFT round, watch it live.
 
-The round runs as a subprocess (ui/jobs.py) on an immutable snapshot file that
+The round runs as a subprocess (pipeline.py) on an immutable snapshot file that
 the store writes; this tab reads progress back from the round's metrics.jsonl on
 a timer, so a page refresh loses nothing.
 """
@@ -20,7 +20,7 @@ import pandas as pd
 
 from labeling import pairs
 from training.config import RECIPES_DIR, default_recipe, load_recipe
-from ui.jobs import JobBusy
+from pipeline import JobBusy
 from ui.services import BASE_CHOICE, Services
 
 KNOBS = [  # (RoundConfig field, CLI flag, label)
