@@ -1,7 +1,12 @@
-"""Rows in and out of the store: prompt files, conversation checks, atomic snapshot writes.
+"""The files that pass between the rooms, read and written in one place.
 
-Pure file and value handling with no database, shared by the Store, the
-labeling CLI and the Arena's prompt import.
+- TRL conversational rows: message checks, content hashes, atomic JSONL/Parquet writes.
+- Prompt files: JSONL (`{"prompt"}` or MT-bench `{"turns"}`) and CSV.
+- Progress files of a training or eval subprocess: `<kind>` events (JSONL),
+  a readable log and an atomically replaced status JSON, in the log dir the
+  subprocess was given (pipeline.py hands out `runs/<round-id>/`).
+
+Pure file and value handling; imports nothing else of ours.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import hashlib
 import json
 import os
 import tempfile
+from datetime import datetime, timezone
 from pathlib import Path
 
 ROLES = ("system", "user", "assistant")
@@ -112,3 +118,77 @@ def write_rows(rows: list[dict], path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+# ---------------------------------------------------------------- progress files of a subprocess
+
+PROGRESS_NAMES = {  # kind -> (events, log, status); training keeps the original names
+    "train": ("metrics.jsonl", "train.log", "status.json"),
+    "eval": ("eval.metrics.jsonl", "eval.log", "eval.status.json"),
+}
+EVENT_FIELDS = ("step", "max_steps", "epoch", "loss", "eval_loss", "rewards/margins", "rewards/accuracies",
+                "elapsed_s", "eta_s")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+class ProgressFiles:
+    """Events (for the UI), a log (for people) and a status (for the pipeline) of one run.
+
+    The writer is the subprocess; the reader is pipeline.py. Each event is one
+    appended line, and the status file is replaced atomically, so a reader polling
+    while the writer works never sees half a record.
+    """
+
+    def __init__(self, log_dir: Path, run_id: str, kind: str = "train", fresh: bool = True):
+        self.dir = Path(log_dir)
+        self.run_id = run_id
+        self.kind = kind
+        events, log, status = PROGRESS_NAMES[kind]
+        self.events_path, self.log_path, self.status_path = self.dir / events, self.dir / log, self.dir / status
+        if fresh:  # a rerun of a failed round id starts fresh logs
+            self.dir.mkdir(parents=True, exist_ok=True)
+            for path in (self.events_path, self.log_path):
+                path.unlink(missing_ok=True)
+
+    def event(self, event: str, **fields) -> None:
+        row = {"event": event, **dict.fromkeys(EVENT_FIELDS), **fields, "time": now_iso()}
+        with open(self.events_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    def say(self, message: str) -> None:
+        line = f"{datetime.now().strftime('%H:%M:%S')} {message}"
+        print(line, flush=True)
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+
+    def status(self, state: str, error: str | None = None, checkpoint: str | None = None) -> None:
+        data = {"state": state, "pid": os.getpid(), "round_id": self.run_id, "error": error,
+                "checkpoint": checkpoint, "updated_at": now_iso()}
+        tmp = self.dir / f".{self.status_path.name}.{os.getpid()}"
+        tmp.write_text(json.dumps(data, indent=1))
+        os.replace(tmp, self.status_path)  # readers never see half a file
+
+    # ---- reading (pipeline.py)
+
+    def events(self) -> list[dict]:
+        """Every complete event line so far (a line still being written is left for the next poll)."""
+        rows = []
+        try:
+            with self.events_path.open() as handle:
+                for line in handle:
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError:
+                        break
+        except OSError:
+            pass
+        return rows
+
+    def read_status(self) -> dict:
+        try:
+            return json.loads(self.status_path.read_text())
+        except (OSError, json.JSONDecodeError):
+            return {}

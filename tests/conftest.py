@@ -64,8 +64,8 @@ def build_tiny_model_dir(target: Path) -> Path:
     torch.manual_seed(0)
     config = LlamaConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
+        hidden_size=64,  # bitsandbytes' CPU 4-bit kernel repacks only in_features >= 64
+        intermediate_size=128,
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,

@@ -118,7 +118,7 @@ def test_early_stopping_rule_on_a_fake_eval_sequence():
 def test_heldout_callback_stops_and_restores_the_best_step(tmp_path):
     from transformers import TrainerControl, TrainerState
 
-    from training.run import RunFiles
+    from formats import ProgressFiles as RunFiles
 
     _, heldout = make_callbacks(RunFiles(tmp_path, "fake"), patience=2)
     model, state, control = torch.nn.Linear(2, 2), TrainerState(), TrainerControl()

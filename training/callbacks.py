@@ -7,7 +7,7 @@ import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from training.run import RunFiles
+    from formats import ProgressFiles
 
 def watch_heldout(eval_losses: list[float], patience: int, min_delta: float = 0.0) -> tuple[int, bool]:
     """(index of the best eval so far, whether to stop): stop after `patience` evals in a row that failed
@@ -21,7 +21,7 @@ def watch_heldout(eval_losses: list[float], patience: int, min_delta: float = 0.
     return best, patience > 0 and waited >= patience
 
 
-def make_callbacks(files: "RunFiles", patience: int):
+def make_callbacks(files: "ProgressFiles", patience: int):
     from transformers import TrainerCallback
 
     class Progress(TrainerCallback):

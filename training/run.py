@@ -22,10 +22,11 @@ import signal
 import threading
 import time
 import traceback
-from datetime import datetime, timezone
+from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
+from formats import ProgressFiles, now_iso
 from training.callbacks import make_callbacks
 from training.config import RoundConfig
 from models.loading import ModelLoadError, adapter_fingerprint, load_base, resolve_base_model, validate_adapter_dir
@@ -47,48 +48,9 @@ class Cancelled(BaseException):
         self.signum = signum
 
 
-def now_iso() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
 def one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")
-
-
-# ---------------------------------------------------------------- progress files
-
-class RunFiles:
-    """metrics.jsonl (for the UI), train.log (for people) and status.json (for the job manager)."""
-
-    def __init__(self, log_dir: Path, round_id: str):
-        self.dir = Path(log_dir)
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.round_id = round_id
-        for name in ("metrics.jsonl", "train.log"):  # a rerun of a failed round id starts fresh logs
-            (self.dir / name).unlink(missing_ok=True)
-
-    def event(self, event: str, **fields) -> None:
-        row = {"event": event, "step": None, "max_steps": None, "epoch": None, "loss": None, "eval_loss": None,
-               "rewards/margins": None, "rewards/accuracies": None, "elapsed_s": None, "eta_s": None}
-        row.update(fields)
-        row["time"] = now_iso()
-        with open(self.dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-
-    def say(self, message: str) -> None:
-        line = f"{datetime.now().strftime('%H:%M:%S')} {message}"
-        print(line, flush=True)
-        with open(self.dir / "train.log", "a") as f:
-            f.write(line + "\n")
-
-    def status(self, state: str, error: str | None = None, checkpoint: str | None = None) -> None:
-        data = {"state": state, "pid": os.getpid(), "round_id": self.round_id, "error": error,
-                "checkpoint": checkpoint, "updated_at": now_iso()}
-        tmp = self.dir / f".status.json.{os.getpid()}"
-        tmp.write_text(json.dumps(data, indent=1))
-        os.replace(tmp, self.dir / "status.json")  # readers never see half a file
 
 
 # ---------------------------------------------------------------- data
@@ -278,7 +240,7 @@ def run_round(config: RoundConfig, data_path: Path, checkpoints_dir: Path, *, ro
     final, tmp = checkpoints_dir / round_id, temp_dir_for(checkpoints_dir, round_id)
     if final.exists():  # checked before touching its logs, which belong to the finished round
         raise BadInput(f"checkpoint {final} already exists: pick another round id")
-    files = RunFiles(Path(log_dir) if log_dir else checkpoints_dir / ".runs" / round_id, round_id)
+    files = ProgressFiles(Path(log_dir) if log_dir else checkpoints_dir / ".runs" / round_id, round_id)
     files.status("running")
     previous = _set_handlers(_raise_cancelled)
     try:
@@ -321,10 +283,10 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     try:
         tmp.mkdir(parents=True)
     except FileExistsError:
-        raise BadInput(f"round {files.round_id} is already running (its temp dir {tmp} exists)") from None
+        raise BadInput(f"round {files.run_id} is already running (its temp dir {tmp} exists)") from None
     (tmp / ".pid").write_text(str(os.getpid()))  # lets a later round tell a crashed temp dir from a live one
 
-    files.say(f"round {files.round_id}: {config.method} on {data_path}")
+    files.say(f"round {files.run_id}: {config.method} on {data_path}")
     data = load_snapshot(data_path, config.method, config.min_pairs, tmp / "datasets-cache")
     train, holdout = split_holdout(data, config.holdout_fraction, config.seed)
     try:
@@ -372,7 +334,7 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
     best = heldout.best() or {}
     info = {
-        "round_id": files.round_id,
+        "round_id": files.run_id,
         "method": config.method,
         "base_model": config.base_model,
         "base_model_resolved": resolved,
