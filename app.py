@@ -23,7 +23,7 @@ from labeling.store import Store  # noqa: E402
 from ui import arena, evals, train  # noqa: E402
 from ui.chat import chat_tab, refresh_pickers  # noqa: E402
 from pipeline import JobManager  # noqa: E402
-from ui.services import Services, Settings  # noqa: E402
+from ui.services import Services, Settings, annotator_of  # noqa: E402
 
 TITLE = "Preference loop"
 
@@ -45,7 +45,7 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
                 evals_picker, evals_outputs = evals.evals_tab(services)
         private = dict(api_visibility="private")
         def load_progress(request: gr.Request) -> str:
-            return arena.progress_text(services, arena.annotator_of(request))
+            return arena.progress_text(services, annotator_of(request))
 
         demo.load(load_progress, None, arena_progress, **private)
         # checkpoints finished since the page loaded appear when a tab is opened again

@@ -1,17 +1,18 @@
-"""Training and eval subprocesses started from the UI, one at a time.
+"""The pipeline: start a round -> evaluate it -> status, cancel. One subprocess at a time.
 
 The app never trains in-process: a round is `python -m training run ...` reading
 a snapshot file, and its evals are `python -m evals run ...` writing eval.json
-next to the checkpoint (DESIGN.md, one-way data flow). This module only starts,
-watches and cancels those processes; progress is read back from the files they
-write, so it survives a page refresh.
+next to the checkpoint (ARCHITECTURE.md, one-way data flow). This module starts,
+watches and cancels those processes, and is the one place that knows the
+`runs/<round-id>/` layout: it hands each subprocess that dir as its `--log-dir`
+and reads the progress files back (formats.ProgressFiles), so progress survives
+a page refresh.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -20,6 +21,8 @@ import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+
+from formats import ProgressFiles
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,20 +52,6 @@ class Job:
 
 def new_round_id(method: str) -> str:
     return f"r-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{method}"
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    rows = []
-    try:
-        with path.open() as handle:
-            for line in handle:
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:
-                    break  # a line still being written
-    except OSError:
-        pass
-    return rows
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -133,6 +122,7 @@ class JobManager:
         args = [
             "run", "--adapter", str(checkpoint / "adapter"), "--out", str(checkpoint / "eval.json"),
             "--base-model", self.settings.base_model, "--cache-dir", str(self.settings.cache_dir),
+            "--log-dir", str(self.settings.runs_dir / round_id),
         ]
         return self._spawn("evals", round_id, args)
 
@@ -162,25 +152,48 @@ class JobManager:
             pass
         return f"Cancelled {job.kind} {job.round_id}."
 
+    def progress(self, round_id: str, kind: str = "train") -> ProgressFiles:
+        return ProgressFiles(self.settings.runs_dir / round_id, round_id, kind, fresh=False)
+
     def metrics(self, round_id: str) -> list[dict]:
-        return read_jsonl(self.settings.runs_dir / round_id / "metrics.jsonl")
+        return self.progress(round_id).events()
 
     def status_json(self, round_id: str) -> dict:
-        try:
-            return json.loads((self.settings.runs_dir / round_id / "status.json").read_text())
-        except (OSError, json.JSONDecodeError):
-            return {}
+        return self.progress(round_id).read_status()
 
     def log_text(self, job: Job | None, lines: int = 40) -> str:
-        """The trainer's own readable log while it runs; raw output (tracebacks) for evals and failures."""
+        """The subprocess's own readable log while it runs; raw output (tracebacks) once it failed."""
         if job is None:
             return ""
-        train_log = job.log_dir / "train.log"
-        if job.kind == "train" and train_log.exists() and job.returncode in (None, 0):
-            return tail(train_log, lines)
+        own_log = self.progress(job.round_id, job.kind).log_path
+        if own_log.exists() and job.returncode in (None, 0):
+            return tail(own_log, lines)
         return tail(job.output_log, lines)
 
     def eval_progress(self, job: Job) -> tuple[int, int]:
-        """(done, total) prompts from the eval's tqdm line, (0, 0) before it starts."""
-        found = re.findall(r"(\d+)/(\d+) \[", tail(job.output_log, 5))
-        return (int(found[-1][0]), int(found[-1][1])) if found else (0, 0)
+        """(done, total) prompts from the eval's progress events, (0, 0) before it starts."""
+        steps = [e for e in self.progress(job.round_id, "eval").events() if e.get("step") is not None]
+        return (int(steps[-1]["step"]), int(steps[-1]["max_steps"] or 0)) if steps else (0, 0)
+
+    def past_runs(self) -> list[dict]:
+        """Every round ever started (runs/*/status.json), newest first, failures included."""
+        rows = []
+        for status_file in sorted(self.settings.runs_dir.glob("*/status.json"), reverse=True):
+            round_id = status_file.parent.name
+            status = self.status_json(round_id)
+            state = status.get("state", "?")
+            if state == "running" and not _alive(status.get("pid")):
+                state = "died (killed before it could record why)"
+            rows.append({"round": round_id, "state": state, "error": (status.get("error") or "")[:160],
+                         "log": str(self.progress(round_id).log_path)})
+        return rows
+
+
+def _alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True  # exists, owned by someone else
+    return True

@@ -89,6 +89,28 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def trained_checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
+    """A LoRA checkpoint really trained on the tiny model (SFT toward one fixed answer, through the
+    training CLI), so its greedy answers differ from the base's: Arena and Chat tests that compare
+    it with the base can tell the sides apart."""
+    import json
+
+    from training.__main__ import main
+
+    root = tmp_path_factory.mktemp("trained")
+    data = root / "sft.jsonl"
+    answer = "The quick brown fox jumps over the lazy dog while the cat sleeps."
+    rows = [{"messages": [{"role": "user", "content": f"question {i}: tell me about the sea"},
+                          {"role": "assistant", "content": answer}]} for i in range(8)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    code = main(["run", "--method", "sft", "--data", str(data), "--out", str(root / "checkpoints"),
+                 "--round-id", "r-trained", "--base-model", str(tiny_model_dir), "--steps", "8",
+                 "--lr", "5e-2", "--no-4bit"])
+    assert code == 0, "training the test adapter failed"
+    return root / "checkpoints" / "r-trained"
+
+
+@pytest.fixture(scope="session")
 def embedded_model_dir(tmp_path_factory) -> Path:
     """The real embedded SmolLM2, converted once per test session (about 30 s)."""
     from models.loading import EMBEDDED, resolve_base_model

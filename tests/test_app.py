@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+import shutil
 import threading
 
 import gradio as gr
@@ -11,6 +13,7 @@ from labeling.store import Store
 from models.loading import load_base
 from models.chat import ChatModel
 from ui import arena, chat
+from ui import services as services_module
 from pipeline import JobManager
 from ui.services import Services, Settings, as_display_text
 
@@ -24,7 +27,8 @@ class FakeRequest:
 
 
 @pytest.fixture
-def services(tiny_model_dir, data_dir):
+def services(tiny_model_dir, data_dir, trained_checkpoint):
+    shutil.copytree(trained_checkpoint, data_dir / "checkpoints" / trained_checkpoint.name)
     settings = Settings(data_dir=data_dir, base_model=str(tiny_model_dir))
     model, tokenizer = load_base(str(tiny_model_dir), dtype="fp32")
     services = Services(settings, ChatModel(model, tokenizer), Store(data_dir), JobManager(settings))
@@ -50,9 +54,9 @@ def test_chat_stop_ends_the_turn_keeping_what_streamed(services):
     turn = chat.send(services, "tell me a long story", [], [], "base", "base", *long_sampling, request=me)
     for step, update in enumerate(turn):
         if step == 3:
-            chat.stop(services, other)  # another browser's Stop leaves this turn alone
+            services_module.stop(services, other)  # another browser's Stop leaves this turn alone
         if step == 6:
-            chat.stop(services, me)
+            services_module.stop(services, me)
     left, right, stats = update[0], update[1], update[5]
     assert stats.startswith("stopped · ")
     steps = int(stats.split("stopped · ")[1].split()[0])
@@ -78,9 +82,9 @@ def test_html_is_shown_as_text_but_code_is_left_alone():
     assert "`<b>`" in shown and "if a < b:" in shown
 
 
-def run_arena(services, prompt, user="ann", state=None, keep_going=False):
-    outputs = list(arena.start(services, prompt, state or {}, keep_going, "base", "base", *SAMPLING,
-                               request=FakeRequest(user)))
+def run_arena(services, prompt, user="ann", state=None, keep_going=False, models=("base", "base"), outputs=None):
+    outputs = [] if outputs is None else outputs
+    outputs += arena.start(services, prompt, state or {}, keep_going, *models, *SAMPLING, request=FakeRequest(user))
     final = outputs[-1]
     state, view_a, view_b = final[0], final[1], final[2]
     buttons = final[5:]
@@ -95,7 +99,7 @@ def test_arena_stop_records_nothing_and_gives_the_prompt_back(services):
     turn = arena.start(services, "tell me a long story", {}, False, "base", "base", *long_sampling, request=me)
     for step, update in enumerate(turn):
         if step == 4:
-            chat.stop(services, me)
+            services_module.stop(services, me)
     state, prompt_box, reveal, buttons = update[0], update[3], update[4], update[5:]
     assert state is None and prompt_box == "tell me a long story" and reveal.startswith("Stopped")
     assert not any(b["interactive"] for b in buttons)  # nothing to vote on
@@ -113,6 +117,33 @@ def test_arena_vote_is_stored_once_and_reveals_models(services):
     rows = services.store.labeled_rows()
     assert len(rows) == 1 and rows[0]["choice"] == "a" and rows[0]["annotator"] == "ann"
     assert services.store.annotator_progress("ann") == {"today": 1, "total": 1}
+
+
+def test_arena_shuffles_blinds_and_reveals_a_trained_adapter(services):
+    """Base against a really trained adapter: both orders happen, nothing names a model before the
+    vote, and the reveal names the model that actually wrote each side."""
+    pair = ("base", "r-trained")
+    params = services_module.sampling(*SAMPLING)
+    messages = [{"role": "user", "content": "tell me about the sea"}]
+    services.adapter_for("r-trained")
+    base_answer, adapter_answer = services.chat.generate([messages, messages], [None, "r-trained"], params)
+    assert base_answer != adapter_answer  # the adapter really changed the model
+    random.seed(7)  # the shuffle uses `random`; a fixed seed keeps the test deterministic
+    orders = set()
+    for n in range(8):
+        outputs = []
+        state = run_arena(services, "tell me about the sea", models=pair, outputs=outputs)
+        shown = repr([out[1:] for out in outputs])  # everything the page gets; gr.State stays on the server
+        assert "r-trained" not in shown and "`base`" not in shown
+        written_by = {"base": base_answer, "r-trained": adapter_answer}
+        assert state["answer_a"] == written_by[state["model_a"]]
+        assert state["answer_b"] == written_by[state["model_b"]]
+        orders.add((state["model_a"], state["model_b"]))
+        reveal = arena.vote(services, "a", state, "", request=FakeRequest("ann"))[1]
+        stored = services.store.get_comparison(state["id"])
+        assert f"A was `{stored['model_a']}`, B was `{stored['model_b']}`" in reveal
+        assert {stored["model_a"], stored["model_b"]} == set(pair)
+    assert orders == {pair, pair[::-1]}  # the adapter appeared on both sides
 
 
 def test_arena_multi_turn_uses_chosen_answer_as_history(services):

@@ -17,8 +17,10 @@ import gradio as gr
 from formats import load_prompt_file
 from models.loading import ModelLoadError
 from models.chat import SamplingParams
-from ui.chat import sampling, sampling_controls, session_of, stop
-from ui.services import BASE_CHOICE, Services, check_context, check_prompt, for_display
+from ui.services import (
+    BASE_CHOICE, Services, annotator_of, check_context, check_prompt, for_display, sampling, sampling_controls,
+    session_of, stop,
+)
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
 SHORTCUTS = {"a": "1", "b": "2", "tie": "3", "both_bad": "4"}
@@ -35,11 +37,6 @@ document.addEventListener('keydown', (event) => {
 });
 </script>
 """
-
-
-def annotator_of(request: gr.Request | None) -> str:
-    """The logged-in user; 'local' when the app runs without --auth-file."""
-    return (getattr(request, "username", None) or "local") if request is not None else "local"
 
 
 def default_pair(services: Services) -> tuple[str, str]:

@@ -6,31 +6,15 @@ with per-row adapter names), so the pair costs barely more than one answer.
 
 from __future__ import annotations
 
-import random
 import time
 from functools import partial
 
 import gradio as gr
 
 from models.loading import ModelLoadError
-from models.chat import SamplingParams
-from ui.services import BASE_CHOICE, Services, check_context, check_prompt, for_display
-
-
-def sampling(temperature, top_p, max_new_tokens, seed, system_prompt) -> SamplingParams:
-    """UI values -> SamplingParams; seed -1 draws a fresh seed (recorded, so still reproducible)."""
-    seed = int(seed) if seed is not None and int(seed) >= 0 else random.randrange(2**31)
-    return SamplingParams(
-        temperature=float(temperature),
-        top_p=float(top_p),
-        max_new_tokens=int(max_new_tokens),
-        seed=int(seed),
-        system_prompt=(system_prompt or "").strip(),
-    )
-
-
-def session_of(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None)
+from ui.services import (
+    BASE_CHOICE, Services, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
+)
 
 
 def stream_pair(services: Services, left: list, right: list, model_left: str, model_right: str, params,
@@ -98,10 +82,6 @@ def regenerate(services, left, right, model_left, model_right, *sampling_args, r
         yield left, right, for_display(left), for_display(right), stats
 
 
-def stop(services: Services, request: gr.Request = None) -> None:
-    services.request_stop(session_of(request))
-
-
 def clear():
     return [], [], [], [], ""
 
@@ -113,19 +93,6 @@ def refresh_pickers(services: Services, model_left: str, model_right: str):
         gr.update(choices=choices, value=keep(model_left, BASE_CHOICE)),
         gr.update(choices=choices, value=keep(model_right, choices[1] if len(choices) > 1 else BASE_CHOICE)),
     )
-
-
-def sampling_controls(seed: int = 0, prefix: str = "chat"):
-    """Sampling settings shared by both sides (also reused by the Arena tab)."""
-    with gr.Accordion("Sampling settings (apply to both sides)", open=False):
-        with gr.Row():
-            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
-            top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
-            max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens",
-                                       elem_id=f"{prefix}-max-tokens")
-            seed = gr.Number(value=seed, precision=0, label="Seed (-1 = random)")
-        system_prompt = gr.Textbox(label="System prompt (optional)", lines=2, max_length=4000)
-    return [temperature, top_p, max_new_tokens, seed, system_prompt]
 
 
 def chat_tab(services: Services) -> None:

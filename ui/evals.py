@@ -10,9 +10,8 @@ import gradio as gr
 import pandas as pd
 
 from evals import winrate
-from ui.arena import annotator_of
 from pipeline import JobBusy
-from ui.services import Services
+from ui.services import Services, annotator_of
 
 CHECK_COLUMNS = ["check", "flag", "base", "candidate", "note"]
 

@@ -1,14 +1,18 @@
-"""Settings and the long-lived objects every tab shares (model, store, jobs)."""
+"""What the tabs share: settings, the long-lived objects (model, store, jobs), who is asking,
+sampling controls and input checks. Tabs import this module, never each other."""
 
 from __future__ import annotations
 
 import html
+import random
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import gradio as gr
+
 from models.loading import EMBEDDED, ModelLoadError
-from models.chat import ChatModel
+from models.chat import ChatModel, SamplingParams
 from training.registry import Checkpoint, get_checkpoint, list_checkpoints
 
 BASE_CHOICE = "base"  # the picker's name for the un-adapted base model
@@ -119,3 +123,45 @@ def as_display_text(text: str) -> str:
 
 def for_display(history: list[dict]) -> list[dict]:
     return [{"role": m["role"], "content": as_display_text(m["content"])} for m in history]
+
+
+# ---------------------------------------------------------------- who is asking
+
+def session_of(request: gr.Request | None) -> str | None:
+    return getattr(request, "session_hash", None)
+
+
+def annotator_of(request: gr.Request | None) -> str:
+    """The logged-in user; 'local' when the app runs without --auth-file."""
+    return (getattr(request, "username", None) or "local") if request is not None else "local"
+
+
+def stop(services: Services, request: gr.Request = None) -> None:
+    services.request_stop(session_of(request))
+
+
+# ---------------------------------------------------------------- sampling (Chat and Arena)
+
+def sampling(temperature, top_p, max_new_tokens, seed, system_prompt) -> SamplingParams:
+    """UI values -> SamplingParams; seed -1 draws a fresh seed (recorded, so still reproducible)."""
+    seed = int(seed) if seed is not None and int(seed) >= 0 else random.randrange(2**31)
+    return SamplingParams(
+        temperature=float(temperature),
+        top_p=float(top_p),
+        max_new_tokens=int(max_new_tokens),
+        seed=int(seed),
+        system_prompt=(system_prompt or "").strip(),
+    )
+
+
+def sampling_controls(seed: int = 0, prefix: str = "chat"):
+    """Sampling settings for both sides of the Chat tab and the Arena."""
+    with gr.Accordion("Sampling settings (apply to both sides)", open=False):
+        with gr.Row():
+            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+            top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
+            max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens",
+                                       elem_id=f"{prefix}-max-tokens")
+            seed = gr.Number(value=seed, precision=0, label="Seed (-1 = random)")
+        system_prompt = gr.Textbox(label="System prompt (optional)", lines=2, max_length=4000)
+    return [temperature, top_p, max_new_tokens, seed, system_prompt]

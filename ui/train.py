@@ -8,7 +8,6 @@ a timer, so a page refresh loses nothing.
 from __future__ import annotations
 
 import html
-import os
 import shutil
 import tempfile
 import time
@@ -168,31 +167,8 @@ def round_status(services: Services):
     return progress_html(step, total, label), label, metric_frame(rows), services.jobs.log_text(job)
 
 
-def pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def past_rounds(services: Services) -> pd.DataFrame:
-    """Every round ever started (from data/runs/*/status.json), newest first, failures included."""
-    rows = []
-    for status_file in sorted(services.settings.runs_dir.glob("*/status.json"), reverse=True):
-        status = services.jobs.status_json(status_file.parent.name)
-        state = status.get("state", "?")
-        if state == "running" and not pid_alive(status.get("pid")):
-            state = "died (killed before it could record why)"
-        rows.append({
-            "round": status_file.parent.name,
-            "state": state,
-            "error": (status.get("error") or "")[:160],
-            "log": str(status_file.parent / "train.log"),
-        })
-    return pd.DataFrame(rows, columns=["round", "state", "error", "log"])
+    return pd.DataFrame(services.jobs.past_runs(), columns=["round", "state", "error", "log"])
 
 
 def train_tab(services: Services):
