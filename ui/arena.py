@@ -249,7 +249,7 @@ def arena_tab(services: Services) -> None:
         with gr.Row():
             prompt_file = gr.File(label="Prompt file (.jsonl with prompt or MT-bench turns, or .csv)",
                                   file_types=[".jsonl", ".json", ".csv"], scale=3)
-            import_button = gr.Button("Import prompts into the queue", scale=1)
+            import_button = gr.Button("Import prompts into the queue", scale=1, elem_id="arena-import")
 
     private = dict(api_visibility="private")
     start_outputs = [state, view_a, view_b, prompt, reveal, *buttons]
