@@ -9,6 +9,7 @@ forward pass per token, not two models.
 from __future__ import annotations
 
 import queue
+import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -62,6 +63,7 @@ class BatchTextStreamer:
         self.queue.put(self.texts())
 
     def end(self) -> None:
+        self.complete = list(self.finished)  # rows that reached end-of-sequence, not the token limit
         self.finished = [True] * len(self.finished)
         self.queue.put(None)
 
@@ -135,10 +137,13 @@ class ChatModel:
         conversations: Sequence[list[dict]],
         adapters: Sequence[str | None],
         params: SamplingParams = SamplingParams(),
+        complete: list[bool] | None = None,
     ) -> Iterator[list[str]]:
         """Decode all conversations in one batch; yield every row's text after each token.
 
-        `adapters[i]` is an adapter name from ensure_adapter, or None for the base.
+        `adapters[i]` is an adapter name from ensure_adapter, or None for the base. A list
+        passed as `complete` is filled, once decoding ended, with whether each row reached
+        its end-of-sequence token (False: cut by max_new_tokens or stopped).
         """
         import torch
 
@@ -182,6 +187,8 @@ class ChatModel:
             thread.join()
             if errors:
                 raise errors[0]
+            if complete is not None:
+                complete[:] = streamer.complete
             yield streamer.texts()
         finally:
             # A caller that closes this generator early (the Chat tab's Stop leaves its loop;
@@ -235,3 +242,26 @@ class ChatModel:
             end = next((k for k, token in enumerate(row) if token in stop_ids), len(row))
             texts.append(self.tokenizer.decode(row[:end], skip_special_tokens=True))
         return texts
+
+
+LIST_NUMBER = re.compile(r"(?:^|\n)\s*\d+\.$")  # "2." opening a list item ends no sentence
+SENTENCE_END = re.compile(r"""[.!?](?:["')\]*_]*)?(?=\s|$)|\n\s*\n""")
+
+
+def end_at_last_sentence(text: str, keep_at_least: float = 0.5) -> tuple[str, bool]:
+    """Trim an answer cut off by the token limit back to its last complete sentence.
+
+    Returns (text, trimmed). An answer cut mid-sentence would teach a model to stop
+    mid-sentence once it becomes a chosen answer, so the Arena shows and stores the
+    trimmed text. When the last sentence end leaves less than `keep_at_least` of the
+    text (one long code block, a single run-on sentence), the text is kept as it is
+    and reported untrimmed; the data lint then flags it as cut off.
+    """
+    stripped = text.rstrip()
+    ends = [m.end() for m in SENTENCE_END.finditer(stripped) if not LIST_NUMBER.search(stripped[: m.end()])]
+    if not ends or ends[-1] >= len(stripped):
+        return text, False
+    cut = stripped[: ends[-1]].rstrip()
+    if len(cut) < keep_at_least * len(stripped) or cut.count("```") % 2:
+        return text, False
+    return cut, True

@@ -143,6 +143,7 @@ def test_arena_shuffles_blinds_and_reveals_a_trained_adapter(services):
         stored = services.store.get_comparison(state["id"])
         assert f"A was `{stored['model_a']}`, B was `{stored['model_b']}`" in reveal
         assert {stored["model_a"], stored["model_b"]} == set(pair)
+        assert stored["params"]["cut_off"] == [True, True]  # 24 tokens end neither answer
     assert orders == {pair, pair[::-1]}  # the adapter appeared on both sides
 
 

@@ -16,7 +16,7 @@ import gradio as gr
 
 from formats import load_prompt_file
 from models.loading import ModelLoadError
-from models.chat import SamplingParams
+from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
     BASE_CHOICE, Services, annotator_of, check_context, check_prompt, for_display, sampling, sampling_controls,
     session_of, stop,
@@ -40,19 +40,31 @@ document.addEventListener('keydown', (event) => {
 
 
 def default_pair(services: Services) -> tuple[str, str]:
-    """Base vs the current candidate (the promoted checkpoint, else the newest)."""
-    choices = services.model_choices()
+    """Base vs the promoted candidate; before any promotion, base vs base (two samples).
+
+    An unpromoted checkpoint may have failed its gate, so annotators never see one by default.
+    """
     current = services.store.current_candidate()
-    if current in choices:
+    if current in services.model_choices():
         return BASE_CHOICE, current
-    return BASE_CHOICE, choices[1] if len(choices) > 1 else BASE_CHOICE
+    return BASE_CHOICE, BASE_CHOICE
+
+
+def pair_note(services: Services) -> str:
+    """One line on what the Arena compares right now (names no side, so blinding holds)."""
+    model_x, model_y = default_pair(services)
+    if model_x == model_y:
+        return ("Cold start: no checkpoint is promoted yet, so both answers are samples from the base model. "
+                "Picking the better of two samples collects on-policy pairs, the data DPO learns from best.")
+    return "Each comparison pits the promoted candidate against the base model, in random order."
 
 
 def progress_text(services: Services, annotator: str) -> str:
     progress = services.store.annotator_progress(annotator)
     return (
         f"**{annotator}** · labeled today: **{progress['today']}** · in all: **{progress['total']}**"
-        f" · prompts waiting for you in the queue: {services.store.queue_size(annotator)}"
+        f" · prompts waiting for you in the queue: {services.store.queue_size(annotator)}\n\n"
+        + pair_note(services)
     )
 
 
@@ -72,15 +84,20 @@ def run_comparison(services, history, prompt, model_x, model_y, params, annotato
         check_context(services.chat, [messages], params.system_prompt)
     except (ModelLoadError, ValueError) as exc:
         raise gr.Error(str(exc)) from exc
-    texts = ["", ""]
-    for texts in services.chat.stream([messages, messages], adapters, params):
+    texts, complete = ["", ""], []
+    for texts in services.chat.stream([messages, messages], adapters, params, complete=complete):
         if services.take_stop_request(session):
             return  # leaving the loop closes the stream, which stops decoding at the next token
         yield texts[0], texts[1], None
+    # An answer cut by the token limit ends at its last complete sentence instead, so a chosen
+    # answer never teaches stopping mid-sentence; `cut_off` records which sides were cut.
+    trimmed = [end_at_last_sentence(text) if not done else (text, False) for text, done in zip(texts, complete)]
+    texts = [text for text, _ in trimmed]
+    recorded = {**params.to_dict(), "cut_off": [not done for done in complete], "trimmed": [t for _, t in trimmed]}
     comparison_id = services.store.add_comparison(
         messages, texts[0], texts[1], models[0], models[1],
         services.fingerprint(models[0]), services.fingerprint(models[1]),
-        params.to_dict(), annotator, prompt_id=prompt_id,
+        recorded, annotator, prompt_id=prompt_id,
     )
     comparison = dict(
         id=comparison_id, messages=messages, answer_a=texts[0], answer_b=texts[1],
