@@ -94,8 +94,14 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--auth-file", type=Path, help="file of user:password lines; enables login")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                         help="serving precision (auto = bf16, ~2x faster than fp32 on CPU)")
+    parser.add_argument("--eval-prompts", type=Path,
+                        help="prompt file the promotion gate evaluates every round on (default: the bundled 80)")
+    parser.add_argument("--eval-max-new-tokens", type=int, help="answer length in those evals (default 128)")
     args = parser.parse_args(argv)
-    return Settings(args.data_dir, args.base_model, args.host, args.port, args.auth_file, args.dtype)
+    if args.eval_prompts is not None and not args.eval_prompts.is_file():
+        parser.error(f"--eval-prompts: file not found: {args.eval_prompts}")
+    return Settings(args.data_dir, args.base_model, args.host, args.port, args.auth_file, args.dtype,
+                    args.eval_prompts and args.eval_prompts.resolve(), args.eval_max_new_tokens)
 
 
 def main(argv: list[str] | None = None) -> int:

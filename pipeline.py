@@ -124,6 +124,10 @@ class JobManager:
             "--base-model", self.settings.base_model, "--cache-dir", str(self.settings.cache_dir),
             "--log-dir", str(self.settings.runs_dir / round_id),
         ]
+        if self.settings.eval_prompts:
+            args += ["--prompts", str(self.settings.eval_prompts)]
+        if self.settings.eval_max_new_tokens:
+            args += ["--max-new-tokens", str(self.settings.eval_max_new_tokens)]
         return self._spawn("evals", round_id, args)
 
     # ------------------------------------------------------------ watching

@@ -28,6 +28,8 @@ class Settings:
     port: int = 7860
     auth_file: Path | None = None
     dtype: str = "auto"
+    eval_prompts: Path | None = None  # the gate's prompt set; None = the bundled 80 prompts
+    eval_max_new_tokens: int | None = None  # None = the evals' default answer length
 
     @property
     def checkpoints_dir(self) -> Path:
