@@ -126,8 +126,11 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_base(path: str, *, dtype: str = "auto", load_in_4bit: bool = False):
-    """Load a resolved base (see resolve_base_model) as (model, tokenizer)."""
+def load_base(path: str, *, dtype: str = "auto", load_in_4bit: bool = False, for_training: bool = False):
+    """Load a resolved base (see resolve_base_model) as (model, tokenizer), in eval mode.
+
+    for_training: keep 4-bit weights in the layout autograd can go through (see keep_4bit_trainable).
+    """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
     kwargs: dict = {"dtype": pick_dtype(dtype)}
@@ -143,8 +146,26 @@ def load_base(path: str, *, dtype: str = "auto", load_in_4bit: bool = False):
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         raise ModelLoadError(f"cannot load base model {path!r}: {str(exc).splitlines()[0]}") from exc
+    if load_in_4bit and for_training:
+        keep_4bit_trainable(model)
     model.eval()
     return model, tokenizer
+
+
+def keep_4bit_trainable(model) -> None:
+    """Stop bitsandbytes repacking 4-bit weights for its CPU inference kernel.
+
+    On CPUs with avx512_bf16, the first forward of a Linear4bit in inference mode (eval, no grad)
+    repacks its weight for `gemv_4bit`, and every later forward uses that kernel, which has no
+    backward: gradients stop flowing through the frozen layers and the LoRA layers below them
+    get silently wrong gradients. A training model evaluates its held-out slice in inference
+    mode between steps, so it must never repack.
+    """
+    import bitsandbytes as bnb
+
+    for module in model.modules():
+        if isinstance(module, bnb.nn.Linear4bit):
+            module.support_avx512bf16_for_cpu = False
 
 
 # ---------------------------------------------------------------- adapters

@@ -15,6 +15,18 @@ from models.chat import ChatModel, SamplingParams
 HELLO = [{"role": "user", "content": "hello how are you"}]
 
 
+def direct_greedy(model, tokenizer, messages: list[dict], max_new_tokens: int) -> str:
+    """Greedy text straight from transformers' generate, bypassing ChatModel."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    inputs = tokenizer([text], return_tensors="pt", add_special_tokens=False)
+    with torch.no_grad():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                                pad_token_id=tokenizer.pad_token_id)
+    new = output[0, inputs["input_ids"].shape[1]:].tolist()
+    end = next((i for i, t in enumerate(new) if t == tokenizer.eos_token_id), len(new))
+    return tokenizer.decode(new[:end], skip_special_tokens=True)
+
+
 def make_adapter(model_dir: Path, out: Path, seed: int) -> Path:
     """A LoRA adapter with random (non-zero) B so it really changes outputs."""
     from peft import LoraConfig, get_peft_model
@@ -78,7 +90,9 @@ def test_closing_a_stream_stops_decoding_and_frees_the_model(chat):
     assert not [t for t in threading.enumerate() if t.name == "chat-generate" and t.is_alive()]
     assert chat._lock.acquire(blocking=False)  # released, not leaked
     chat._lock.release()
-    assert chat.generate([HELLO], [None], SamplingParams(temperature=0, max_new_tokens=3))
+    # and the model serves the next request as if nothing had been cut short
+    expected = direct_greedy(chat.model, chat.tokenizer, HELLO, 8)
+    assert chat.generate([HELLO], [None], SamplingParams(temperature=0, max_new_tokens=8)) == [expected]
 
 
 def test_greedy_generation_is_deterministic_and_seeded_sampling_repeats(chat):
@@ -111,6 +125,8 @@ def test_unknown_adapter_is_refused(chat):
 
 
 def test_corrupt_adapter_dir_gives_clear_error(chat, tmp_path):
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    before = chat.generate([HELLO], [None], greedy)
     bad = tmp_path / "bad"
     bad.mkdir()
     with pytest.raises(ModelLoadError, match="no adapter_config.json"):
@@ -125,7 +141,54 @@ def test_corrupt_adapter_dir_gives_clear_error(chat, tmp_path):
     with pytest.raises(ModelLoadError, match="cannot load adapter"):
         chat.ensure_adapter("bad", bad)
     assert "bad" not in chat.adapters
-    assert chat.generate([HELLO], [None], SamplingParams(temperature=0, max_new_tokens=4))  # still serving
+    # still serving, and nothing of the failed loads stuck to the weights
+    assert chat.generate([HELLO], [None], greedy) == before == [direct_greedy(chat.model, chat.tokenizer, HELLO, 8)]
+
+
+# ---------------------------------------------------------------- 4-bit (bitsandbytes NF4 on CPU)
+
+def lora_grads(model, ids) -> dict[str, torch.Tensor]:
+    """LoRA gradients of one train-mode forward + backward (LoRA B starts random so A gets gradients too)."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(1)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules="all-linear", init_lora_weights=False))
+    peft_model.train()
+    loss = peft_model(input_ids=ids, labels=ids).loss
+    assert torch.isfinite(loss)
+    loss.backward()
+    return {n: p.grad for n, p in peft_model.named_parameters() if p.requires_grad}
+
+
+def test_4bit_forward_in_inference_mode_and_backward_in_training_mode(tiny_model_dir):
+    import bitsandbytes as bnb
+
+    full, tokenizer = load_base(str(tiny_model_dir), dtype="fp32")
+    ids = tokenizer(["hello how are you", "the sea and the sky"], return_tensors="pt", padding=True)["input_ids"]
+    # inference mode: on avx512_bf16 CPUs this is where bitsandbytes repacks the weights for its CPU kernel
+    served, _ = load_base(str(tiny_model_dir), dtype="fp32", load_in_4bit=True)
+    assert not served.training
+    with torch.inference_mode():
+        reference, quantized = full(input_ids=ids).logits, served(input_ids=ids).logits
+    assert quantized.shape == reference.shape == (*ids.shape, len(tokenizer))
+    assert torch.isfinite(quantized).all()
+    error = ((quantized - reference).norm() / reference.norm()).item()
+    assert 0 < error < 0.25, error  # really quantized, and close to the full-precision model
+    layer = next(m for m in served.modules() if isinstance(m, bnb.nn.Linear4bit))
+    repacked = getattr(layer.weight.quant_state, "packing_format_for_cpu", False)
+    assert repacked == layer.support_avx512bf16_for_cpu  # the path this CPU takes was the one that ran
+
+    # training mode: a model loaded for training runs inference (held-out evals) and then trains;
+    # its gradients must equal those of a model that never ran in inference mode
+    trained, _ = load_base(str(tiny_model_dir), dtype="fp32", load_in_4bit=True, for_training=True)
+    with torch.inference_mode():
+        assert torch.allclose(trained(input_ids=ids).logits, quantized, atol=1e-2)  # repacking rounds absmax to bf16
+    grads = lora_grads(trained, ids)
+    fresh = lora_grads(load_base(str(tiny_model_dir), dtype="fp32", load_in_4bit=True)[0], ids)
+    assert grads.keys() == fresh.keys() and len(grads) == 2 * 7 * 2  # A and B of 7 linears in 2 layers
+    for name, grad in grads.items():
+        assert grad is not None and torch.isfinite(grad).all() and grad.abs().max() > 0, name
+        assert torch.allclose(grad, fresh[name], rtol=1e-4, atol=1e-6), name
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ cancel and crash safety. One slow test runs a real 4-bit round on the embedded S
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -14,12 +15,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from training.__main__ import main
-from training.config import RoundConfig, load_recipe
+from training.__main__ import build_parser, main
+from training.config import RECIPES_DIR, RoundConfig, knob_fields, load_recipe, write_recipe
 from models.loading import load_base
 from models.chat import ChatModel, SamplingParams
 from training.registry import list_checkpoints, remove_stale_temp_dirs, temp_dir_for
-from training.callbacks import make_callbacks, watch_heldout
 from training.run import plan_steps, run_round
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -88,14 +88,71 @@ def test_recipes_load_and_overrides_validate():
     assert changed.lora_r == 8 and changed.max_steps == dpo.max_steps
     assert changed.target_modules == ("q_proj", "v_proj") and changed.to_dict()["target_modules"] == ["q_proj", "v_proj"]
     assert RoundConfig(**{**changed.to_dict(), "target_modules": ("q_proj",)}).validate()
-    with pytest.raises(ValueError, match="learning_rate must be in"):
+    with pytest.raises(ValueError, match="learning_rate must be a number from 1e-07 to 0.1, got 5"):
         dpo.with_overrides(learning_rate=5).validate()
     with pytest.raises(ValueError, match="loss_type for sft must be one of nll, dft"):
         dpo.with_overrides(method="sft").validate()
+    with pytest.raises(ValueError, match="lora_r must be an integer from 1 to 256, got 2.5"):
+        dpo.with_overrides(lora_r=2.5).validate()
+    with pytest.raises(ValueError, match="load_in_4bit must be true or false.*dtype must be one of auto, fp32, bf16"):
+        dpo.with_overrides(dtype="fp64", load_in_4bit="yes").validate()
     with pytest.raises(ValueError, match="unknown config field"):
         dpo.with_overrides(epochs=3)
     with pytest.raises(ValueError, match="unknown recipe 'nope'.*dpo_qlora"):
         load_recipe("nope")
+
+
+def test_recipes_list_only_what_differs_from_the_defaults():
+    import yaml
+
+    defaults = RoundConfig().to_dict()
+    for path in sorted(RECIPES_DIR.glob("*.yaml")):
+        listed = yaml.safe_load(path.read_text()) or {}
+        assert all(value != defaults[name] for name, value in listed.items()), path.name
+
+
+def test_knob_fields_carry_help_and_bounds_that_validate_enforces():
+    knobs = {f.name: f for f in knob_fields()}
+    assert set(knobs) == {"lora_r", "lora_alpha", "lora_dropout", "learning_rate", "max_steps", "num_epochs",
+                          "batch_size", "max_length", "beta", "loss_type", "load_in_4bit"}
+    for name, f in knobs.items():
+        assert f.metadata["help"] and f.metadata["label"]
+        if isinstance(f.default, (int, float)) and not isinstance(f.default, bool):
+            low, high = f.metadata["min"], f.metadata["max"]
+            assert low <= f.default <= high
+            RoundConfig().with_overrides(**{name: low}).validate()
+            RoundConfig().with_overrides(**{name: high}).validate()
+            with pytest.raises(ValueError, match=f"{name} must be"):
+                RoundConfig().with_overrides(**{name: high * 2 + 1}).validate()
+
+
+def test_write_recipe_round_trips_through_load_recipe_and_the_cli(tmp_path):
+    config = load_recipe("sft_qlora").with_overrides(lora_r=8, learning_rate=3e-5, target_modules="q_proj,v_proj",
+                                                     load_in_4bit=False, num_epochs=3)
+    path = write_recipe(config, tmp_path / "mine.yaml")
+    assert load_recipe(str(path)) == config
+    assert [p.name for p in tmp_path.iterdir()] == ["mine.yaml"]  # no temp file left
+    args = build_parser().parse_args(["run", "--data", "d.jsonl", "--out", "o", "--recipe", str(path)])
+    assert args.recipe == str(path) and args.lora_r is None  # unset flags leave the recipe's values
+    with pytest.raises(ValueError, match="must end in .yaml"):
+        write_recipe(config, tmp_path / "mine.txt")
+
+
+def test_cli_has_one_flag_per_config_field_plus_the_documented_aliases():
+    parse = build_parser().parse_args
+    base = ["run", "--data", "d.jsonl", "--out", "o"]
+    args = parse([*base, "--steps", "7", "--lr", "0.001", "--epochs", "3", "--lora-r", "4", "--beta", "0.2",
+                  "--no-4bit", "--eval-every", "2", "--early-stopping-patience", "0", "--holdout-fraction", "0.25",
+                  "--grad-accum", "2", "--dtype", "fp32", "--target-modules", "q_proj,v_proj", "--method", "sft"])
+    assert (args.max_steps, args.learning_rate, args.num_epochs, args.lora_r, args.beta) == (7, 0.001, 3.0, 4, 0.2)
+    assert args.load_in_4bit is False and args.early_stopping_patience == 0 and args.holdout_fraction == 0.25
+    assert (args.grad_accum, args.dtype, args.target_modules, args.method) == (2, "fp32", "q_proj,v_proj", "sft")
+    assert parse([*base, "--max-steps", "9", "--learning-rate", "0.01"]).max_steps == 9
+    assert parse([*base, "--load-in-4bit"]).load_in_4bit is True and parse(base).load_in_4bit is None
+    for f in dataclasses.fields(RoundConfig):
+        assert getattr(parse(base), f.name) is None  # every field has a flag, unset by default
+    with pytest.raises(SystemExit):
+        parse([*base, "--dtype", "fp64"])
 
 
 def test_plan_steps_caps_epochs_at_max_steps():
@@ -104,33 +161,6 @@ def test_plan_steps_caps_epochs_at_max_steps():
     assert plan_steps(1000, config) == 60
     assert plan_steps(1000, config.with_overrides(max_steps=0)) == 500
     assert plan_steps(3, config.with_overrides(grad_accum=2, num_epochs=1)) == 1
-
-
-def test_early_stopping_rule_on_a_fake_eval_sequence():
-    assert watch_heldout([0.69], patience=2) == (0, False)
-    assert watch_heldout([0.69, 0.60, 0.62], patience=2) == (1, False)
-    assert watch_heldout([0.69, 0.60, 0.62, 0.61], patience=2) == (1, True)  # two evals without a new best
-    assert watch_heldout([0.69, 0.60, 0.62, 0.55, 0.70], patience=2) == (3, False)  # the counter resets
-    assert watch_heldout([0.69, 0.70, 0.80, 0.90], patience=0) == (0, False)  # 0 = never stop
-    assert watch_heldout([0.69, 0.689], patience=1, min_delta=0.01) == (0, True)
-
-
-def test_heldout_callback_stops_and_restores_the_best_step(tmp_path):
-    from transformers import TrainerControl, TrainerState
-
-    from formats import ProgressFiles as RunFiles
-
-    _, heldout = make_callbacks(RunFiles(tmp_path, "fake"), patience=2)
-    model, state, control = torch.nn.Linear(2, 2), TrainerState(), TrainerControl()
-    for step, loss in [(5, 0.69), (10, 0.55), (15, 0.58), (20, 0.61)]:
-        state.global_step = step
-        with torch.no_grad():
-            model.weight.fill_(step)  # the weights "as trained" up to this step
-        heldout.on_evaluate(None, state, control, metrics={"eval_loss": loss}, model=model)
-        assert control.should_training_stop == (step == 20)
-    assert heldout.stopped_early and heldout.best()["step"] == 10
-    heldout.restore(model)
-    assert torch.all(model.weight == 10)
 
 
 # ---------------------------------------------------------------- real rounds on the tiny model
@@ -170,11 +200,24 @@ def test_cli_dpo_round_writes_a_complete_checkpoint(dpo_round):
 def test_checkpoint_loads_in_chat_model_and_generates(dpo_round, tiny_model_dir):
     out, _ = dpo_round
     checkpoint = list_checkpoints(out)[0]
+    from peft import PeftModel
+
     model, tokenizer = load_base(str(tiny_model_dir), dtype="fp32")
     chat = ChatModel(model, tokenizer, base_name=str(tiny_model_dir))
     chat.ensure_adapter("r1", checkpoint.adapter_dir)
     texts = chat.generate([HELLO, HELLO], ["r1", None], SamplingParams(temperature=0, max_new_tokens=6))
-    assert len(texts) == 2 and all(isinstance(t, str) for t in texts)
+
+    def greedy(model) -> str:  # straight from transformers, without ChatModel
+        prompt = tokenizer.apply_chat_template(HELLO, add_generation_prompt=True, tokenize=False)
+        inputs = tokenizer([prompt], return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            new = model.generate(**inputs, max_new_tokens=6, do_sample=False)[0, inputs["input_ids"].shape[1]:]
+        new = new.tolist()
+        return tokenizer.decode(new[:new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new,
+                                skip_special_tokens=True)
+
+    tuned = PeftModel.from_pretrained(load_base(str(tiny_model_dir), dtype="fp32")[0], str(checkpoint.adapter_dir))
+    assert texts == [greedy(tuned), greedy(load_base(str(tiny_model_dir), dtype="fp32")[0])]
 
 
 def test_list_command_prints_the_round(dpo_round, capsys):
@@ -199,9 +242,11 @@ def test_4bit_round_and_continue_from_its_checkpoint(tiny_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", dpo_rows(6))
     out = tmp_path / "checkpoints"
     config = RoundConfig(base_model=str(tiny_model_dir), max_steps=2, max_length=64, batch_size=2,
-                         learning_rate=5e-3, lora_r=4)
+                         learning_rate=5e-3, lora_r=4, eval_every=1)  # held-out eval + save at every step
     first = run_round(config, data, out, round_id="q1", cache_dir=tmp_path / "cache")
-    assert json.loads((first / "round.json").read_text())["quantization"].startswith("nf4")
+    info = json.loads((first / "round.json").read_text())
+    assert info["quantization"].startswith("nf4") and info["metrics"]["best_step"] in (1, 2)
+    assert [e["step"] for e in info["metrics"]["evals"]] == [1, 2]
 
     second = run_round(config.with_overrides(init_adapter=str(first), lora_r=8, load_in_4bit=False), data, out,
                        round_id="q2", cache_dir=tmp_path / "cache")
@@ -214,21 +259,57 @@ def test_4bit_round_and_continue_from_its_checkpoint(tiny_model_dir, tmp_path):
     assert [c.round_id for c in list_checkpoints(out)] == ["q1", "q2"]
 
 
-def test_4bit_falls_back_to_plain_lora_when_bitsandbytes_fails(tiny_model_dir, tmp_path, monkeypatch):
-    import training.run as run
+def test_4bit_that_cannot_run_stops_the_round_before_training(tiny_model_dir, tmp_path, monkeypatch, capsys):
+    """No silent fallback to full precision: exit 2, one line naming the cause and the way out."""
+    import bitsandbytes as bnb
 
-    real = run.load_base
+    def no_kernel(self, x):
+        raise RuntimeError("no 4-bit kernel for this CPU\nsecond line of the traceback text")
 
-    def no_bnb(path, *, dtype="auto", load_in_4bit=False):
-        if load_in_4bit:
-            raise RuntimeError("bitsandbytes has no kernel for this machine")
-        return real(path, dtype=dtype)
+    monkeypatch.setattr(bnb.nn.Linear4bit, "forward", no_kernel)
+    data = write_jsonl(tmp_path / "pairs.jsonl", dpo_rows(6))
+    out = tmp_path / "checkpoints"
+    code = main(["run", "--method", "dpo", "--data", str(data), "--out", str(out), "--base-model",
+                 str(tiny_model_dir), "--round-id", "q-bad", "--steps", "1", "--cache-dir", str(tmp_path / "cache")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2
+    assert len(err.splitlines()) == 1, err
+    assert "no 4-bit kernel for this CPU" in err and "--no-4bit" in err and "load_in_4bit: false" in err
+    assert not (out / "q-bad").exists() and not temp_dir_for(out, "q-bad").exists()
+    status = json.loads((out / ".runs" / "q-bad" / "status.json").read_text())
+    assert status["state"] == "failed" and "--no-4bit" in status["error"]
+    assert not [e for e in events(out / ".runs" / "q-bad") if e["event"] in ("start", "log")]  # never trained
 
-    monkeypatch.setattr(run, "load_base", no_bnb)
-    config = RoundConfig(base_model=str(tiny_model_dir), max_steps=1, max_length=64, batch_size=2)
-    final = run_round(config, write_jsonl(tmp_path / "p.jsonl", dpo_rows(4)), tmp_path / "ck", round_id="f1")
-    quantization = json.loads((final / "round.json").read_text())["quantization"]
-    assert quantization == "none (fallback: RuntimeError: bitsandbytes has no kernel for this machine)"
+
+def test_heldout_keeps_the_best_step_and_stops_after_patience(tiny_model_dir, tmp_path, monkeypatch):
+    """Scripted held-out losses through the real trainer: best at step 2, then two evals without a better one."""
+    from trl import DPOTrainer
+
+    real_loop = DPOTrainer.evaluation_loop
+    scripted = iter([0.69, 0.55, 0.58, 0.61, 0.50, 0.40, 0.30, 0.20])
+    trained = {}  # the LoRA weights as trained up to each evaluated step
+
+    def evaluation_loop(self, *args, **kwargs):
+        output = real_loop(self, *args, **kwargs)
+        output.metrics["eval_loss"] = next(scripted)
+        trained[self.state.global_step] = {name.replace(".default", ""): p.detach().float().clone()
+                                           for name, p in self.model.named_parameters() if "lora_" in name}
+        return output
+
+    monkeypatch.setattr(DPOTrainer, "evaluation_loop", evaluation_loop)
+    config = RoundConfig(base_model=str(tiny_model_dir), max_steps=8, num_epochs=100, eval_every=1,
+                         early_stopping_patience=2, batch_size=2, max_length=64, learning_rate=5e-3,
+                         load_in_4bit=False)
+    final = run_round(config, write_jsonl(tmp_path / "p.jsonl", dpo_rows(8)), tmp_path / "ck", round_id="es",
+                      cache_dir=tmp_path / "cache")
+    m = json.loads((final / "round.json").read_text())["metrics"]
+    assert (m["steps"], m["stopped_early"], m["best_step"], m["best_eval_loss"]) == (4, True, 2, 0.55)
+    assert [(e["step"], e["eval_loss"]) for e in m["evals"]] == [(1, 0.69), (2, 0.55), (3, 0.58), (4, 0.61)]
+    saved = lora_tensors(final / "adapter")
+    assert saved.keys() == trained[2].keys()
+    assert all(torch.equal(saved[k], trained[2][k]) for k in saved)  # the adapter of step 2, not of step 4
+    assert any(not torch.allclose(saved[k], trained[4][k]) for k in saved)
+    assert "stopped early at step 4" in (tmp_path / "ck" / ".runs" / "es" / "train.log").read_text()
 
 
 # ---------------------------------------------------------------- refusals: exit 2, nothing written
@@ -240,7 +321,7 @@ def test_4bit_falls_back_to_plain_lora_when_bitsandbytes_fails(tiny_model_dir, t
     ("missing_file", "snapshot file not found"),
     ("not_messages", "must be a non-empty list of {role, content} messages"),
     ("bad_base", "unknown base model 'no-such-model'"),
-    ("bad_config", "lora_r must be a positive integer"),
+    ("bad_config", "lora_r must be an integer from 1 to 256, got 0"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_checkpoint(case, expected, tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "data.jsonl"

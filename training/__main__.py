@@ -7,37 +7,58 @@ error, nothing trained), 1 training failed, 130/143 cancelled by SIGINT/SIGTERM.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
+
+
+# documented short spellings of config flags (README); every field also has its own --field-name
+ALIASES = {"max_steps": ["--steps"], "learning_rate": ["--lr"], "num_epochs": ["--epochs"]}
+METAVARS = {int: "N", float: "X", str: "TEXT"}
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """One `--field-name` flag per RoundConfig field, typed and described by the field itself.
+
+    Every flag defaults to None (not given), so the recipe's value stands unless the flag is used.
+    """
+    from training.config import RoundConfig, field_type
+
+    group = parser.add_argument_group(
+        "config", "override the recipe's RoundConfig fields (training/config.py); the defaults shown are "
+                  "RoundConfig's, which a recipe may change")
+    for f in dataclasses.fields(RoundConfig):
+        kind, meta = field_type(f.name), f.metadata
+        flags = [*ALIASES.get(f.name, []), f"--{f.name.replace('_', '-')}"]
+        default = ",".join(f.default) if isinstance(f.default, tuple) else f.default
+        facts = ([] if default is None else [f"default: {default}"]) + (
+            [f"{meta['min']} to {meta['max']}"] if "min" in meta else [])
+        help_text = (f"{meta['help']} ({'; '.join(facts)})" if facts else meta["help"]).replace("%", "%%")
+        if kind is bool:
+            group.add_argument(*flags, dest=f.name, action=argparse.BooleanOptionalAction, default=None,
+                               help=help_text)
+        elif "choices" in meta:
+            group.add_argument(*flags, dest=f.name, choices=meta["choices"], help=help_text)
+        else:
+            group.add_argument(*flags, dest=f.name, type=kind, metavar=METAVARS[kind], help=help_text)
+    group.add_argument("--no-4bit", dest="load_in_4bit", action="store_false", default=None,
+                       help="plain LoRA on unquantized weights (same as --no-load-in-4bit)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train one QLoRA DPO or SFT round on a snapshot file")
-    run.add_argument("--method", choices=["dpo", "sft"], help="default: the recipe's method, else dpo")
+    run = sub.add_parser("run", help="train one QLoRA DPO or SFT round on a snapshot file",
+                         description="Train one round. Flags override the recipe, which overrides RoundConfig.")
     run.add_argument("--data", required=True, type=Path, help="snapshot .jsonl/.parquet in trl conversational format")
     run.add_argument("--out", required=True, type=Path, help="checkpoints dir; the round goes to OUT/<round-id>/")
     run.add_argument("--recipe", help="recipe name in training/recipes/ or a .yaml path (default: <method>_qlora)")
     run.add_argument("--round-id", help="default: r-YYYYmmdd-HHMMSS-<method>")
     run.add_argument("--log-dir", type=Path, help="metrics.jsonl, train.log, status.json (default: OUT/.runs/<id>)")
     run.add_argument("--cache-dir", type=Path, help="converted GGUF models (default: OUT/../cache/models)")
-    run.add_argument("--base-model", help="'embedded' (default), a hub id, a local HF dir or a .gguf file")
-    run.add_argument("--init-adapter", help="continue training this checkpoint's adapter (checkpoint or adapter dir)")
-    run.add_argument("--steps", type=int, dest="max_steps", help="cap on optimizer steps (0 = epochs decide)")
-    run.add_argument("--epochs", type=float, dest="num_epochs")
-    run.add_argument("--batch-size", type=int)
-    run.add_argument("--max-length", type=int)
-    run.add_argument("--lr", type=float, dest="learning_rate")
-    run.add_argument("--beta", type=float)
-    run.add_argument("--loss-type")
-    run.add_argument("--lora-r", type=int)
-    run.add_argument("--lora-alpha", type=int)
-    run.add_argument("--lora-dropout", type=float)
-    run.add_argument("--target-modules", help="comma separated, or all-linear")
-    run.add_argument("--no-4bit", action="store_true", help="plain LoRA on unquantized weights")
+    add_config_flags(run)
 
     listing = sub.add_parser("list", help="list finished checkpoints")
     listing.add_argument("--out", required=True, type=Path, help="checkpoints dir")
@@ -45,14 +66,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def command_run(args) -> int:
-    from training.config import default_recipe, load_recipe
+    from training.config import RoundConfig, default_recipe, load_recipe
     from training.run import BadInput, Cancelled, one_line, run_round
 
-    overrides = {k: getattr(args, k) for k in (
-        "method", "base_model", "init_adapter", "max_steps", "num_epochs", "batch_size", "max_length",
-        "learning_rate", "beta", "loss_type", "lora_r", "lora_alpha", "lora_dropout", "target_modules")}
-    if args.no_4bit:
-        overrides["load_in_4bit"] = False
+    overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RoundConfig)}
     recipe = args.recipe or default_recipe(args.method or "dpo")
     try:
         config = load_recipe(recipe).with_overrides(**overrides)
@@ -116,7 +133,9 @@ def main(argv: list[str] | None = None) -> int:
     import datasets
     import transformers
 
-    datasets.disable_progress_bars()  # progress goes to metrics.jsonl and train.log, not \r bars in a log file
+    # progress goes to metrics.jsonl and train.log, not \r bars in a log file (or around the one-line error)
+    datasets.disable_progress_bars()
+    transformers.logging.disable_progress_bar()
     transformers.logging.set_verbosity_warning()
     return command_run(args)
 

@@ -1,14 +1,21 @@
 """One training round's settings: a frozen dataclass with commented defaults, plus YAML recipes.
 
-The defaults are the DPO recipe sized for the embedded 135M model on 2 CPU
-cores: a round over ~32 pairs takes a few minutes. Recipes in
-training/recipes/*.yaml only list what differs from these defaults.
+This is the one spelling of the config. Each field carries its help text and, for numbers,
+its bounds in `field(metadata=...)`: `validate()` checks them, `python -m training run`
+builds one `--field-name` flag per field from them, and the Train tab builds its inputs
+from `knob_fields()`. The defaults are the DPO recipe sized for the embedded 135M model on
+2 CPU cores (a round over ~32 pairs takes a few minutes); recipes in training/recipes/*.yaml
+list only what differs from them.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+import functools
+import os
+import tempfile
+import typing
+from dataclasses import dataclass, field
 from pathlib import Path
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -25,38 +32,74 @@ DTYPES = ("auto", "fp32", "bf16")
 @dataclass(frozen=True)
 class RoundConfig:
     # ---- what to train
-    method: str = "dpo"  # "dpo" (preference pairs) or "sft" (chosen answers only)
-    base_model: str = "embedded"  # embedded default, HF hub id, local HF dir or .gguf file
-    init_adapter: str | None = None  # continue from this checkpoint's adapter instead of a fresh LoRA
+    method: str = field(default="dpo", metadata={
+        "help": "dpo trains on preference pairs, sft on the chosen answers only", "choices": METHODS})
+    base_model: str = field(default="embedded", metadata={
+        "help": "'embedded' (the bundled SmolLM2), a hub id, a local HF model dir or a .gguf file"})
+    init_adapter: str | None = field(default=None, metadata={
+        "help": "continue training this checkpoint's adapter (checkpoint or adapter dir) instead of a fresh LoRA"})
 
     # ---- LoRA (ignored when init_adapter is set: the adapter keeps its own shape)
-    lora_r: int = 16
-    lora_alpha: int = 32  # scale = alpha / r
-    lora_dropout: float = 0.05
-    target_modules: tuple[str, ...] = ("all-linear",)  # QLoRA adapts every linear layer but the head
+    lora_r: int = field(default=16, metadata={
+        "help": "LoRA rank", "label": "LoRA rank", "min": 1, "max": 256, "knob": True})
+    lora_alpha: int = field(default=32, metadata={
+        "help": "LoRA alpha; the update is scaled by alpha / r", "label": "LoRA alpha", "min": 1, "max": 1024,
+        "knob": True})
+    lora_dropout: float = field(default=0.05, metadata={
+        "help": "dropout on the LoRA input", "label": "LoRA dropout", "min": 0.0, "max": 0.9, "knob": True})
+    # QLoRA adapts every linear layer but the head
+    target_modules: tuple[str, ...] = field(default=("all-linear",), metadata={
+        "help": "layers to adapt: comma separated module names, or all-linear"})
 
     # ---- optimisation
-    learning_rate: float = 1e-4  # LoRA tolerates ~100x trl's full fine-tuning default of 1e-6
-    num_epochs: float = 2.0  # passes over the training rows ...
-    max_steps: int = 60  # ... capped at this many optimizer steps (0 = no cap), so big snapshots stay bounded
-    batch_size: int = 4
-    grad_accum: int = 1
-    max_length: int = 128  # prompt + answer tokens, truncated at the end; step time and memory grow with it
-    seed: int = 42
+    # LoRA tolerates ~100x trl's full fine-tuning default of 1e-6
+    learning_rate: float = field(default=1e-4, metadata={
+        "help": "peak learning rate", "label": "Learning rate", "min": 1e-7, "max": 0.1, "knob": True})
+    num_epochs: float = field(default=2.0, metadata={
+        "help": "passes over the training rows, capped by max_steps", "label": "Epochs", "min": 0.01,
+        "max": 1000.0, "knob": True})
+    # the cap keeps a big snapshot's round bounded
+    max_steps: int = field(default=60, metadata={
+        "help": "cap on optimizer steps (0 = the epochs decide)", "label": "Max steps (0 = use epochs)",
+        "min": 0, "max": 100_000, "knob": True})
+    batch_size: int = field(default=4, metadata={
+        "help": "rows per step (per device)", "label": "Batch size", "min": 1, "max": 512, "knob": True})
+    grad_accum: int = field(default=1, metadata={
+        "help": "gradient accumulation: batches per optimizer step", "min": 1, "max": 512})
+    # step time and memory grow with it
+    max_length: int = field(default=128, metadata={
+        "help": "prompt + answer tokens per row, truncated at the end", "label": "Max length (tokens)",
+        "min": 16, "max": 32768, "knob": True})
+    seed: int = field(default=42, metadata={"help": "seed of the held-out split, LoRA init and data order",
+                                            "min": 0, "max": 2**32 - 1})
 
     # ---- DPO
-    beta: float = 0.1  # higher = stay closer to the reference (the base, or init_adapter when continuing)
-    loss_type: str = "sigmoid"  # trl loss name: a DPO loss for dpo, "nll" or "dft" for sft
+    beta: float = field(default=0.1, metadata={
+        "help": "DPO beta: higher stays closer to the reference (the base, or init_adapter when continuing)",
+        "label": "DPO beta", "min": 0.001, "max": 10.0, "knob": True})
+    loss_type: str = field(default="sigmoid", metadata={
+        "help": f"trl loss: for dpo one of {', '.join(DPO_LOSSES)}; for sft one of {', '.join(SFT_LOSSES)}",
+        "label": "Loss type", "knob": True})
 
     # ---- weights
-    load_in_4bit: bool = True  # NF4 via bitsandbytes; falls back to plain LoRA if bitsandbytes cannot run
-    dtype: str = "auto"  # compute dtype; auto = bf16 on a bf16 GPU, else fp32 (bf16 is emulated, slow, on most CPUs)
+    load_in_4bit: bool = field(default=True, metadata={
+        "help": "NF4 4-bit base weights via bitsandbytes (QLoRA); a round that asks for it and cannot run it "
+                "stops before training", "label": "Load the base in 4-bit (QLoRA)", "knob": True})
+    # bf16 is emulated, and slow, on most CPUs
+    dtype: str = field(default="auto", metadata={
+        "help": "compute dtype; auto = bf16 on a bf16 GPU, else fp32", "choices": DTYPES})
 
     # ---- held-out slice, best step and early stopping
-    min_pairs: int = 4  # refuse snapshots with fewer rows than this
-    holdout_fraction: float = 0.1  # share of rows held out for eval_loss (at least 1 row)
-    eval_every: int = 5  # evaluate the held-out slice every N steps (and at the last step)
-    early_stopping_patience: int = 2  # stop after this many evals without a better eval_loss (0 = never)
+    min_pairs: int = field(default=4, metadata={
+        "help": "refuse snapshots with fewer rows than this", "min": 1, "max": 1_000_000})
+    holdout_fraction: float = field(default=0.1, metadata={
+        "help": "share of rows held out for eval_loss (at least 1 row)", "min": 0.01, "max": 0.9})
+    eval_every: int = field(default=5, metadata={
+        "help": "score the held-out slice every N steps (and at the last step); the best one is kept",
+        "min": 1, "max": 100_000})
+    early_stopping_patience: int = field(default=2, metadata={
+        "help": "stop after this many held-out evals without a better eval_loss (0 = never)",
+        "min": 0, "max": 1000})
 
     def with_overrides(self, **overrides) -> "RoundConfig":
         """A copy with the given fields replaced; None values are skipped (unset CLI flags)."""
@@ -67,6 +110,9 @@ class RoundConfig:
         changes = {k: v for k, v in overrides.items() if v is not None}
         if "target_modules" in changes:
             changes["target_modules"] = _as_modules(changes["target_modules"])
+        for name, value in changes.items():
+            if field_type(name) is float and type(value) is int:
+                changes[name] = float(value)  # YAML and people write `num_epochs: 2`
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
@@ -75,36 +121,13 @@ class RoundConfig:
         return data
 
     def validate(self) -> "RoundConfig":
-        """Raise ValueError naming the bad field and what is allowed; returns self for chaining."""
-        problems = []
-        if self.method not in METHODS:
-            problems.append(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        """Raise ValueError naming each bad field and what is allowed; returns self for chaining."""
+        problems = [p for f in dataclasses.fields(self) if (p := _check(f, getattr(self, f.name)))]
         losses = DPO_LOSSES if self.method == "dpo" else SFT_LOSSES
         if self.method in METHODS and self.loss_type not in losses:
             problems.append(f"loss_type for {self.method} must be one of {', '.join(losses)}, got {self.loss_type!r}")
         if not str(self.base_model).strip():
             problems.append("base_model must not be empty")
-        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "eval_every", "min_pairs"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                problems.append(f"{name} must be a positive integer, got {getattr(self, name)!r}")
-        if not isinstance(self.max_length, int) or self.max_length < 16:
-            problems.append(f"max_length must be an integer >= 16, got {self.max_length!r}")
-        if not isinstance(self.max_steps, int) or self.max_steps < 0:
-            problems.append(f"max_steps must be an integer >= 0 (0 = no cap), got {self.max_steps!r}")
-        if not self.num_epochs > 0:
-            problems.append(f"num_epochs must be > 0, got {self.num_epochs!r}")
-        if not 0 < self.learning_rate < 1:
-            problems.append(f"learning_rate must be in (0, 1), got {self.learning_rate!r}")
-        if not 0 <= self.lora_dropout < 1:
-            problems.append(f"lora_dropout must be in [0, 1), got {self.lora_dropout!r}")
-        if not self.beta > 0:
-            problems.append(f"beta must be > 0, got {self.beta!r}")
-        if not 0 < self.holdout_fraction < 1:
-            problems.append(f"holdout_fraction must be in (0, 1), got {self.holdout_fraction!r}")
-        if not isinstance(self.early_stopping_patience, int) or self.early_stopping_patience < 0:
-            problems.append(f"early_stopping_patience must be an integer >= 0, got {self.early_stopping_patience!r}")
-        if self.dtype not in DTYPES:
-            problems.append(f"dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
             problems.append("target_modules must be a non-empty list of module names (or 'all-linear')")
         if problems:
@@ -112,11 +135,50 @@ class RoundConfig:
         return self
 
 
+@functools.cache
+def _type_hints() -> dict:
+    return typing.get_type_hints(RoundConfig)  # resolves the string annotations of `from __future__`
+
+
+def field_type(name: str) -> type:
+    """The plain type of a field: int, float, bool or str (tuples and optionals give their item type)."""
+    hint = _type_hints()[name]
+    args = [a for a in typing.get_args(hint) if a is not type(None) and a is not Ellipsis]
+    return args[0] if args else hint
+
+
+def _check(f: dataclasses.Field, value) -> str | None:
+    """What is wrong with one field's value by its metadata (choices, type and bounds), or None."""
+    meta, kind = f.metadata, field_type(f.name)
+    if "choices" in meta and value not in meta["choices"]:
+        return f"{f.name} must be one of {', '.join(meta['choices'])}, got {value!r}"
+    if kind is bool and not isinstance(value, bool):
+        return f"{f.name} must be true or false, got {value!r}"
+    if kind not in (int, float):
+        return None
+    is_number = isinstance(value, (int, float)) if kind is float else isinstance(value, int)
+    low, high = meta.get("min"), meta.get("max")
+    if is_number and not isinstance(value, bool) and (low is None or value >= low) and (high is None or value <= high):
+        return None
+    what = "an integer" if kind is int else "a number"
+    return f"{f.name} must be {what} from {low} to {high}, got {value!r}"
+
+
 def _as_modules(value) -> tuple[str, ...]:
     if isinstance(value, str):
         return tuple(m.strip() for m in value.split(",") if m.strip())
     return tuple(value)
 
+
+def knob_fields() -> list[dataclasses.Field]:
+    """The fields an admin edits in the Train tab, in declaration order.
+
+    Each has metadata "help" and "label"; numbers also "min" and "max" (inclusive).
+    """
+    return [f for f in dataclasses.fields(RoundConfig) if f.metadata.get("knob")]
+
+
+# ---------------------------------------------------------------- recipes
 
 def recipe_path(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
@@ -143,6 +205,25 @@ def load_recipe(name_or_path: str) -> RoundConfig:
     return RoundConfig().with_overrides(**data).validate()
 
 
+def write_recipe(config: RoundConfig, path: Path) -> Path:
+    """Write the full config as a YAML recipe (temp file + rename), loadable by load_recipe / --recipe."""
+    import yaml
+
+    path = Path(path)
+    if path.suffix not in (".yaml", ".yml"):
+        raise ValueError(f"{path}: a recipe file must end in .yaml")
+    text = yaml.safe_dump(config.validate().to_dict(), sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def default_recipe(method: str) -> str:
     return {"dpo": "dpo_qlora", "sft": "sft_qlora"}.get(method, "dpo_qlora")
-

@@ -1,18 +1,18 @@
 """One training round: a snapshot file in, `checkpoints/<round-id>/{adapter/, round.json}` out.
 
-Read top to bottom: check the data, load the base (4-bit NF4 when it can),
-attach LoRA (fresh, or the adapter of an earlier round), train with trl's
-DPOTrainer or SFTTrainer while a held-out slice picks the best step and stops
-the round when its loss keeps rising, then rename the finished dir into place.
-Progress goes to `<log_dir>/metrics.jsonl`, `train.log` and `status.json`.
+Read top to bottom: check the config and the data, load the base (4-bit NF4 when asked
+and bitsandbytes runs here; otherwise the round stops before training), attach LoRA
+(fresh, or the adapter of an earlier round), train with trl while a held-out slice picks
+the best step and stops the round when its loss stops improving, then move the finished
+dir into place. Progress goes to `<log_dir>/metrics.jsonl`, `train.log` and `status.json`.
+
 Nothing appears under the final name unless the round finished: it is built in
-`.<round-id>.tmp/` and moved with one os.replace, so a crash or cancel leaves
-only a dot dir that the registry ignores and the next round sweeps away.
+`.<round-id>.tmp/` and moved with one os.replace, which is atomic, so a crash or cancel
+leaves only a dot dir that the registry ignores and the next round sweeps away.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -27,17 +27,17 @@ from importlib import metadata
 from pathlib import Path
 
 from formats import ProgressFiles, now_iso
-from training.callbacks import make_callbacks
+from models.loading import ModelLoadError, adapter_fingerprint, resolve_base_model
+from training.callbacks import Progress
 from training.config import RoundConfig
-from models.loading import ModelLoadError, adapter_fingerprint, load_base, resolve_base_model, validate_adapter_dir
+from training.data import BadInput, file_sha256, load_snapshot, one_line, split_holdout
 from training.registry import remove_stale_temp_dirs, temp_dir_for
+from training.trainer import attach_lora, build_trainer, compute_dtype, find_adapter, heldout_results, load_model
+
+__all__ = ["BadInput", "Cancelled", "load_snapshot", "one_line", "plan_steps", "run_round"]
 
 ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
-COLUMNS = {"dpo": ("prompt", "chosen", "rejected"), "sft": ("messages",)}
-
-
-class BadInput(ValueError):
-    """Unusable data, config, base model or adapter: the CLI exits 2 with this one-line message."""
+SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class Cancelled(BaseException):
@@ -47,139 +47,6 @@ class Cancelled(BaseException):
         super().__init__(f"cancelled by {signal.Signals(signum).name}")
         self.signum = signum
 
-
-def one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")
-
-
-# ---------------------------------------------------------------- data
-
-def _is_messages(value) -> bool:
-    return isinstance(value, list) and len(value) > 0 and all(
-        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
-    )
-
-
-def load_snapshot(path: Path, method: str, min_rows: int, cache_dir: Path):
-    """The snapshot as a `datasets.Dataset` in trl's conversational format, or BadInput saying why not."""
-    import datasets
-
-    path = Path(path)
-    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix.lower())
-    if not path.is_file():
-        raise BadInput(f"snapshot file not found: {path}")
-    if kind is None:
-        raise BadInput(f"snapshot must be a .jsonl or .parquet file, got {path.name}")
-    try:
-        data = datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=str(cache_dir))
-    except Exception as exc:  # datasets raises many types for malformed files
-        raise BadInput(f"cannot read {path.name}: {one_line(exc)}") from exc
-    needed = COLUMNS[method]
-    missing = [c for c in needed if c not in data.column_names]
-    if missing:
-        raise BadInput(f"{path.name} lacks column(s) {', '.join(missing)} needed for {method} "
-                       f"(has: {', '.join(data.column_names) or 'none'})")
-    if len(data) < min_rows:
-        raise BadInput(f"{path.name} has {len(data)} rows; a {method} round needs at least {min_rows}")
-    for i, row in enumerate(data.select_columns(list(needed))):
-        bad = [c for c in needed if not _is_messages(row[c])]
-        if bad:
-            raise BadInput(f"{path.name} row {i + 1}: {bad[0]!r} must be a non-empty list of "
-                           "{role, content} messages (trl conversational format)")
-        if method == "sft" and (len(row["messages"]) < 2 or row["messages"][-1]["role"] != "assistant"):
-            raise BadInput(f"{path.name} row {i + 1}: messages must end with an assistant answer to a prompt")
-    data = data.select_columns(list(needed))
-    if method == "sft":
-        # prompt/completion rows make trl compute the loss on the answer only, not on the user's text
-        data = data.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
-                        remove_columns=["messages"])
-    return data
-
-
-def split_holdout(data, fraction: float, seed: int):
-    n_holdout = min(len(data) - 1, max(1, round(len(data) * fraction)))
-    parts = data.train_test_split(test_size=n_holdout, seed=seed, shuffle=True)
-    return parts["train"], parts["test"]
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-# ---------------------------------------------------------------- model
-
-def compute_dtype(name: str) -> str:
-    import torch
-
-    if name != "auto":
-        return name
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
-
-
-def load_model(config: RoundConfig, resolved: str, dtype: str):
-    """(model, tokenizer, quantization); 4-bit falls back to plain weights when bitsandbytes cannot run."""
-    import torch
-
-    if not config.load_in_4bit:
-        return (*load_base(resolved, dtype=dtype), "none")
-    try:
-        model, tokenizer = load_base(resolved, dtype=dtype, load_in_4bit=True)
-        with torch.no_grad():  # bitsandbytes may load yet lack a kernel: find out now, not mid-round
-            model(input_ids=torch.tensor([[tokenizer.eos_token_id]], device=model.device))
-        return model, tokenizer, f"nf4 (bitsandbytes, double quant, compute {dtype})"
-    except Exception as exc:
-        model, tokenizer = load_base(resolved, dtype=dtype)  # a bad base raises ModelLoadError here
-        return model, tokenizer, f"none (fallback: {one_line(exc)[:200]})"
-
-
-def find_adapter(spec: str) -> Path:
-    """Accept a checkpoint dir or its adapter/ dir."""
-    path = Path(spec).expanduser()
-    if (path / "adapter" / "adapter_config.json").is_file():
-        path = path / "adapter"
-    validate_adapter_dir(path)
-    return path
-
-
-def build_trainer(config: RoundConfig, model, tokenizer, train, holdout, out_dir: Path, max_steps: int,
-                  dtype: str, callbacks: list, peft_config):
-    import torch
-    from transformers import PrinterCallback
-
-    common = dict(
-        output_dir=str(out_dir), max_steps=max_steps, per_device_train_batch_size=config.batch_size,
-        per_device_eval_batch_size=config.batch_size, gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate, max_length=config.max_length, seed=config.seed,
-        logging_steps=1, eval_strategy="steps", eval_steps=config.eval_every, save_strategy="no",
-        report_to="none", disable_tqdm=True, activation_checkpointing=False,  # small models: speed over memory
-        bf16=dtype == "bf16", fp16=False, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
-    )
-    if config.method == "dpo":
-        from trl import DPOConfig as Args, DPOTrainer as Trainer
-
-        args = Args(**common, beta=config.beta, loss_type=[config.loss_type])
-    else:
-        from trl import SFTConfig as Args, SFTTrainer as Trainer
-
-        args = Args(**common, loss_type=config.loss_type, packing=False)
-    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=holdout,
-                      processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks)
-    trainer.remove_callback(PrinterCallback)  # our Progress callback prints readable lines instead
-    if dtype == "fp32":
-        # trl casts QLoRA adapters to bf16 (right on GPUs); on a CPU without native bf16 that doubles the
-        # CPU time of a step (measured on the embedded model), so back to fp32 before the optimizer exists
-        for param in trainer.model.parameters():
-            if param.requires_grad and param.dtype == torch.bfloat16:
-                param.data = param.data.float()
-    return trainer
-
-
-# ---------------------------------------------------------------- the round
 
 def default_round_id(method: str) -> str:
     return f"r-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{method}"
@@ -212,10 +79,9 @@ def peak_memory() -> dict:
     return peak
 
 
-SIGNALS = (signal.SIGTERM, signal.SIGINT)
+# ---------------------------------------------------------------- the round
 
-
-def _raise_cancelled(signum, frame):
+def _cancel(signum, frame):
     raise Cancelled(signum)
 
 
@@ -242,12 +108,12 @@ def run_round(config: RoundConfig, data_path: Path, checkpoints_dir: Path, *, ro
         raise BadInput(f"checkpoint {final} already exists: pick another round id")
     files = ProgressFiles(Path(log_dir) if log_dir else checkpoints_dir / ".runs" / round_id, round_id)
     files.status("running")
-    previous = _set_handlers(_raise_cancelled)
+    previous = _set_handlers(_cancel)
     try:
         return _train(config, Path(data_path), final, tmp, files, cache_dir, recipe)
     except BaseException as exc:
         _set_handlers(signal.SIG_IGN)  # a second SIGTERM must not interrupt the cleanup
-        if final.is_dir() and not tmp.exists():  # interrupted right after the rename: complete
+        if final.is_dir() and not tmp.exists():  # cancelled just after the os.replace: the round is complete
             files.status("done", checkpoint=str(final))
             return final
         if _owned(tmp):
@@ -273,49 +139,42 @@ def _owned(tmp: Path) -> bool:
         return False
 
 
-def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
-    started_at, t0 = now_iso(), time.time()
-    try:
-        config.validate()
-    except ValueError as exc:
-        raise BadInput(str(exc)) from exc
-    remove_stale_temp_dirs(final.parent)
+def _claim(tmp: Path, files: ProgressFiles) -> None:
+    """Create the round's temp dir, refusing a round id that is already running."""
+    remove_stale_temp_dirs(tmp.parent)
     try:
         tmp.mkdir(parents=True)
     except FileExistsError:
         raise BadInput(f"round {files.run_id} is already running (its temp dir {tmp} exists)") from None
     (tmp / ".pid").write_text(str(os.getpid()))  # lets a later round tell a crashed temp dir from a live one
 
-    files.say(f"round {files.run_id}: {config.method} on {data_path}")
-    data = load_snapshot(data_path, config.method, config.min_pairs, tmp / "datasets-cache")
-    train, holdout = split_holdout(data, config.holdout_fraction, config.seed)
+
+def _load(config: RoundConfig, cache_dir: Path, files: ProgressFiles):
+    """(resolved base, init adapter or None, dtype, model, tokenizer, quantization that ran)."""
     try:
         resolved = resolve_base_model(config.base_model, cache_dir)
         init = find_adapter(config.init_adapter) if config.init_adapter else None
         dtype = compute_dtype(config.dtype)
         files.say(f"loading base {resolved} ({'4-bit' if config.load_in_4bit else dtype})")
-        model, tokenizer, quantization = load_model(config, resolved, dtype)
+        return resolved, init, dtype, *load_model(config, resolved, dtype)
     except ModelLoadError as exc:
         raise BadInput(str(exc)) from exc
-    peft_config = None
-    if init is not None:
-        from peft import PeftModel
 
-        try:  # trainable, so the earlier round's adapter keeps learning; for DPO it is also the reference
-            model = PeftModel.from_pretrained(model, str(init), is_trainable=True)
-        except Exception as exc:
-            raise BadInput(f"cannot continue from adapter {init}: {one_line(exc)}") from exc
-    else:
-        from peft import LoraConfig
 
-        modules = list(config.target_modules)
-        peft_config = LoraConfig(
-            r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout, bias="none",
-            target_modules="all-linear" if modules == ["all-linear"] else modules, task_type="CAUSAL_LM",
-        )
-    progress, heldout = make_callbacks(files, config.early_stopping_patience)
+def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
+    started_at, t0 = now_iso(), time.time()
+    try:
+        config.validate()
+    except ValueError as exc:
+        raise BadInput(str(exc)) from exc
+    _claim(tmp, files)
+    files.say(f"round {files.run_id}: {config.method} on {data_path}")
+    data = load_snapshot(data_path, config.method, config.min_pairs, tmp / "datasets-cache")
+    train, holdout = split_holdout(data, config.holdout_fraction, config.seed)
+    resolved, init, dtype, model, tokenizer, quantization = _load(config, cache_dir, files)
+    model, peft_config = attach_lora(config, model, init)
     trainer = build_trainer(config, model, tokenizer, train, holdout, tmp / "trainer",
-                            plan_steps(len(train), config), dtype, [progress, heldout], peft_config)
+                            plan_steps(len(train), config), dtype, Progress(files), peft_config)
     # trl drops DPO rows whose prompt alone fills max_length; say so instead of training on nothing
     n_train, n_holdout = len(trainer.train_dataset), len(trainer.eval_dataset)
     if not n_train or not n_holdout:
@@ -326,13 +185,6 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     files.say(f"{n_train} training rows, {n_holdout} held out"
               + (f" ({dropped} dropped: prompt longer than max_length)" if dropped else "")
               + f", {max_steps} steps, quantization {quantization}")
-    trainer.train()
-    heldout.restore(trainer.model)
-    trainer.model.save_pretrained(str(tmp / "adapter"), selected_adapters=["default"])
-
-    lora = trainer.model.peft_config["default"]
-    train_losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    best = heldout.best() or {}
     info = {
         "round_id": files.run_id,
         "method": config.method,
@@ -345,48 +197,56 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
         "reference": None if config.method != "dpo" else ("init_adapter" if init is not None else "base"),
         "recipe": recipe,
         "config": config.to_dict(),
-        "lora": {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,  # what was trained
-                 "target_modules": sorted({m.rsplit(".", 1)[-1] for m in lora.target_modules})
-                 if not isinstance(lora.target_modules, str) else lora.target_modules},
-        "quantization": quantization,
+        "quantization": quantization,  # what ran: "nf4 (...)" or "none"
         "dtype": dtype,
         "versions": versions(),
-        "metrics": {
-            "steps": trainer.state.global_step, "max_steps": max_steps, "stopped_early": heldout.stopped_early,
-            "final_train_loss": train_losses[-1] if train_losses else None,
-            "best_train_loss": min(train_losses) if train_losses else None,
-            "best_step": best.get("step"), "best_eval_loss": best.get("eval_loss"),
-            "heldout_reward_accuracy": best.get("eval_rewards/accuracies"),
-            "heldout_reward_margin": best.get("eval_rewards/margins"),
-            "heldout_token_accuracy": best.get("eval_mean_token_accuracy"),
-            "n_train": n_train, "n_holdout": n_holdout, "n_dropped_too_long": dropped,
-            "duration_s": round(time.time() - t0, 1), "peak_memory": peak_memory(),
-            "evals": heldout.history,
-        },
-        "adapter_fingerprint": adapter_fingerprint(tmp / "adapter"),
-        "started_at": started_at,
-        "finished_at": now_iso(),
     }
+
+    trainer.train()  # ends with the best held-out step's adapter loaded back
+    trainer.model.save_pretrained(str(tmp / "adapter"), selected_adapters=["default"])
+    counts = {"n_train": n_train, "n_holdout": n_holdout, "n_dropped_too_long": dropped}
+    info.update(lora=_lora_shape(trainer.model.peft_config["default"]),
+                metrics={**round_metrics(trainer.state, max_steps, t0), **counts},
+                adapter_fingerprint=adapter_fingerprint(tmp / "adapter"), started_at=started_at,
+                finished_at=now_iso())
     (tmp / "round.json").write_text(json.dumps(info, indent=2))
+    return _publish(tmp, final, files, info["metrics"])
+
+
+def _lora_shape(lora) -> dict:
+    """What was trained (a continued adapter keeps its own shape, whatever the config says)."""
+    modules = lora.target_modules
+    return {"r": lora.r, "alpha": lora.lora_alpha, "dropout": lora.lora_dropout,
+            "target_modules": modules if isinstance(modules, str) else sorted({m.rsplit(".", 1)[-1] for m in modules})}
+
+
+def round_metrics(state, max_steps: int, t0: float) -> dict:
+    best, evals = heldout_results(state)
+    train_losses = [h["loss"] for h in state.log_history if "loss" in h]
+    return {
+        "steps": state.global_step, "max_steps": max_steps, "stopped_early": state.global_step < max_steps,
+        "final_train_loss": train_losses[-1] if train_losses else None,
+        "best_train_loss": min(train_losses) if train_losses else None,
+        "best_step": best.get("step"), "best_eval_loss": best.get("eval_loss"),
+        "heldout_reward_accuracy": best.get("eval_rewards/accuracies"),
+        "heldout_reward_margin": best.get("eval_rewards/margins"),
+        "heldout_token_accuracy": best.get("eval_mean_token_accuracy"),
+        "duration_s": round(time.time() - t0, 1), "peak_memory": peak_memory(),
+        "evals": evals,
+    }
+
+
+def _publish(tmp: Path, final: Path, files: ProgressFiles, m: dict) -> Path:
     for leftover in tmp.iterdir():  # the checkpoint is the adapter and its description, nothing else
         if leftover.name not in ("adapter", "round.json"):
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
-
-    blocked = threading.current_thread() is threading.main_thread()
-    if blocked:
-        signal.pthread_sigmask(signal.SIG_BLOCK, SIGNALS)
-    try:
-        os.replace(tmp, final)
-        _set_handlers(signal.SIG_IGN)  # a SIGTERM pending from here on is dropped: the round is done
-    finally:
-        if blocked:
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, SIGNALS)
-    m = info["metrics"]
-    files.event("end", step=m["steps"], max_steps=max_steps, loss=m["final_train_loss"],
+    os.replace(tmp, final)  # atomic; a cancel landing after it finds the round complete (run_round)
+    files.event("end", step=m["steps"], max_steps=m["max_steps"], loss=m["final_train_loss"],
                 eval_loss=m["best_eval_loss"], best_step=m["best_step"], elapsed_s=m["duration_s"], eta_s=0.0,
                 checkpoint=str(final), **{"eval_rewards/margins": m["heldout_reward_margin"],
                                           "eval_rewards/accuracies": m["heldout_reward_accuracy"]})
     files.status("done", checkpoint=str(final))
-    files.say(f"done in {m['duration_s']} s, best step {m['best_step']} (held-out loss {m['best_eval_loss']}), "
-              f"peak RSS {m['peak_memory']['rss_max_mb']} MB")
+    stopped = f", stopped early at step {m['steps']} (held-out loss stopped improving)" if m["stopped_early"] else ""
+    files.say(f"done in {m['duration_s']} s, best step {m['best_step']} (held-out loss {m['best_eval_loss']})"
+              f"{stopped}, peak RSS {m['peak_memory']['rss_max_mb']} MB")
     return final

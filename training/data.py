@@ -1,0 +1,78 @@
+"""The snapshot a round trains on: read, checked row by row, split into train and held-out.
+
+Anything unusable is refused with BadInput, whose one-line message the CLI prints before
+exiting 2; nothing is trained and no checkpoint appears.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+COLUMNS = {"dpo": ("prompt", "chosen", "rejected"), "sft": ("messages",)}
+
+
+class BadInput(ValueError):
+    """Unusable data, config, base model or adapter: the CLI exits 2 with this one-line message."""
+
+
+def one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0] if text else ''}".strip(": ")
+
+
+def _is_messages(value) -> bool:
+    return isinstance(value, list) and len(value) > 0 and all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in value
+    )
+
+
+def load_snapshot(path: Path, method: str, min_rows: int, cache_dir: Path):
+    """The snapshot as a `datasets.Dataset` in trl's conversational format, or BadInput saying why not."""
+    import datasets
+
+    path = Path(path)
+    kind = {".jsonl": "json", ".json": "json", ".parquet": "parquet"}.get(path.suffix.lower())
+    if not path.is_file():
+        raise BadInput(f"snapshot file not found: {path}")
+    if kind is None:
+        raise BadInput(f"snapshot must be a .jsonl or .parquet file, got {path.name}")
+    try:
+        data = datasets.load_dataset(kind, data_files=str(path), split="train", cache_dir=str(cache_dir))
+    except Exception as exc:  # datasets raises many types for malformed files
+        raise BadInput(f"cannot read {path.name}: {one_line(exc)}") from exc
+    needed = COLUMNS[method]
+    missing = [c for c in needed if c not in data.column_names]
+    if missing:
+        raise BadInput(f"{path.name} lacks column(s) {', '.join(missing)} needed for {method} "
+                       f"(has: {', '.join(data.column_names) or 'none'})")
+    if len(data) < min_rows:
+        raise BadInput(f"{path.name} has {len(data)} rows; a {method} round needs at least {min_rows}")
+    for i, row in enumerate(data.select_columns(list(needed))):
+        bad = [c for c in needed if not _is_messages(row[c])]
+        if bad:
+            raise BadInput(f"{path.name} row {i + 1}: {bad[0]!r} must be a non-empty list of "
+                           "{role, content} messages (trl conversational format)")
+        if method == "sft" and (len(row["messages"]) < 2 or row["messages"][-1]["role"] != "assistant"):
+            raise BadInput(f"{path.name} row {i + 1}: messages must end with an assistant answer to a prompt")
+    data = data.select_columns(list(needed))
+    if method == "sft":
+        # prompt/completion rows make trl compute the loss on the answer only, not on the user's text
+        data = data.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
+                        remove_columns=["messages"])
+    return data
+
+
+def split_holdout(data, fraction: float, seed: int):
+    """(train, held-out): at least one row on each side."""
+    n_holdout = min(len(data) - 1, max(1, round(len(data) * fraction)))
+    parts = data.train_test_split(test_size=n_holdout, seed=seed, shuffle=True)
+    return parts["train"], parts["test"]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
