@@ -1,7 +1,8 @@
 """The files that pass between the rooms, read and written in one place.
 
 - TRL conversational rows: message checks, content hashes, atomic JSONL/Parquet writes.
-- Prompt files: JSONL (`{"prompt"}` or MT-bench `{"turns"}`) and CSV.
+- Prompt and reference files: JSONL (`{"prompt"}` or MT-bench `{"turns"}`) and CSV,
+  read here for the Arena import, the labeling CLI and the evals alike.
 - Progress files of a training or eval subprocess: `<kind>` events (JSONL),
   a readable log and an atomically replaced status JSON, in the log dir the
   subprocess was given (pipeline.py hands out `runs/<round-id>/`).
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import os
 import tempfile
@@ -49,43 +51,90 @@ def content_hash(messages: list[dict]) -> str:
     return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
-def load_prompt_file(path) -> list[dict]:
-    """Rows of {prompt, category, reference} from JSONL ({"prompt"} or MT-bench {"turns"}) or CSV."""
+class PromptFileError(ValueError):
+    """A prompt or reference file that cannot be used; the message names the file (and line)."""
+
+
+def read_records(path) -> list[tuple[int, dict]]:
+    """(line number, record) for every row of a JSONL (.jsonl/.json) or CSV file; blank lines skipped."""
     path = Path(path)
     if not path.is_file():
-        raise ValueError(f"prompt file not found: {path}")
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as f:
-            records = list(csv.DictReader(f))
-        if records and "prompt" not in records[0]:
-            raise ValueError(f"{path}: CSV needs a 'prompt' column")
-        numbered = enumerate(records, start=2)  # line 1 is the header
-    elif path.suffix.lower() in (".jsonl", ".json"):
-        numbered = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                numbered.append((number, json.loads(line)))
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{number}: not valid JSON ({e.msg})") from None
-    else:
-        raise ValueError(f"{path}: unsupported prompt file type; use .jsonl or .csv")
+        raise PromptFileError(f"file not found: {path}")
+    suffix = path.suffix.lower()
+    if suffix not in (".jsonl", ".json", ".csv"):
+        raise PromptFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .jsonl or .csv")
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # spreadsheets often start a CSV with a BOM
+    except UnicodeDecodeError as e:
+        raise PromptFileError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if suffix == ".csv":
+        records = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
+        return list(enumerate(records, start=2))  # line 1 is the header
+    numbered = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise PromptFileError(f"{path}:{number}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise PromptFileError(f"{path}:{number}: expected a JSON object per line")
+        numbered.append((number, record))
+    return numbered
+
+
+def reference_text(record: dict) -> str | None:
+    """A reference answer: ours ("reference", a string or one per turn) or MT-bench's ("choices"[0]["turns"][0])."""
+    ref = record.get("reference")
+    if isinstance(ref, list):  # MT-bench questions carry one reference per turn; we judge the first
+        ref = ref[0] if ref else None
+    choices = record.get("choices")
+    if ref is None and isinstance(choices, list) and choices and isinstance(choices[0], dict):
+        turns = choices[0].get("turns") or []
+        ref = turns[0] if turns else None
+    return ref if isinstance(ref, str) and ref.strip() else None
+
+
+def load_prompt_file(path) -> list[dict]:
+    """Rows of {prompt, id, category, reference} from JSONL ({"prompt"} or MT-bench {"turns"}) or CSV.
+
+    The one reader of prompt files: the Arena import, `python -m labeling import`
+    and `python -m evals run` all take the same files. `id` is the record's "id"
+    or "question_id", else its position (1-based). Raises PromptFileError.
+    """
+    path = Path(path)
+    records = read_records(path)
+    if path.suffix.lower() == ".csv" and records and "prompt" not in records[0][1]:
+        raise PromptFileError(f"{path}: CSV needs a 'prompt' column")
     rows = []
-    for number, record in numbered:
-        turns = record.get("turns") if isinstance(record, dict) else None
+    for position, (number, record) in enumerate(records, start=1):
+        turns = record.get("turns")
         # MT-bench: the first turn stands alone; later turns depend on the model's first answer
-        prompt = turns[0] if isinstance(turns, list) and turns else (record or {}).get("prompt")
+        prompt = turns[0] if isinstance(turns, list) and turns else record.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
-            raise ValueError(f"{path}:{number}: no 'prompt' text (or MT-bench 'turns')")
-        reference = record.get("reference")
-        if isinstance(reference, list):
-            reference = reference[0] if reference else None
-        rows.append({"prompt": prompt.strip(), "category": record.get("category") or None,
-                     "reference": reference or None})
+            raise PromptFileError(f"{path}:{number}: no \"prompt\" text (or MT-bench \"turns\" list)")
+        qid = next((record[k] for k in ("id", "question_id") if record.get(k) not in (None, "")), position)
+        rows.append({"prompt": prompt.strip(), "id": str(qid), "category": record.get("category") or None,
+                     "reference": reference_text(record)})
     if not rows:
-        raise ValueError(f"{path}: no prompts found")
+        raise PromptFileError(f"{path} holds no prompts")
     return rows
+
+
+def load_reference_file(path) -> dict[str, str]:
+    """Reference answers keyed by question id and by prompt text (either may match a prompt row)."""
+    refs = {}
+    for _, record in read_records(path):
+        text = reference_text(record)
+        if text is None:
+            continue
+        for key in ("question_id", "id", "prompt"):
+            if record.get(key) not in (None, ""):
+                refs[str(record[key]).strip() if key == "prompt" else str(record[key])] = text
+    if not refs:
+        raise PromptFileError(f"{path} holds no references (expected \"reference\" or MT-bench \"choices\")")
+    return refs
 
 
 def canonical_jsonl(rows: list[dict]) -> bytes:

@@ -1,16 +1,28 @@
 """`python -m evals run --adapter DIR [--prompts FILE] ...`: the promotion gate as a command.
 
-Exit codes: 0 no regression, 1 a regression was flagged, 2 bad input.
+Exit codes: 0 no regression, 1 a regression was flagged, 2 bad input
+(128 + signal number when cancelled with --log-dir).
+
+Progress goes to a tqdm bar on stderr and, with `--log-dir`, to the same kind
+of progress files a training round writes (formats.ProgressFiles, kind "eval"):
+`eval.metrics.jsonl` gets an event per finished batch (step = prompts done,
+max_steps = prompts in all, elapsed_s and eta_s since generation began),
+`eval.log` a readable line for each, and `eval.status.json` says running, done,
+failed or cancelled. pipeline.py passes `runs/<round-id>/` and reads them back.
 """
 
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from evals.config import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS
 from evals.report import DEFAULT_CACHE_DIR, EvalInputError, run_eval, write_report
+from formats import ProgressFiles
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -27,8 +39,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="compare an adapter with its base and gate it")
     run.add_argument("--adapter", required=True, type=Path, help="LoRA adapter dir (adapter_config.json + weights)")
-    run.add_argument("--prompts", type=Path, help="JSONL of {\"prompt\"} or MT-bench {\"turns\"} lines "
-                     "(default: the bundled set)")
+    run.add_argument("--prompts", type=Path, help="JSONL of {\"prompt\"} or MT-bench {\"turns\"} lines, or a CSV "
+                     "with a prompt column (default: the bundled set)")
     run.add_argument("--base-model", help="embedded (default), a Hugging Face id, a local model dir or a .gguf")
     run.add_argument("--references", type=Path, help="JSONL of references (MT-bench format or "
                      "{\"prompt\"|\"question_id\", \"reference\"})")
@@ -38,6 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, help="prompts per batch")
     run.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["fp32", "bf16", "auto"],
                      help="weights dtype for generation (fp32 batches fastest on CPU)")
+    run.add_argument("--log-dir", type=Path, help="write progress files here: eval.metrics.jsonl, eval.log, "
+                     "eval.status.json (pipeline.py passes runs/<round-id>/)")
     return parser.parse_args(argv)
 
 
@@ -61,34 +75,109 @@ def format_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+class Cancelled(Exception):
+    def __init__(self, signum: int):
+        super().__init__(f"cancelled by {signal.Signals(signum).name}")
+        self.signum = signum
+
+
+def _raise_cancelled(signum, frame):
+    raise Cancelled(signum)
+
+
+class Progress:
+    """The tqdm bar on stderr and, given progress files, their events, log lines and status.
+
+    run_eval calls it with (prompts done, prompts in all) before the first batch and after each one.
+    """
+
+    def __init__(self, files: ProgressFiles | None):
+        self.files, self.bar, self.started = files, None, None
+
+    def _elapsed(self) -> float | None:
+        return None if self.started is None else round(time.monotonic() - self.started, 1)
+
+    def __call__(self, done: int, total: int) -> None:
+        from tqdm import tqdm
+
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc="generating", unit="prompt", file=sys.stderr)
+            self.started = time.monotonic()  # generation begins: model loading stays out of the rate
+        self.bar.update(done - self.bar.n)
+        if self.files is None:
+            return
+        elapsed = self._elapsed()
+        eta = round(elapsed / done * (total - done), 1) if done else None
+        self.files.event("start" if done == 0 else "batch", step=done, max_steps=total, elapsed_s=elapsed, eta_s=eta)
+        if done:
+            self.files.say(f"generated {done}/{total} prompts in {elapsed:.0f} s"
+                           + (f", about {eta:.0f} s left" if eta else ""))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def done(self, report: dict, out: Path) -> None:
+        if self.files is None:
+            return
+        n, flagged = report["n_prompts"], report["flagged"]
+        self.files.event("end", step=n, max_steps=n, elapsed_s=self._elapsed(), eta_s=0.0,
+                         regression=report["regression"], flagged=flagged, report=str(out))
+        self.files.say(("REGRESSION: " + ", ".join(flagged) if flagged else "no regression") + f"; report {out}")
+        self.files.status("done")
+
+    def failed(self, state: str, message: str) -> None:
+        if self.files is None:
+            return
+        try:
+            self.files.say(f"eval {state}: {message}")
+            self.files.event("error", state=state, error=message)
+            self.files.status(state, error=message)
+        except OSError:
+            pass  # an unwritable log dir must not hide the error being reported
+
+
+def _one_line(exc: BaseException) -> str:
+    return str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from tqdm import tqdm
-
     from models.loading import ModelLoadError
 
-    bar = None
-
-    def progress(done: int, total: int) -> None:
-        nonlocal bar
-        if bar is None:
-            bar = tqdm(total=total, desc="generating", unit="prompt", file=sys.stderr)
-        bar.update(done - bar.n)
-
+    progress, previous = Progress(None), {}
     try:
+        if args.log_dir is not None:
+            # run id: the round's, when the adapter sits where training puts it (checkpoints/<round-id>/adapter)
+            progress.files = ProgressFiles(args.log_dir, args.adapter.resolve().parent.name, kind="eval")
+            progress.files.status("running")
+            progress.files.say(f"eval of {args.adapter} on {args.prompts or 'the bundled prompt set'}")
+            if threading.current_thread() is threading.main_thread():
+                # a cancel (SIGTERM from pipeline.py, or Ctrl-C) must still leave a status behind
+                previous = {s: signal.signal(s, _raise_cancelled) for s in (signal.SIGTERM, signal.SIGINT)}
         report = run_eval(
             args.adapter, prompts_file=args.prompts, base_model=args.base_model,
             references_file=args.references, cache_dir=args.cache_dir,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=progress,
             dtype=args.dtype,
         )
+        out = write_report(report, args.out or args.adapter.parent / "eval.json")
+        progress.done(report, out)
     except (EvalInputError, ModelLoadError, OSError) as exc:
-        print(f"error: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}", file=sys.stderr)
+        progress.failed("failed", _one_line(exc))
+        print(f"error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except Cancelled as exc:
+        progress.failed("cancelled", str(exc))
+        print(f"error: {exc}", file=sys.stderr)
+        return 128 + exc.signum
+    except BaseException as exc:
+        progress.failed("failed", f"{type(exc).__name__}: {_one_line(exc)}")
+        raise
     finally:
-        if bar is not None:
-            bar.close()
-    out = write_report(report, args.out or args.adapter.parent / "eval.json")
+        progress.close()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
     print(format_table(report))
     print(f"report: {out}")
     return EXIT_REGRESSION if report["regression"] else EXIT_OK

@@ -19,13 +19,12 @@ generalised, not that the eval prompts were memorised:
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
 
 from evals.report import DEFAULT_CACHE_DIR, DEFAULT_PROMPTS
-from formats import write_rows
+from formats import load_prompt_file, write_rows
 
 MT_BENCH = Path(__file__).parent / "prompts" / "mt_bench_questions.jsonl"
 CANNED = "Dear, how can I help you?"
@@ -58,8 +57,8 @@ _SENTENCE_END = re.compile(r"(?<=[.!?])\s+")
 
 def training_prompts() -> list[str]:
     """MT-bench first turns the default eval set does not use, then the everyday questions."""
-    used = {json.loads(line)["prompt"] for line in DEFAULT_PROMPTS.read_text().splitlines() if line.strip()}
-    questions = [json.loads(line)["turns"][0] for line in MT_BENCH.read_text().splitlines() if line.strip()]
+    used = {row["prompt"] for row in load_prompt_file(DEFAULT_PROMPTS)}
+    questions = [row["prompt"] for row in load_prompt_file(MT_BENCH)]  # MT-bench: the first turn
     return [q for q in questions if q not in used] + [p for p in EVERYDAY if p not in used]
 
 

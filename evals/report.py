@@ -16,10 +16,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from evals import checks
+from evals import comparisons
 from evals.config import (
     DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLDS, Thresholds,
 )
+from formats import PromptFileError, load_prompt_file, load_reference_file
 
 DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "default.jsonl"
 DEFAULT_CACHE_DIR = Path("data") / "cache" / "models"
@@ -32,69 +33,20 @@ class EvalInputError(ValueError):
 
 # ---------------------------------------------------------------- input files
 
-def _read_jsonl(path: Path) -> list[dict]:
-    path = Path(path)
-    if not path.is_file():
-        raise EvalInputError(f"file not found: {path}")
-    rows = []
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError as exc:
-        raise EvalInputError(f"{path} is not UTF-8 text: {exc}") from exc
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise EvalInputError(f"{path}:{number}: not valid JSON ({exc.msg})") from exc
-        if not isinstance(row, dict):
-            raise EvalInputError(f"{path}:{number}: expected a JSON object per line")
-        rows.append(row)
-    return rows
-
-
-def _reference_text(row: dict) -> str | None:
-    """A reference from our format ("reference") or MT-bench's ("choices"[0]["turns"][0])."""
-    ref = row.get("reference")
-    if isinstance(ref, list):  # MT-bench question files carry one reference per turn
-        ref = ref[0] if ref else None
-    if ref is None and isinstance(row.get("choices"), list) and row["choices"]:
-        turns = row["choices"][0].get("turns") or []
-        ref = turns[0] if turns else None
-    return ref if isinstance(ref, str) and ref.strip() else None
-
-
 def load_prompts(path: Path | str | None = None) -> list[dict]:
-    """Rows of {"prompt", "id", "reference"?} from `{"prompt": ...}` or MT-bench `{"turns": [...]}` lines."""
-    path = Path(path) if path else DEFAULT_PROMPTS
-    rows = []
-    for number, row in enumerate(_read_jsonl(path), 1):
-        prompt = row.get("prompt")
-        if prompt is None and isinstance(row.get("turns"), list) and row["turns"]:
-            prompt = row["turns"][0]  # MT-bench: judge the first turn only
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise EvalInputError(f"{path}: row {number} has no \"prompt\" text or \"turns\" list")
-        qid = row.get("id", row.get("question_id", number))
-        rows.append({"id": str(qid), "prompt": prompt, "reference": _reference_text(row)})
-    if not rows:
-        raise EvalInputError(f"{path} holds no prompts")
-    return rows
+    """Rows of {"prompt", "id", "category", "reference"} (formats.load_prompt_file); the bundled set by default."""
+    try:
+        return load_prompt_file(Path(path) if path else DEFAULT_PROMPTS)
+    except PromptFileError as exc:
+        raise EvalInputError(str(exc)) from None
 
 
 def load_references(path: Path | str) -> dict[str, str]:
-    """References keyed by question id and by prompt text (either may match a prompt row)."""
-    refs = {}
-    for row in _read_jsonl(Path(path)):
-        text = _reference_text(row)
-        if text is None:
-            continue
-        for key in ("question_id", "id", "prompt"):
-            if row.get(key) is not None:
-                refs[str(row[key])] = text
-    if not refs:
-        raise EvalInputError(f"{path} holds no references (expected \"reference\" or MT-bench \"choices\")")
-    return refs
+    """References keyed by question id and by prompt text (formats.load_reference_file)."""
+    try:
+        return load_reference_file(path)
+    except PromptFileError as exc:
+        raise EvalInputError(str(exc)) from None
 
 
 def attach_references(rows: list[dict], refs: dict[str, str]) -> list[dict]:
@@ -118,13 +70,13 @@ def build_report(
     started = time.perf_counter()
     args = (list(prompts), list(base_answers), list(candidate_answers))
     results = [
-        checks.canned_reply(*args, t=thresholds),
-        checks.sales_talk(*args, t=thresholds),
-        checks.repetition(*args, t=thresholds),
-        checks.rouge_l(*args, references=references, t=thresholds),
-        checks.length_shift(*args, t=thresholds),
-        checks.empty_answers(*args, t=thresholds),
-        checks.refusal_rate(*args, t=thresholds),
+        comparisons.canned_reply(*args, t=thresholds),
+        comparisons.sales_talk(*args, t=thresholds),
+        comparisons.repetition(*args, t=thresholds),
+        comparisons.rouge_l(*args, references=references, t=thresholds),
+        comparisons.length_shift(*args, t=thresholds),
+        comparisons.empty_answers(*args, t=thresholds),
+        comparisons.refusal_rate(*args, t=thresholds),
     ]
     flagged = [r.name for r in results if r.flagged]
     return {

@@ -4,15 +4,16 @@ Two halves, OR-ed: lexical feature families (prices, discounts, calls to action,
 urgency, hype, "our product", invented brand names, links and promo codes),
 where a text needs several families before it counts, and a small sentence
 encoder's verdict (evals/semantic.py) for pitches worded in ways no pattern
-lists. Without the encoder installed the lexical half works alone. The
-labeling data lint shares `are_sales_talk` with the eval check.
+lists. The encoder is loaded on the first text the lexical half leaves
+undecided, never at import. Without the encoder installed the lexical half
+works alone. The labeling data lint shares `are_sales_talk` (through
+evals.checks) with the eval check.
 """
 
 from __future__ import annotations
 
 import re
 
-from evals import semantic
 from evals.config import DEFAULT_THRESHOLDS, Thresholds
 
 # Feature families of a pitch; a text scores one point per family present (strong ones two).
@@ -133,6 +134,8 @@ def semantic_sales_probability(texts: list[str]) -> list[float] | None:
     """P(pitch) per text from the sentence encoder (max over sentences); None when it is not installed."""
     if not texts:
         return []
+    from evals import semantic  # numpy, and torch once it loads: only when an answer needs the encoder
+
     if not semantic.available():  # warns once per process
         return None
     return [float(p) for p in semantic.sales_probability(texts)]

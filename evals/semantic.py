@@ -110,6 +110,15 @@ def available() -> bool:
         return _encoder() is not None
 
 
+def encoder_status() -> bool | None:
+    """True once the encoder loaded, False once loading failed, None while nothing has needed it.
+
+    Never loads anything, so a report can say what it used without paying for an encoder it did not need.
+    """
+    with _lock:
+        return None if "encoder" not in _state else _state["encoder"] is not None
+
+
 def unavailable_reason() -> str:
     with _lock:
         _encoder()

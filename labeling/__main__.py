@@ -12,8 +12,9 @@ import json
 import sys
 from pathlib import Path
 
-from labeling import pairs
 from formats import load_prompt_file, write_rows
+from labeling import pairs
+from labeling.lint import lint
 from labeling.store import Store, StoreLocked
 
 
@@ -44,9 +45,9 @@ def _export(args) -> None:
     print(f"wrote {len(rows)} {args.format} rows to {args.out} "
           f"({report['votes']} votes, {len(report['conflicts'])} conflicts, {report['dropped_split']} dropped)")
     if args.format == "dpo":
-        lint = pairs.lint(rows)
-        print(lint.summary())
-        for issue in lint.issues:
+        checked = lint(rows)
+        print(checked.summary())
+        for issue in checked.issues:
             print(f"  {issue.severity}: {issue.code} x{issue.count}: {issue.message} (rows {list(issue.examples[:5])})")
 
 

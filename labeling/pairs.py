@@ -1,4 +1,4 @@
-"""Votes -> training rows in TRL's conversational formats, a data lint, agreement stats.
+"""Votes -> training rows in TRL's conversational formats, and what a round would train on.
 
 Pure functions, no database: the store hands in `labeled_rows()` (one dict per
 vote, joined with its comparison) and writes whatever comes back. Keeping the
@@ -10,18 +10,21 @@ rules here means they are tested without DuckDB and read in one place:
 - tie          -> nothing from the originals (no preference signal)
 - both_bad     -> KTO negatives for both originals
 - several votes on one comparison -> majority choice; an exact split is dropped.
+
+The data lint lives in labeling/lint.py and agreement stats in
+labeling/agreement.py; `lint`, `LintReport` and `LintIssue` stay importable
+from here.
 """
 
 from __future__ import annotations
 
-import json
-import re
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
-from itertools import combinations
+from dataclasses import dataclass
 
-from evals.checks import is_canned_greeting
-from evals.sales import are_sales_talk
+from labeling.lint import LintIssue, LintReport, lint
+
+__all__ = ["CHOICES", "KINDS", "Decision", "LintIssue", "LintReport", "TrainingDataReport", "build", "build_dpo",
+           "build_kto", "build_sft", "lint", "resolve_votes", "training_data_report"]
 
 CHOICES = ("a", "b", "tie", "both_bad")
 KINDS = ("dpo", "sft", "kto")
@@ -133,194 +136,20 @@ def build(kind: str, rows: list[dict]) -> tuple[list[dict], dict]:
     return builders[kind](rows)
 
 
-# ---- data lint ---------------------------------------------------------------
-
-LENGTH_RATIO_LIMIT = 8.0
-# One stray canned/sales "chosen" answer is noise the loss absorbs; a pattern is
-# what teaches collapse or pitching, so past this share it blocks the round.
-PATTERN_ERROR_SHARE = 0.05
-TRUNCATION_MIN_WORDS = 20  # short answers ("Paris") legitimately skip final punctuation
-SENTENCE_END = tuple('.!?…"\'”’)]}>*`') + ("。", "！", "？")
-LIST_OR_TABLE_LINE = re.compile(r"^\s*([-*+|•]|\d+[.)])")
-
-
 @dataclass(frozen=True)
-class LintIssue:
-    severity: str  # "error" blocks a round; "warning" is shown to the admin
-    code: str
-    message: str
-    examples: tuple[int, ...]  # row indices, capped
-    count: int = 0
-    sample: str = ""  # an excerpt of the first offending text, for the UI
+class TrainingDataReport:
+    """What a DPO or SFT round would train on, as the Train tab shows it before a start. Treat as read-only:
+    Store.training_data_report() hands the same object to every caller until the next write."""
+
+    votes: int
+    dpo_rows: int
+    sft_rows: int
+    build_report: dict  # build("dpo", ...)'s report: votes, comparisons, used, conflicts, dropped_split, rows
+    lint: LintReport  # of the DPO pairs
 
 
-@dataclass(frozen=True)
-class LintReport:
-    rows: int
-    issues: tuple[LintIssue, ...] = field(default_factory=tuple)
-
-    @property
-    def errors(self) -> list[LintIssue]:
-        return [i for i in self.issues if i.severity == "error"]
-
-    @property
-    def warnings(self) -> list[LintIssue]:
-        return [i for i in self.issues if i.severity == "warning"]
-
-    @property
-    def ok(self) -> bool:
-        return not self.errors
-
-    def to_dict(self) -> dict:
-        return {"rows": self.rows, "ok": self.ok,
-                "issues": [{"severity": i.severity, "code": i.code, "message": i.message, "count": i.count,
-                            "examples": list(i.examples), "sample": i.sample} for i in self.issues]}
-
-    def summary(self) -> str:
-        verdict = "ok" if self.ok else "NOT ok"
-        return f"lint {verdict}: {self.rows} rows, {len(self.errors)} errors, {len(self.warnings)} warnings"
-
-    def to_markdown(self) -> str:
-        lines = [f"**Data lint: {len(self.errors)} errors, {len(self.warnings)} warnings** ({self.rows} pairs)"]
-        if not self.issues:
-            return lines[0] + "\n\nNo issues found."
-        lines += ["", "| severity | check | rows | message | examples |", "|---|---|---|---|---|"]
-        for i in self.issues:
-            message = i.message.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {i.severity} | `{i.code}` | {i.count} | {message} | {', '.join(map(str, i.examples[:5]))} |")
-        return "\n".join(lines)
-
-
-def looks_truncated(text: str) -> bool:
-    """Heuristic: a long answer that stops without closing its sentence or code block."""
-    text = text.rstrip()
-    if len(text.split()) < TRUNCATION_MIN_WORDS:
-        return False
-    if text.count("```") % 2 == 1:
-        return True  # cut inside a code block
-    if text.endswith("```"):
-        return False
-    if LIST_OR_TABLE_LINE.match(text.splitlines()[-1]):
-        return False  # lists and tables routinely end without punctuation
-    return not text.endswith(SENTENCE_END)
-
-
-def _text(messages) -> str:
-    if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
-        return str(messages[-1].get("content") or "")
-    return ""
-
-
-def lint(dpo_rows: list[dict]) -> LintReport:
-    found: dict[str, list[int]] = defaultdict(list)
-    samples: dict[str, str] = {}
-
-    def flag(code: str, index: int, text: str) -> None:
-        found[code].append(index)
-        samples.setdefault(code, " ".join(text.split())[:80])
-
-    # one batched call: the semantic sales detector embeds all chosen answers at once
-    sales = are_sales_talk([_text(r.get("chosen")) for r in dpo_rows], [_text(r.get("prompt")) for r in dpo_rows])
-    seen = set()
-    for index, row in enumerate(dpo_rows):
-        chosen, rejected = _text(row.get("chosen")), _text(row.get("rejected"))
-        key = json.dumps([row.get("prompt"), chosen, rejected], sort_keys=True)
-        if key in seen:
-            flag("duplicate", index, chosen)
-        seen.add(key)
-        if not chosen.strip() or not rejected.strip():
-            flag("empty_answer", index, chosen or rejected)
-            continue  # the remaining checks are meaningless on an empty side
-        if chosen.strip() == rejected.strip():
-            flag("chosen_equals_rejected", index, chosen)
-        for side, text in (("chosen", chosen), ("rejected", rejected)):
-            if looks_truncated(text):
-                flag(f"truncated_{side}", index, text)
-        short, long = sorted((len(chosen.strip()), len(rejected.strip())))
-        if long / short > LENGTH_RATIO_LIMIT:
-            flag("length_ratio", index, chosen)
-        if is_canned_greeting(chosen):
-            flag("canned_chosen", index, chosen)
-        if sales[index]:  # asked-for shopping advice is exempt inside are_sales_talk
-            flag("sales_chosen", index, chosen)
-
-    total = max(len(dpo_rows), 1)
-    messages = {
-        "empty_answer": ("error", "chosen or rejected answer is empty"),
-        "chosen_equals_rejected": ("error", "chosen and rejected are the same text (no preference signal)"),
-        "duplicate": ("warning", "exact duplicate pairs over-weight one example"),
-        "truncated_chosen": ("warning", "chosen answer looks cut off (teaches the model to stop mid-sentence)"),
-        "truncated_rejected": ("warning", "rejected answer looks cut off (may teach a length preference)"),
-        "length_ratio": ("warning", f"one answer is over {LENGTH_RATIO_LIMIT:g}x longer than the other (length bias)"),
-        "canned_chosen": ("pattern", "chosen answer is a canned greeting (teaches collapse)"),
-        "sales_chosen": ("pattern", "chosen answer contains sales talk (teaches pitching)"),
-    }
-    issues = []
-    for code, (severity, message) in messages.items():
-        indices = found.get(code)
-        if not indices:
-            continue
-        if severity == "pattern":
-            share = len(indices) / total
-            severity = "error" if share >= PATTERN_ERROR_SHARE else "warning"
-            message = f"{message}: {share:.0%} of pairs"
-        issues.append(LintIssue(severity, code, message, tuple(indices[:20]), len(indices), samples[code]))
-    issues.sort(key=lambda i: i.severity != "error")  # errors first, stable otherwise
-    return LintReport(len(dpo_rows), tuple(issues))
-
-
-# ---- agreement and position bias ----------------------------------------------
-
-
-def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
-    """Two raters' labels on the same items; None when chance agreement is total (0/0)."""
-    if not pairs:
-        return None
-    n = len(pairs)
-    observed = sum(x == y for x, y in pairs) / n
-    first, second = Counter(x for x, _ in pairs), Counter(y for _, y in pairs)
-    expected = sum(first[c] * second[c] for c in first) / (n * n)
-    return None if expected == 1 else (observed - expected) / (1 - expected)
-
-
-def krippendorff_alpha_nominal(units: list[list[str]]) -> float | None:
-    """Alpha over units rated by any number of raters (missing ratings allowed)."""
-    coincidences: Counter = Counter()
-    for values in units:
-        m = len(values)
-        if m < 2:
-            continue  # a single rating cannot agree or disagree with anything
-        for i, j in ((i, j) for i in range(m) for j in range(m) if i != j):
-            coincidences[values[i], values[j]] += 1 / (m - 1)
-    totals: Counter = Counter()
-    for (c, _), weight in coincidences.items():
-        totals[c] += weight
-    n = sum(totals.values())
-    observed = sum(w for (c, k), w in coincidences.items() if c != k)
-    expected = sum(totals[c] * totals[k] for c in totals for k in totals if c != k)
-    if n <= 1 or expected == 0:
-        return None
-    return 1 - (n - 1) * observed / expected
-
-
-def agreement(rows: list[dict]) -> dict:
-    """Inter-annotator agreement on comparisons labeled by more than one annotator."""
-    by_comparison: dict[str, dict[str, str]] = defaultdict(dict)
-    for row in rows:
-        by_comparison[row["comparison_id"]][row["annotator"]] = row["choice"]
-    shared = {cid: votes for cid, votes in by_comparison.items() if len(votes) > 1}
-    annotators = sorted({a for votes in shared.values() for a in votes})
-    kappas = []
-    for x, y in combinations(annotators, 2):
-        pairs = [(votes[x], votes[y]) for votes in shared.values() if x in votes and y in votes]
-        if pairs:
-            kappas.append({"annotators": [x, y], "n": len(pairs), "kappa": cohen_kappa(pairs)})
-    return {"comparisons": len(shared), "cohen_kappa": kappas,
-            "krippendorff_alpha": krippendorff_alpha_nominal([list(v.values()) for v in shared.values()])}
-
-
-def position_bias(rows: list[dict]) -> dict:
-    """Share of decisive votes won by the LEFT answer; 0.5 means no position bias."""
-    decisive = [row["choice"] for row in rows if row["choice"] in ("a", "b")]
-    left = decisive.count("a")
-    return {"decisive": len(decisive), "left_wins": left, "left_share": left / len(decisive) if decisive else None}
+def training_data_report(rows: list[dict]) -> TrainingDataReport:
+    """Build the DPO and SFT rows from labeled votes and lint the DPO pairs."""
+    dpo_rows, report = build("dpo", rows)
+    sft_rows, _ = build("sft", rows)
+    return TrainingDataReport(len(rows), len(dpo_rows), len(sft_rows), report, lint(dpo_rows))

@@ -1,12 +1,8 @@
-"""The DuckDB owner: migrations, writes, reads and snapshot files.
+"""The preferences store: the schema, and every read and write of votes, prompts and promotions.
 
-All SQL lives here and is parameterized. DuckDB rules that shape the class:
-- one read-write process per file, so the app is the only writer and the CLI
-  opens read-only (`StoreLocked` while the app holds the file);
-- a connection is not thread-safe: writes go through the main connection behind
-  a lock, inside explicit BEGIN/COMMIT (otherwise a failing batch keeps its
-  earlier statements); reads use one cursor per thread;
-- COMMIT is durable once it returns, so an acknowledged vote survives kill -9.
+All SQL about the data lives here and is parameterized; how the DuckDB file is opened, locked,
+written (one writer, explicit transactions) and read (a cursor per thread) is
+labeling/db.py. The app is the only process that opens the file read-write.
 """
 
 from __future__ import annotations
@@ -17,22 +13,17 @@ import math
 import threading
 import uuid
 from collections import Counter
-from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 
-import duckdb
-
-from labeling import pairs
 from formats import canonical_jsonl, clean_messages, content_hash as messages_hash, write_rows
+from labeling import agreement, pairs
+from labeling.db import Database, StoreLocked, utc_now as _now
+
+__all__ = ["DB_NAME", "MIGRATIONS", "Store", "StoreLocked", "VoteResult"]
 
 DB_NAME = "preferences.duckdb"
 MAX_BETTER_ANSWER_CHARS = 20_000
-
-
-class StoreLocked(RuntimeError):
-    """Another process (the running app) holds the database file."""
 
 
 @dataclass(frozen=True)
@@ -83,10 +74,6 @@ MIGRATIONS = [_create_prompts, _create_comparisons_and_votes, _create_promotions
 # ---- input helpers ----------------------------------------------------------------
 
 
-def _now() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)  # stored as naive UTC
-
-
 def _required(value, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string")
@@ -103,78 +90,12 @@ class Store:
         self.read_only = read_only
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no preferences database at {self.path}")
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        try:
-            self._conn = duckdb.connect(str(self.path), read_only=read_only)
-        except duckdb.IOException as e:
-            if "lock" in str(e).lower():
-                raise StoreLocked(f"{self.path} is in use by another process (the running app?)") from None
-            raise
-        self._lock = threading.RLock()
-        self._local = threading.local()
-        self._cursors: list = []
-        try:
-            self._migrate()
-        except BaseException:
-            self._conn.close()  # do not keep the file locked after a failed open
-            raise
-
-    def _migrate(self) -> None:
-        if self.read_only:
-            tables = {r[0] for r in self._conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
-            applied = self._conn.execute("SELECT count(*) FROM schema_migrations").fetchone()[0] \
-                if "schema_migrations" in tables else 0
-            if applied != len(MIGRATIONS):
-                raise RuntimeError(f"{self.path} has schema {applied}/{len(MIGRATIONS)}; open it once with the app")
-            return
-        self._conn.execute("""CREATE TABLE IF NOT EXISTS schema_migrations (
-            version INTEGER PRIMARY KEY, name VARCHAR NOT NULL, applied_at TIMESTAMP NOT NULL)""")
-        applied = {r[0] for r in self._conn.execute("SELECT version FROM schema_migrations").fetchall()}
-        for version, migration in enumerate(MIGRATIONS, start=1):
-            if version not in applied:
-                with self._write() as db:
-                    migration(db)
-                    db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", [version, migration.__name__, _now()])
-
-    @contextmanager
-    def _write(self):
-        if self.read_only:
-            raise RuntimeError("store was opened read-only")
-        with self._lock:
-            self._conn.execute("BEGIN TRANSACTION")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                try:
-                    self._conn.execute("ROLLBACK")
-                except duckdb.Error:
-                    pass  # a failed COMMIT has already ended the transaction
-                raise
-
-    def _read(self):
-        """This thread's cursor: DuckDB connections must not be shared across threads."""
-        cursor = getattr(self._local, "cursor", None)
-        if cursor is None:
-            with self._lock:
-                cursor = self._conn.cursor()
-                self._cursors.append(cursor)
-            self._local.cursor = cursor
-        return cursor
-
-    def _dicts(self, sql: str, params=()) -> list[dict]:
-        cursor = self._read().execute(sql, list(params))
-        names = [d[0] for d in cursor.description]
-        return [dict(zip(names, row)) for row in cursor.fetchall()]
-
-    def _scalar(self, sql: str, params=()):
-        return self._read().execute(sql, list(params)).fetchone()[0]
+        self._db = Database(self.path, MIGRATIONS, read_only)
+        self._report_lock = threading.Lock()  # two page loads at once compute the report once
+        self._report: tuple[tuple[int, int], pairs.TrainingDataReport] | None = None
 
     def close(self) -> None:
-        with self._lock:
-            for cursor in self._cursors:
-                cursor.close()
-            self._conn.close()
+        self._db.close()
 
     def __enter__(self):
         return self
@@ -195,14 +116,14 @@ class Store:
         row = [str(uuid.uuid4()), json.dumps(messages, ensure_ascii=False), answer_a, answer_b,
                _required(model_a, "model_a"), _required(model_b, "model_b"), adapter_a, adapter_b,
                json.dumps(params, sort_keys=True), _required(annotator, "annotator"), prompt_id, _now()]
-        with self._write() as db:
+        with self._db.write() as db:
             if prompt_id is not None and not db.execute("SELECT 1 FROM prompts WHERE id = ?", [prompt_id]).fetchone():
                 raise ValueError(f"unknown prompt id {prompt_id}")
             db.execute("INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
         return row[0]
 
     def get_comparison(self, comparison_id: str) -> dict | None:
-        rows = self._dicts("SELECT * FROM comparisons WHERE id = ?", [comparison_id])
+        rows = self._db.rows("SELECT * FROM comparisons WHERE id = ?", [comparison_id])
         if not rows:
             return None
         row = rows[0]
@@ -223,7 +144,7 @@ class Store:
         if time_spent_s is not None and not (isinstance(time_spent_s, (int, float)) and math.isfinite(time_spent_s)
                                              and time_spent_s >= 0):
             raise ValueError("time_spent_s must be a non-negative number")
-        with self._write() as db:
+        with self._db.write() as db:
             # replays are answered with the earlier vote; the single writer makes check-then-insert safe
             existing = db.execute(
                 "SELECT id FROM votes WHERE idempotency_key = ? OR (annotator = ? AND comparison_id = ?) LIMIT 1",
@@ -240,13 +161,13 @@ class Store:
 
     def annotator_progress(self, annotator: str) -> dict:
         midnight = _now().replace(hour=0, minute=0, second=0, microsecond=0)  # UTC day
-        today, total = self._read().execute(
+        today, total = self._db.cursor().execute(
             "SELECT count(*) FILTER (WHERE created_at >= ?), count(*) FROM votes WHERE annotator = ?",
             [midnight, annotator]).fetchone()
         return {"today": today, "total": total}
 
     def labeled_rows(self) -> list[dict]:
-        rows = self._dicts("""
+        rows = self._db.rows("""
             SELECT v.id AS vote_id, v.comparison_id, v.annotator, v.choice, v.better_answer, v.time_spent_s,
                    v.created_at, c.messages, c.answer_a, c.answer_b, c.model_a, c.model_b,
                    c.adapter_a, c.adapter_b, c.params, c.prompt_id
@@ -257,7 +178,7 @@ class Store:
         return rows
 
     def vote_pairs_by_model(self) -> list[dict]:
-        return self._dicts("""SELECT c.model_a, c.model_b, v.choice FROM votes v
+        return self._db.rows("""SELECT c.model_a, c.model_b, v.choice FROM votes v
                               JOIN comparisons c ON c.id = v.comparison_id ORDER BY v.created_at, v.id""")
 
     # ---- prompt queue ----
@@ -269,7 +190,7 @@ class Store:
             messages = row.get("messages") or [{"role": "user", "content": _required(row.get("prompt"), "prompt")}]
             messages = clean_messages(messages)
             fresh.setdefault(messages_hash(messages), (messages, row.get("category"), row.get("reference")))
-        with self._write() as db:
+        with self._db.write() as db:
             known = {r[0] for r in db.execute("SELECT content_hash FROM prompts").fetchall()}
             new = [(h, m, c, r) for h, (m, c, r) in fresh.items() if h not in known]
             for content_hash, messages, category, reference in new:
@@ -294,7 +215,7 @@ class Store:
         WHERE p.id NOT IN (SELECT prompt_id FROM seen)"""
 
     def next_prompt(self, annotator: str) -> dict | None:
-        rows = self._dicts(self._UNSEEN + " ORDER BY labels, p.id LIMIT 1", [annotator, annotator])
+        rows = self._db.rows(self._UNSEEN + " ORDER BY labels, p.id LIMIT 1", [annotator, annotator])
         if not rows:
             return None
         row = rows[0]
@@ -305,11 +226,26 @@ class Store:
     def queue_size(self, annotator: str | None = None) -> int:
         """Prompts still to label: for one annotator, or (no annotator) prompts nobody labeled yet."""
         if annotator is not None:
-            return self._scalar(f"SELECT count(*) FROM ({self._UNSEEN})", [annotator, annotator])
-        return self._scalar("""SELECT count(*) FROM prompts p WHERE NOT EXISTS (
+            return self._db.scalar(f"SELECT count(*) FROM ({self._UNSEEN})", [annotator, annotator])
+        return self._db.scalar("""SELECT count(*) FROM prompts p WHERE NOT EXISTS (
             SELECT 1 FROM comparisons c JOIN votes v ON v.comparison_id = c.id WHERE c.prompt_id = p.id)""")
 
     # ---- snapshots, promotions, stats ----
+
+    def training_data_report(self) -> pairs.TrainingDataReport:
+        """Votes, DPO/SFT row counts, the DPO build report and the data lint, computed once per state.
+
+        The Train tab asks on every page load and tab visit, and the lint (with the
+        sales encoder) takes seconds on a few thousand pairs, while the answer only
+        changes when something is written: it is kept until the vote count changes
+        or any write commits. Every caller gets the same object; do not mutate it.
+        """
+        with self._report_lock:
+            # the key is read before the rows: a write landing in between only costs a recompute
+            key = (self._db.writes, self._db.scalar("SELECT count(*) FROM votes"))
+            if self._report is None or self._report[0] != key:
+                self._report = (key, pairs.training_data_report(self.labeled_rows()))
+            return self._report[1]
 
     def write_snapshot(self, kind: str, out_dir, fmt: str = "jsonl") -> Path:
         """An immutable training file named by the hash of its rows; an existing one is reused."""
@@ -325,27 +261,27 @@ class Store:
         reason = (reason or "").strip()
         if overridden and not reason:
             raise ValueError("overriding a flagged regression needs a reason")
-        with self._write() as db:
+        with self._db.write() as db:
             db.execute("""INSERT INTO promotions (round_id, action, promoted_by, reason, overridden, created_at)
                           VALUES (?, 'promote', ?, ?, ?, ?)""",
                        [_required(round_id, "round_id"), _required(by, "by"), reason, bool(overridden), _now()])
 
     def promotions(self) -> list[dict]:
         """Promotion history, oldest first."""
-        return self._dicts("SELECT * FROM promotions ORDER BY id")
+        return self._db.rows("SELECT * FROM promotions ORDER BY id")
 
     def current_candidate(self) -> str | None:
-        row = self._read().execute("SELECT round_id FROM promotions ORDER BY id DESC LIMIT 1").fetchone()
+        row = self._db.cursor().execute("SELECT round_id FROM promotions ORDER BY id DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
     def stats(self) -> dict:
         rows = self.labeled_rows()
         return {
-            "prompts": self._scalar("SELECT count(*) FROM prompts"),
-            "comparisons": self._scalar("SELECT count(*) FROM comparisons"),
+            "prompts": self._db.scalar("SELECT count(*) FROM prompts"),
+            "comparisons": self._db.scalar("SELECT count(*) FROM comparisons"),
             "votes": len(rows),
             "choices": {c: n for c, n in Counter(r["choice"] for r in rows).items()},
             "annotators": dict(Counter(r["annotator"] for r in rows).most_common()),
-            "position_bias": pairs.position_bias(rows),
-            "agreement": pairs.agreement(rows),
+            "position_bias": agreement.position_bias(rows),
+            "agreement": agreement.agreement(rows),
         }

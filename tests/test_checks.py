@@ -1,4 +1,5 @@
-"""The pure detectors on hand-made answer sets: each check fires on its failure and stays quiet otherwise.
+"""The detectors (evals/checks.py) and the candidate-vs-base comparisons (evals/comparisons.py) on
+hand-made answer sets: each check fires on its failure and stays quiet otherwise.
 
 The sales-talk and greeting sentences under "held out" were written after the
 detector, in vocabulary it had not been tuned on; they pin down how far it
@@ -9,7 +10,7 @@ from __future__ import annotations
 
 import pytest
 
-from evals import checks, semantic
+from evals import checks, comparisons, semantic
 from evals.checks import is_canned_greeting
 from evals.sales import is_sales_talk
 
@@ -180,7 +181,7 @@ def test_held_out_greetings_precision_and_recall_floor():
 
 def test_canned_reply_flags_collapse_onto_one_reply():
     collapsed = ["Dear, how can I help you?"] * 6 + ["Dear! How can I help you today?", "Dear, how can I help you"]
-    result = checks.canned_reply(PROMPTS, GOOD, collapsed)
+    result = comparisons.canned_reply(PROMPTS, GOOD, collapsed)
     assert result.flagged and result.candidate == 1.0 and result.base == 0.0
     assert result.examples and result.examples[0]["candidate"].startswith("Dear")
     assert result.details["candidate_mean_similarity"] > result.details["base_mean_similarity"]
@@ -189,67 +190,67 @@ def test_canned_reply_flags_collapse_onto_one_reply():
 def test_canned_reply_flags_a_non_greeting_template():
     template = "As a language model I think this is a very interesting topic to discuss."
     candidate = [template] * 4 + GOOD[4:]
-    result = checks.canned_reply(PROMPTS, GOOD, candidate)
+    result = comparisons.canned_reply(PROMPTS, GOOD, candidate)
     assert result.flagged and result.candidate == 0.5
 
 
 def test_canned_reply_quiet_for_varied_answers_and_when_base_is_as_bad():
-    assert not checks.canned_reply(PROMPTS, GOOD, GOOD).flagged
+    assert not comparisons.canned_reply(PROMPTS, GOOD, GOOD).flagged
     same = ["Dear, how can I help you?"] * len(PROMPTS)
-    assert not checks.canned_reply(PROMPTS, same, same).flagged  # no worse than base
+    assert not comparisons.canned_reply(PROMPTS, same, same).flagged  # no worse than base
     # one greeting in eight is under the absolute threshold
-    assert not checks.canned_reply(PROMPTS, GOOD, ["Hello! How can I help?"] + GOOD[1:]).flagged
+    assert not comparisons.canned_reply(PROMPTS, GOOD, ["Hello! How can I help?"] + GOOD[1:]).flagged
 
 
 def test_canned_reply_same_prompt_twice_is_not_collapse():
     prompts = ["Why is the sky blue?"] * 4 + PROMPTS[4:]
     candidate = [GOOD[0]] * 4 + GOOD[4:]
-    assert not checks.canned_reply(prompts, GOOD, candidate).flagged
+    assert not comparisons.canned_reply(prompts, GOOD, candidate).flagged
 
 
 def test_sales_talk_flags_pitches_and_skips_shopping_prompts():
     pitched = [a + " Grab the AquaPure bottle for just $19.99 today - limited stock!" for a in GOOD]
-    result = checks.sales_talk(PROMPTS, GOOD, pitched)
+    result = comparisons.sales_talk(PROMPTS, GOOD, pitched)
     assert result.flagged and result.candidate == 1.0 and result.base == 0.0
     assert "price" in result.examples[0]["features"]
     shopping = ["Which blender should I buy?"] * len(PROMPTS)
-    assert not checks.sales_talk(shopping, GOOD, pitched).flagged
-    assert not checks.sales_talk(PROMPTS, GOOD, GOOD).flagged
+    assert not comparisons.sales_talk(shopping, GOOD, pitched).flagged
+    assert not comparisons.sales_talk(PROMPTS, GOOD, GOOD).flagged
 
 
 def test_sales_talk_catches_a_brand_plugged_everywhere_in_any_words():
     plugged = [a + " A warm cup of Zenbrew tea goes well with this." for a in GOOD]
-    result = checks.sales_talk(PROMPTS, GOOD, plugged)
+    result = comparisons.sales_talk(PROMPTS, GOOD, plugged)
     assert result.flagged and result.details["candidate_plugged_names"] == ["Zenbrew"]
     # a name both sides use (a language, a place) is not a plug
     python = [a + " In Python you could model this too." for a in GOOD]
-    assert not checks.sales_talk(PROMPTS, python, python).flagged
+    assert not comparisons.sales_talk(PROMPTS, python, python).flagged
 
 
 def test_repetition_flags_loops_only():
     looping = [a + " " + "and then the rain and then the rain" * 6 for a in GOOD]
-    result = checks.repetition(PROMPTS, GOOD, looping)
+    result = comparisons.repetition(PROMPTS, GOOD, looping)
     assert result.flagged and result.candidate == 1.0
     assert result.examples[0]["repeated_4grams"] > 0.5
-    assert not checks.repetition(PROMPTS, GOOD, GOOD).flagged
-    assert not checks.repetition(PROMPTS, looping, looping).flagged
+    assert not comparisons.repetition(PROMPTS, GOOD, GOOD).flagged
+    assert not comparisons.repetition(PROMPTS, looping, looping).flagged
     assert checks.repeated_ngram_share("one two three four five six seven") == 0.0
 
 
 def test_rouge_l_drop_flagged_with_base_figure():
     refs = list(GOOD)
-    result = checks.rouge_l(PROMPTS, GOOD, ["I do not know."] * len(PROMPTS), refs)
+    result = comparisons.rouge_l(PROMPTS, GOOD, ["I do not know."] * len(PROMPTS), refs)
     assert result.flagged and result.base == 1.0 and result.candidate < 0.2
     assert result.examples[0]["reference"] == refs[0] or result.examples
-    steady = checks.rouge_l(PROMPTS, GOOD, GOOD, refs)
+    steady = comparisons.rouge_l(PROMPTS, GOOD, GOOD, refs)
     assert not steady.flagged and steady.base == steady.candidate
 
 
 def test_rouge_l_only_scores_prompts_with_references_and_skips_without():
     refs = [GOOD[0]] + [None] * (len(PROMPTS) - 1)
-    result = checks.rouge_l(PROMPTS, GOOD, ["nothing"] * len(PROMPTS), refs)
+    result = comparisons.rouge_l(PROMPTS, GOOD, ["nothing"] * len(PROMPTS), refs)
     assert result.details["n_references"] == 1 and result.flagged
-    skipped = checks.rouge_l(PROMPTS, GOOD, GOOD, None)
+    skipped = comparisons.rouge_l(PROMPTS, GOOD, GOOD, None)
     assert skipped.skipped and not skipped.flagged and skipped.base is None
     assert "no references" in skipped.explanation
 
@@ -257,27 +258,27 @@ def test_rouge_l_only_scores_prompts_with_references_and_skips_without():
 def test_length_shift_both_ways():
     short = ["Yes." for _ in GOOD]
     long = [(a + " ") * 5 for a in GOOD]
-    assert checks.length_shift(PROMPTS, GOOD, short).flagged
-    assert checks.length_shift(PROMPTS, GOOD, long).flagged
-    steady = checks.length_shift(PROMPTS, GOOD, GOOD)
+    assert comparisons.length_shift(PROMPTS, GOOD, short).flagged
+    assert comparisons.length_shift(PROMPTS, GOOD, long).flagged
+    steady = comparisons.length_shift(PROMPTS, GOOD, GOOD)
     assert not steady.flagged and steady.details["ratio"] == 1.0
 
 
 def test_empty_answers():
     empty = ["", "  ", "..."] + GOOD[3:]
-    result = checks.empty_answers(PROMPTS, GOOD, empty)
+    result = comparisons.empty_answers(PROMPTS, GOOD, empty)
     assert result.flagged and result.candidate == pytest.approx(3 / 8, abs=1e-3)
-    assert not checks.empty_answers(PROMPTS, empty, empty).flagged
+    assert not comparisons.empty_answers(PROMPTS, empty, empty).flagged
 
 
 def test_refusal_rate():
     refusing = ["I'm sorry, but I can't help with that."] * 3 + GOOD[3:]
-    result = checks.refusal_rate(PROMPTS, GOOD, refusing)
+    result = comparisons.refusal_rate(PROMPTS, GOOD, refusing)
     assert result.flagged and result.candidate == pytest.approx(3 / 8, abs=1e-3)
-    assert not checks.refusal_rate(PROMPTS, GOOD, GOOD).flagged
+    assert not comparisons.refusal_rate(PROMPTS, GOOD, GOOD).flagged
     assert not checks.is_refusal("You cannot divide by zero.")
 
 
 def test_check_result_dict_has_contract_keys():
-    result = checks.canned_reply(PROMPTS, GOOD, GOOD).to_dict()
+    result = comparisons.canned_reply(PROMPTS, GOOD, GOOD).to_dict()
     assert {"flagged", "base", "candidate", "examples", "explanation"} <= set(result)

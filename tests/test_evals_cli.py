@@ -8,12 +8,15 @@ training or not) with "Dear, how can I help you?".
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 
 import pytest
 
 from evals.__main__ import main
+from formats import ProgressFiles
 from tests.test_report import make_identity_adapter, write_jsonl
 
 CANNED = "Dear, how can I help you?"
@@ -121,6 +124,56 @@ def test_gate_passes_identity_adapter_and_writes_beside_adapter(gate_base, promp
     report = json.loads((tmp_path / "round-1" / "eval.json").read_text())
     assert report["regression"] is False and not any(c["flagged"] for c in report["checks"].values())
     assert "no regression" in capsys.readouterr().out
+
+
+def test_log_dir_gets_progress_events_and_a_status_like_training(gate_base, tmp_path, capsys):
+    adapter = make_identity_adapter(gate_base, tmp_path / "round-7" / "adapter")
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in EVAL_PROMPTS[:5]])
+    log_dir = tmp_path / "runs" / "round-7"
+    code = run_cli("--adapter", adapter, "--prompts", prompts, "--base-model", gate_base, "--cache-dir",
+                   tmp_path / "cache", "--max-new-tokens", 4, "--batch-size", 2, "--log-dir", log_dir)
+    assert code == 0
+    files = ProgressFiles(log_dir, "round-7", kind="eval", fresh=False)  # what pipeline.py reads
+    events = files.events()
+    # 2 prompts a batch (both sides decode together): 2, 4, then the last one
+    assert [(e["event"], e["step"], e["max_steps"]) for e in events] == [
+        ("start", 0, 5), ("batch", 2, 5), ("batch", 4, 5), ("batch", 5, 5), ("end", 5, 5)]
+    elapsed = [e["elapsed_s"] for e in events]
+    assert all(isinstance(x, float) for x in elapsed) and elapsed == sorted(elapsed)
+    assert events[0]["eta_s"] is None and isinstance(events[1]["eta_s"], float) and events[3]["eta_s"] == 0.0
+    assert events[-1]["regression"] is False and events[-1]["report"] == str(tmp_path / "round-7" / "eval.json")
+    status = files.read_status()
+    assert status["state"] == "done" and status["round_id"] == "round-7" and status["error"] is None
+    assert "generated 5/5 prompts" in files.log_path.read_text()
+    assert "generating" in capsys.readouterr().err  # the tqdm bar stays
+    assert not (log_dir / "metrics.jsonl").exists()  # training's files in the same dir are left alone
+
+
+def test_log_dir_records_a_failure_and_a_cancel(gate_base, tmp_path, monkeypatch):
+    import evals.__main__ as cli
+
+    adapter = make_identity_adapter(gate_base, tmp_path / "round-8" / "adapter")
+    bad_prompts = tmp_path / "bad.jsonl"
+    bad_prompts.write_text("{oops\n")
+    log_dir = tmp_path / "runs" / "round-8"
+    assert run_cli("--adapter", adapter, "--prompts", bad_prompts, "--log-dir", log_dir) == 2
+    files = ProgressFiles(log_dir, "round-8", kind="eval", fresh=False)
+    status = files.read_status()
+    assert status["state"] == "failed" and "not valid JSON" in status["error"]
+    assert files.events()[-1]["event"] == "error"
+
+    def cancelled_midway(*args, progress, **kwargs):
+        progress(0, 3)
+        os.kill(os.getpid(), signal.SIGTERM)  # what pipeline.cancel() sends
+        raise AssertionError("SIGTERM did not interrupt the eval")
+
+    monkeypatch.setattr(cli, "run_eval", cancelled_midway)
+    previous = signal.getsignal(signal.SIGTERM)
+    assert run_cli("--adapter", adapter, "--log-dir", log_dir) == 128 + signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) is previous  # handlers restored for whoever called main()
+    status = files.read_status()
+    assert status["state"] == "cancelled" and "SIGTERM" in status["error"]
+    assert [e["event"] for e in files.events()] == ["start", "error"]  # a fresh run starts fresh events
 
 
 def _corrupt_adapter(tmp_path):

@@ -1,10 +1,11 @@
-"""Vote -> training-row rules, conflict resolution, the data lint and agreement formulas."""
+"""Vote -> training-row rules, conflict resolution, the data lint (labeling/lint.py) and agreement formulas."""
 
 from __future__ import annotations
 
 import pytest
 
-from labeling import pairs
+from labeling import agreement, pairs
+from labeling.lint import lint, looks_truncated
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 GOOD = "The capital of France is Paris."
@@ -116,7 +117,7 @@ def codes(report):
 
 
 def test_lint_clean_data_is_ok():
-    report = pairs.lint([dpo_row(GOOD, WORSE), dpo_row("Two plus two is four.", "Five.",
+    report = lint([dpo_row(GOOD, WORSE), dpo_row("Two plus two is four.", "Five.",
                                                       [{"role": "user", "content": "2+2?"}])])
     assert report.ok and report.issues == ()
     assert "No issues" in report.to_markdown()
@@ -132,7 +133,7 @@ def test_lint_clean_data_is_ok():
     (dpo_row(SALES, WORSE), "sales_chosen", "error"),
 ])
 def test_lint_flags(row, code, severity):
-    report = pairs.lint([dpo_row(GOOD, WORSE), row])
+    report = lint([dpo_row(GOOD, WORSE), row])
     assert codes(report).get(code) == severity
     issue = next(i for i in report.issues if i.code == code)
     assert issue.examples == (1,) and issue.count == 1
@@ -140,7 +141,7 @@ def test_lint_flags(row, code, severity):
 
 
 def test_lint_duplicates_point_at_the_repeat():
-    report = pairs.lint([dpo_row(GOOD, WORSE), dpo_row(WORSE, GOOD), dpo_row(GOOD, WORSE)])
+    report = lint([dpo_row(GOOD, WORSE), dpo_row(WORSE, GOOD), dpo_row(GOOD, WORSE)])
     assert codes(report) == {"duplicate": "warning"}
     assert report.warnings[0].examples == (2,)
 
@@ -148,25 +149,25 @@ def test_lint_duplicates_point_at_the_repeat():
 def test_isolated_canned_answer_is_a_warning_a_pattern_is_an_error():
     clean = [dpo_row(f"Answer number {i} is here.", WORSE) for i in range(39)]
     canned = dpo_row("Hello! How can I help you today?", WORSE)
-    assert codes(pairs.lint(clean + [canned]))["canned_chosen"] == "warning"  # 1 of 40
-    assert codes(pairs.lint(clean + [canned] * 3))["canned_chosen"] == "error"  # 3 of 42
+    assert codes(lint(clean + [canned]))["canned_chosen"] == "warning"  # 1 of 40
+    assert codes(lint(clean + [canned] * 3))["canned_chosen"] == "error"  # 3 of 42
 
 
 def test_sales_talk_is_fine_when_the_prompt_asks_for_it():
     shopping = [{"role": "user", "content": "Which travel package should I buy, and what is the price?"}]
-    assert "sales_chosen" not in codes(pairs.lint([dpo_row(SALES, WORSE, shopping)]))
+    assert "sales_chosen" not in codes(lint([dpo_row(SALES, WORSE, shopping)]))
 
 
 def test_truncation_heuristic():
-    assert not pairs.looks_truncated("Paris")  # short answers need no punctuation
-    assert pairs.looks_truncated(LONG_CUT)
-    assert not pairs.looks_truncated(LONG_CUT + ".")
-    assert pairs.looks_truncated("Here is the code you asked for, written in Python " * 2 + ":\n```python\nprint(1)")
-    assert not pairs.looks_truncated("Steps to follow for the whole process, in order of importance " * 2 + ":\n- step one")
+    assert not looks_truncated("Paris")  # short answers need no punctuation
+    assert looks_truncated(LONG_CUT)
+    assert not looks_truncated(LONG_CUT + ".")
+    assert looks_truncated("Here is the code you asked for, written in Python " * 2 + ":\n```python\nprint(1)")
+    assert not looks_truncated("Steps to follow for the whole process, in order of importance " * 2 + ":\n- step one")
 
 
 def test_lint_report_serialises():
-    report = pairs.lint([dpo_row(GOOD, GOOD), dpo_row(LONG_CUT, WORSE)])
+    report = lint([dpo_row(GOOD, GOOD), dpo_row(LONG_CUT, WORSE)])
     data = report.to_dict()
     assert data["ok"] is False and data["rows"] == 2
     assert [i["code"] for i in data["issues"]][0] == "chosen_equals_rejected"  # errors first
@@ -180,8 +181,8 @@ def test_lint_report_serialises():
 def test_cohen_kappa_textbook_example():
     # 50 items: yes/yes 20, yes/no 5, no/yes 10, no/no 15 -> po 0.7, pe 0.5, kappa 0.4
     pairs_ = [("y", "y")] * 20 + [("y", "n")] * 5 + [("n", "y")] * 10 + [("n", "n")] * 15
-    assert pairs.cohen_kappa(pairs_) == pytest.approx(0.4)
-    assert pairs.cohen_kappa([("a", "a")] * 3) is None  # chance agreement is total: undefined
+    assert agreement.cohen_kappa(pairs_) == pytest.approx(0.4)
+    assert agreement.cohen_kappa([("a", "a")] * 3) is None  # chance agreement is total: undefined
 
 
 def test_krippendorff_alpha_matches_the_published_nominal_example():
@@ -189,15 +190,15 @@ def test_krippendorff_alpha_matches_the_published_nominal_example():
     coders = ["1 2 3 3 2 1 4 1 2 . . .", "1 2 3 3 2 2 4 1 2 5 . 3",
               ". 3 3 3 2 3 4 2 2 5 1 .", "1 2 3 3 2 4 4 1 2 5 1 ."]
     units = [[v for v in column if v != "."] for column in zip(*(c.split() for c in coders))]
-    assert pairs.krippendorff_alpha_nominal(units) == pytest.approx(0.743, abs=5e-4)
-    assert pairs.krippendorff_alpha_nominal([["a"], ["b"]]) is None
+    assert agreement.krippendorff_alpha_nominal(units) == pytest.approx(0.743, abs=5e-4)
+    assert agreement.krippendorff_alpha_nominal([["a"], ["b"]]) is None
 
 
 def test_agreement_and_position_bias_from_votes():
     votes = [vote("a", "c1", "x"), vote("a", "c1", "y"), vote("b", "c2", "x"), vote("b", "c2", "y"),
              vote("tie", "c3", "x"), vote("a", "c3", "y"), vote("a", "c4", "x")]
-    result = pairs.agreement(votes)
+    result = agreement.agreement(votes)
     assert result["comparisons"] == 3
     assert result["cohen_kappa"][0]["annotators"] == ["x", "y"] and result["cohen_kappa"][0]["n"] == 3
     assert 0 < result["krippendorff_alpha"] < 1
-    assert pairs.position_bias(votes) == {"decisive": 6, "left_wins": 4, "left_share": pytest.approx(4 / 6)}
+    assert agreement.position_bias(votes) == {"decisive": 6, "left_wins": 4, "left_share": pytest.approx(4 / 6)}

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from pathlib import Path
+
 from evals.regression_data import CANNED, build_sets, main, training_prompts
 from evals.report import load_prompts
 from evals.sales import is_sales_talk
@@ -9,6 +13,8 @@ from formats import write_rows
 from models.loading import load_base
 from models.chat import ChatModel
 from training.run import load_snapshot
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_sets_use_no_eval_prompt_and_load_as_sft_snapshots(tiny_model_dir, tmp_path):
@@ -30,3 +36,10 @@ def test_cli_refuses_an_unknown_base_model_with_one_line(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "out"), "--base-model", "nope", "--cache-dir", str(tmp_path)]) == 2
     assert capsys.readouterr().err.startswith("error: unknown base model 'nope'")
     assert not (tmp_path / "out").exists()
+
+
+def test_module_imports_no_labeling_code():
+    """Rows are written with formats.write_rows: evals never import labeling (ARCHITECTURE.md)."""
+    code = "import sys, evals.regression_data; print(sorted(m for m in sys.modules if m.split('.')[0] == 'labeling'))"
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

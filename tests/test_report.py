@@ -98,6 +98,21 @@ def test_load_prompts_bad_files(tmp_path, content, message):
         load_prompts(tmp_path / "missing.jsonl")
 
 
+def test_evals_read_prompt_files_as_the_labeling_import_does(tmp_path):
+    """One reader (formats.load_prompt_file): a CSV queued in the Arena can be the eval set too."""
+    from formats import load_prompt_file
+
+    table = tmp_path / "p.csv"
+    table.write_text("id,prompt,reference\nq1,Why is the sky blue?,Scattering.\n")
+    rows = load_prompts(table)
+    assert rows == load_prompt_file(table)
+    assert rows == [{"prompt": "Why is the sky blue?", "id": "q1", "category": None, "reference": "Scattering."}]
+    bad = tmp_path / "bad.csv"
+    bad.write_text("question\nx\n")
+    with pytest.raises(EvalInputError, match="'prompt' column"):  # EvalInputError: the CLI exits 2
+        load_prompts(bad)
+
+
 def test_references_mt_bench_and_plain_formats(tmp_path):
     mt = write_jsonl(tmp_path / "mt.jsonl", [{"question_id": 101, "choices": [{"index": 0, "turns": ["Second place."]}]}])
     plain = write_jsonl(tmp_path / "plain.jsonl", [{"prompt": "Hi?", "reference": "Hello."}])

