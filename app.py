@@ -40,7 +40,7 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             with gr.Tab("Chat", id="chat") as chat_page:
                 chat_models = chat_tab(services)
             with gr.Tab("Train", id="train") as train_page:
-                train_data, train_method, _ = train.train_tab(services)
+                train_method, train_gate = train.train_tab(services)
             with gr.Tab("Evals", id="evals") as evals_page:
                 evals_picker, evals_outputs = evals.evals_tab(services)
         private = dict(api_visibility="private")
@@ -51,9 +51,9 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         # checkpoints finished since the page loaded appear when a tab is opened again
         arena_page.select(partial(arena.refresh_models, services), arena_models, arena_models, **private)
         chat_page.select(partial(refresh_pickers, services), chat_models, chat_models, **private)
-        data_summary = lambda method: train.data_summary(services, method)[0]  # noqa: E731
-        demo.load(data_summary, train_method, train_data, **private)
-        train_page.select(data_summary, train_method, train_data, **private)
+        train_refresh = partial(train.start_gate, services)
+        demo.load(train_refresh, train_method, train_gate, **private)
+        train_page.select(train_refresh, train_method, train_gate, **private)
         evals_refresh = lambda picked: evals.refresh(services, picked)  # noqa: E731
         demo.load(evals_refresh, evals_picker, evals_outputs, **private)
         evals_page.select(evals_refresh, evals_picker, evals_outputs, **private)

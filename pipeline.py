@@ -23,8 +23,9 @@ from datetime import datetime
 from pathlib import Path
 
 from formats import ProgressFiles
+from training.config import RoundConfig, write_recipe
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parent  # the repo root: subprocesses run `python -m training` from here
 
 
 class JobBusy(RuntimeError):
@@ -82,9 +83,8 @@ class JobManager:
     def _spawn(self, module: str, round_id: str, args: list[str]) -> Job:
         kind = {"training": "train", "evals": "eval"}[module]
         with self._lock:
-            if self.current is not None and self.current.running:
-                what = "A training round" if self.current.kind == "train" else "An eval run"
-                raise JobBusy(f"{what} ({self.current.round_id}) is already running: wait for it or cancel it.")
+            if self.busy():
+                raise JobBusy(self.busy())
             log_dir = self.settings.runs_dir / round_id
             log_dir.mkdir(parents=True, exist_ok=True)
             env = {**os.environ, "PYTHONUNBUFFERED": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
@@ -101,20 +101,26 @@ class JobManager:
         threading.Thread(target=self._watch, args=(job,), daemon=True).start()
         return job
 
-    def start_round(self, method: str, snapshot: Path, options: dict, init_adapter: Path | None = None) -> Job:
-        round_id = new_round_id(method)
+    def busy(self) -> str | None:
+        """Why nothing new can start now, or None."""
+        job = self.current
+        if job is None or not job.running:
+            return None
+        what = "A training round" if job.kind == "train" else "An eval run"
+        return f"{what} ({job.round_id}) is already running: wait for it or cancel it."
+
+    def start_round(self, config: RoundConfig, snapshot: Path) -> Job:
+        """Train `config` on a snapshot: the config is written as the round's recipe, so the
+        subprocess gets exactly what the admin set, with no flags re-parsed."""
+        if self.busy():
+            raise JobBusy(self.busy())
+        round_id = new_round_id(config.method)
+        run_dir = self.settings.runs_dir / round_id
+        recipe = write_recipe(config, run_dir / "config.yaml")
         args = [
-            "run", "--method", method, "--data", str(snapshot), "--out", str(self.settings.checkpoints_dir),
-            "--round-id", round_id, "--log-dir", str(self.settings.runs_dir / round_id),
-            "--base-model", self.settings.base_model, "--cache-dir", str(self.settings.cache_dir),
+            "run", "--data", str(snapshot), "--out", str(self.settings.checkpoints_dir), "--round-id", round_id,
+            "--log-dir", str(run_dir), "--cache-dir", str(self.settings.cache_dir), "--recipe", str(recipe),
         ]
-        for flag, value in options.items():
-            if value is True:
-                args.append(f"--{flag}")
-            elif value not in (None, False, ""):
-                args += [f"--{flag}", str(value)]
-        if init_adapter is not None:
-            args += ["--init-adapter", str(init_adapter)]
         return self._spawn("training", round_id, args)
 
     def start_eval(self, round_id: str) -> Job:

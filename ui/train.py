@@ -1,8 +1,9 @@
 """Train tab: check the collected data, start a QLoRA DPO/SFT round, watch it live.
 
 The round runs as a subprocess (pipeline.py) on an immutable snapshot file that
-the store writes; this tab reads progress back from the round's metrics.jsonl on
-a timer, so a page refresh loses nothing.
+the store writes; this tab reads progress back from the round's progress files on
+a timer, so a page refresh loses nothing. The knobs are RoundConfig's own fields
+(training/config.py): typed, bounded, and handed to the trainer as the round's recipe.
 """
 
 from __future__ import annotations
@@ -17,81 +18,90 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
-from labeling import pairs
-from training.config import RECIPES_DIR, default_recipe, load_recipe
 from pipeline import JobBusy
+from training.config import (
+    DPO_LOSSES, RECIPES_DIR, SFT_LOSSES, RoundConfig, default_recipe, field_type, knob_fields, load_recipe,
+)
 from ui.services import BASE_CHOICE, Services
 
-KNOBS = [  # (RoundConfig field, CLI flag, label)
-    ("lora_r", "lora-r", "LoRA rank"),
-    ("lora_alpha", "lora-alpha", "LoRA alpha"),
-    ("lora_dropout", "lora-dropout", "LoRA dropout"),
-    ("target_modules", "target-modules", "Target modules (comma separated)"),
-    ("learning_rate", "lr", "Learning rate"),
-    ("max_steps", "steps", "Max steps (0 = use epochs)"),
-    ("num_epochs", "epochs", "Epochs"),
-    ("batch_size", "batch-size", "Batch size"),
-    ("max_length", "max-length", "Max length (tokens)"),
-    ("beta", "beta", "DPO beta"),
-    ("loss_type", "loss-type", "DPO loss type"),
-]
+LOSSES = {"dpo": list(DPO_LOSSES), "sft": list(SFT_LOSSES)}
 
 
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in Path(RECIPES_DIR).glob("*.yaml"))
 
 
-def data_summary(services: Services, method: str) -> tuple[str, bool]:
-    """Markdown about the data a round would train on, and whether it is usable."""
-    rows = services.store.labeled_rows()
-    dpo_rows, report = pairs.build("dpo", rows)
-    sft_rows, _ = pairs.build("sft", rows)
-    lint = pairs.lint(dpo_rows)
-    n = len(dpo_rows) if method == "dpo" else len(sft_rows)
-    lines = [f"**{len(rows)} votes** → **{len(dpo_rows)} DPO pairs**, **{len(sft_rows)} SFT rows**"]
-    if report.get("conflicts"):
-        lines.append(f"{len(report['conflicts'])} comparisons had conflicting votes (resolved by majority).")
-    usable = True
+def data_summary(services: Services, method: str) -> tuple[str, str | None]:
+    """Markdown about the data a round would train on, and why a round cannot start (None: it can)."""
+    report = services.store.training_data_report()
+    n = report.dpo_rows if method == "dpo" else report.sft_rows
+    lines = [f"**{report.votes} votes** → **{report.dpo_rows} DPO pairs**, **{report.sft_rows} SFT rows**"]
+    conflicts = report.build_report.get("conflicts") or []
+    if conflicts:
+        lines.append(f"{len(conflicts)} comparisons had conflicting votes (resolved by majority).")
     min_rows = load_recipe(default_recipe(method)).min_pairs  # the trainer refuses fewer rows anyway
+    reason = None
     if n < min_rows:
-        usable = False
-        lines.append(f"⛔ **Cannot start a {method.upper()} round:** {n} rows, at least {min_rows} needed. "
-                     "Label more in the Arena tab.")
-    if method == "dpo" and not lint.ok:
-        usable = False
-        lines.append("⛔ **Cannot start: the data-quality lint found errors.** Fix or relabel them first.")
-    lines.append(lint.to_markdown())
-    return "\n\n".join(lines), usable
+        reason = f"{n} {method.upper()} rows; a round needs at least {min_rows}. Label more in the Arena tab."
+    lines.append(report.lint.to_markdown())
+    return "\n\n".join(lines), reason
+
+
+def start_gate(services: Services, method: str):
+    """The Start button (enabled only when a round can start) and the line that says why not."""
+    summary, reason = data_summary(services, method)
+    reason = services.jobs.busy() or reason
+    note = "" if reason is None else f"⛔ **Cannot start:** {reason}"
+    return summary, gr.update(interactive=reason is None), note
 
 
 def recipe_values(name: str) -> list:
+    """The method, then every knob's value, of a recipe (what the knob components show)."""
     config = load_recipe(name)
-    values = []
-    for field_name, _, _ in KNOBS:
-        value = getattr(config, field_name)
-        values.append(",".join(value) if isinstance(value, (list, tuple)) else value)
-    return [config.method, *values, config.load_in_4bit]
+    values = [config.method]
+    for f in knob_fields():
+        value = getattr(config, f.name)
+        values.append(gr.update(choices=LOSSES[config.method], value=value) if f.name == "loss_type" else value)
+    return values
 
 
-def start_round(services: Services, recipe, method, start_from, *knob_values):
-    """Write a snapshot and launch `python -m training run` on it."""
-    *knob_values, use_4bit = knob_values
-    summary, usable = data_summary(services, method)
-    if not usable:
-        raise gr.Error(summary.split("\n\n")[1].replace("⛔ ", "").replace("**", ""))
-    snapshot = services.store.write_snapshot(method, services.settings.snapshots_dir, fmt="jsonl")
-    options = {"recipe": recipe}
-    for (_, flag, _), value in zip(KNOBS, knob_values):
-        options[flag] = value
-    options["no-4bit"] = not use_4bit
+def round_config(services: Services, recipe: str, method: str, start_from: str | None, *knob_values) -> RoundConfig:
+    """The recipe with the admin's edits, checked: ValueError names the field and its bounds."""
+    edits = {f.name: knob_value(f, value) for f, value in zip(knob_fields(), knob_values)}
     init_adapter = None
     if start_from and start_from != BASE_CHOICE:
         checkpoint = next((c for c in services.checkpoints() if c.round_id == start_from), None)
         if checkpoint is None:
-            raise gr.Error(f"Checkpoint {start_from} no longer exists.")
-        init_adapter = checkpoint.adapter_dir
+            raise ValueError(f"Checkpoint {start_from} no longer exists.")
+        init_adapter = str(checkpoint.adapter_dir)
+    return load_recipe(recipe).with_overrides(
+        method=method, base_model=services.settings.base_model, init_adapter=init_adapter, **edits,
+    ).validate()
+
+
+def knob_value(f, value):
+    """A component's value as the field's type (gr.Number gives floats; an emptied box gives None)."""
+    if value is None or value == "":
+        raise ValueError(f"{f.metadata.get('label', f.name)} is empty: enter a value.")
+    kind = field_type(f.name)
+    if kind is int and isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def start_round(services: Services, recipe, method, start_from, *knob_values):
+    """Write a snapshot and launch `python -m training run` on it with the edited config."""
+    _, reason = data_summary(services, method)
+    reason = services.jobs.busy() or reason
+    if reason:
+        raise gr.Error(reason)
     try:
-        job = services.jobs.start_round(method, snapshot, options, init_adapter)
+        config = round_config(services, recipe, method, start_from, *knob_values)
+    except ValueError as exc:
+        raise gr.Error(str(exc)) from exc
+    snapshot = services.store.write_snapshot(method, services.settings.snapshots_dir, fmt="jsonl")
+    try:
+        job = services.jobs.start_round(config, snapshot)
     except JobBusy as exc:
         raise gr.Error(str(exc)) from exc
     gr.Info(f"Round {job.round_id} started on snapshot {snapshot.name}.")
@@ -134,14 +144,14 @@ def metric_frame(rows: list[dict]) -> pd.DataFrame:
         for row in rows if row.get("step") is not None
         for key, label in wanted.items() if isinstance(row.get(key), (int, float))
     ]
-    return pd.DataFrame(points or [{"step": 0, "value": 0.0, "series": "train loss"}])
+    return pd.DataFrame(points, columns=["step", "value", "series"]).astype({"step": int, "value": float})
 
 
 def round_status(services: Services):
     """Outputs: progress html, status markdown, metrics plot, log text."""
     job = services.jobs.current
     if job is None:
-        return progress_html(0, 0, "No round started since the app launched."), "", metric_frame([]), ""
+        return progress_html(0, 0, "No round started since the app launched."), "", plot_update([]), ""
     rows = services.jobs.metrics(job.round_id)
     steps = [r for r in rows if r.get("step") is not None]
     last = steps[-1] if steps else {}
@@ -164,7 +174,31 @@ def round_status(services: Services):
     else:
         error = services.jobs.status_json(job.round_id).get("error") or "see the log below"
         label = f"⛔ **{job.kind}** `{job.round_id}` failed (exit {job.returncode}): {error}"
-    return progress_html(step, total, label), label, metric_frame(rows), services.jobs.log_text(job)
+    return progress_html(step, total, label), label, plot_update(rows), services.jobs.log_text(job)
+
+
+def plot_update(rows: list[dict]):
+    """The live plot, hidden until a round has logged a point (no empty axes before any round)."""
+    frame = metric_frame(rows)
+    return gr.update(value=frame, visible=not frame.empty)
+
+
+def status_and_gate(services: Services, method: str):
+    """Timer outputs: the round's status, and the Start button, which a running round disables."""
+    _, start, note = start_gate(services, method)
+    return (*round_status(services), start, note)
+
+
+def knob_component(f, value, method: str):
+    """A typed, bounded input for one RoundConfig field (bounds and help from its metadata)."""
+    meta, kind = f.metadata, field_type(f.name)
+    label, info = meta.get("label", f.name), meta.get("help")
+    if kind is bool:
+        return gr.Checkbox(value=value, label=label, info=info)
+    if f.name == "loss_type":
+        return gr.Dropdown(LOSSES[method], value=value, label=label, info=info, min_width=160)
+    return gr.Number(value=value, label=label, info=info, minimum=meta.get("min"), maximum=meta.get("max"),
+                     precision=0 if kind is int else None, min_width=160, elem_id=f"knob-{f.name}")
 
 
 def past_rounds(services: Services) -> pd.DataFrame:
@@ -182,19 +216,17 @@ def train_tab(services: Services):
     refresh_data = gr.Button("↻ Re-check data", size="sm")
     with gr.Accordion("Hyper-parameters (from the recipe; edit freely)", open=False):
         defaults = recipe_values("dpo_qlora")
-        knobs = []
         with gr.Row():
-            for (_, _, label), value in zip(KNOBS, defaults[1:]):
-                component = gr.Textbox(value=str(value), label=label, min_width=140)
-                knobs.append(component)
-        use_4bit = gr.Checkbox(value=defaults[-1], label="Load the base in 4-bit NF4 (QLoRA)")
+            knobs = [knob_component(f, value, defaults[0]) for f, value in zip(knob_fields(), defaults[1:])]
     with gr.Row():
-        start = gr.Button("Start round", variant="primary", elem_id="train-start")
+        start = gr.Button("Start round", variant="primary", elem_id="train-start", interactive=False)
         cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+    reason = gr.Markdown(elem_id="train-reason")
     progress = gr.HTML(elem_id="train-progress")
     status = gr.Markdown(elem_id="train-status")
     plot = gr.LinePlot(metric_frame([]), x="step", y="value", color="series", color_map=SERIES_COLORS,
-                       title="Live metrics: loss, held-out loss, DPO reward margin and accuracy", height=300)
+                       title="Live metrics: loss, held-out loss, DPO reward margin and accuracy", height=300,
+                       visible=False, elem_id="train-plot")
     log = gr.Textbox(label="Log (tail)", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(2.0)
     with gr.Accordion("Past rounds (failed and cancelled ones keep their logs)", open=False):
@@ -209,14 +241,15 @@ def train_tab(services: Services):
 
     private = dict(api_visibility="private")
     outputs = [progress, status, plot, log]
-    recipe.change(recipe_values, recipe, [method, *knobs, use_4bit], **private)
+    gate = [data, start, reason]
+    recipe.change(recipe_values, recipe, [method, *knobs], **private)
     # switching method by hand loads that method's recipe (a DPO loss type would be refused for SFT)
     method.input(default_recipe, method, recipe, **private)
     for trigger in (method.change, refresh_data.click):
-        trigger(lambda m: data_summary(services, m)[0], method, data, **private)
-    start.click(partial(start_round, services), [recipe, method, start_from, *knobs, use_4bit], outputs, **private)
+        trigger(partial(start_gate, services), method, gate, **private)
+    start.click(partial(start_round, services), [recipe, method, start_from, *knobs], outputs, **private)
     cancel.click(partial(cancel_round, services), None, outputs, **private)
-    timer.tick(partial(round_status, services), None, outputs, **private)
+    timer.tick(partial(status_and_gate, services), method, [*outputs, start, reason], **private)
     refresh_history.click(partial(past_rounds, services), None, history, **private)
     export_button.click(partial(export_data, services), [export_kind, export_format], export_file, **private)
-    return data, method, start_from
+    return method, gate
