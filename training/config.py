@@ -206,7 +206,10 @@ def load_recipe(name_or_path: str) -> RoundConfig:
 
 
 def write_recipe(config: RoundConfig, path: Path) -> Path:
-    """Write the full config as a YAML recipe (temp file + rename), loadable by load_recipe / --recipe."""
+    """Write the full config as a YAML recipe (temp file + rename), loadable by load_recipe / --recipe.
+
+    Refuses an invalid config with validate()'s ValueError, so a saved recipe always loads.
+    """
     import yaml
 
     path = Path(path)
