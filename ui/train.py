@@ -192,11 +192,12 @@ def status_and_gate(services: Services, method: str):
 def knob_component(f, value, method: str):
     """A typed, bounded input for one RoundConfig field (bounds and help from its metadata)."""
     meta, kind = f.metadata, field_type(f.name)
-    label, info = meta.get("label", f.name), meta.get("help")
+    label = meta.get("label", f.name)
+    info = meta.get("help") if meta.get("help", "").lower() != label.lower() else None
     if kind is bool:
         return gr.Checkbox(value=value, label=label, info=info)
-    if f.name == "loss_type":
-        return gr.Dropdown(LOSSES[method], value=value, label=label, info=info, min_width=160)
+    if f.name == "loss_type":  # its help lists every loss of both methods; the dropdown shows this method's
+        return gr.Dropdown(LOSSES[method], value=value, label=label, min_width=160, elem_id="knob-loss_type")
     return gr.Number(value=value, label=label, info=info, minimum=meta.get("min"), maximum=meta.get("max"),
                      precision=0 if kind is int else None, min_width=160, elem_id=f"knob-{f.name}")
 
@@ -215,9 +216,9 @@ def train_tab(services: Services):
     data = gr.Markdown(elem_id="train-data")
     refresh_data = gr.Button("↻ Re-check data", size="sm")
     with gr.Accordion("Hyper-parameters (from the recipe; edit freely)", open=False):
-        defaults = recipe_values("dpo_qlora")
+        defaults = load_recipe("dpo_qlora")
         with gr.Row():
-            knobs = [knob_component(f, value, defaults[0]) for f, value in zip(knob_fields(), defaults[1:])]
+            knobs = [knob_component(f, getattr(defaults, f.name), defaults.method) for f in knob_fields()]
     with gr.Row():
         start = gr.Button("Start round", variant="primary", elem_id="train-start", interactive=False)
         cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
