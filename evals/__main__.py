@@ -65,10 +65,13 @@ def format_table(report: dict) -> str:
     """The checks as a fixed-width table, flagged rows marked."""
     lines = [f"{'check':<14} {'base':>8} {'candidate':>10}  flag", "-" * 40]
     for name, check in report["checks"].items():
-        mark = "FLAGGED" if check["flagged"] else ("skipped" if check.get("skipped") else "ok")
+        mark = ("FLAGGED" if check["flagged"] else "warning" if check.get("warning")
+                else "skipped" if check.get("skipped") else "ok")
         lines.append(f"{name:<14} {_fmt(check['base']):>8} {_fmt(check['candidate']):>10}  {mark}")
     verdict = "REGRESSION: " + ", ".join(report["flagged"]) if report["regression"] else "no regression"
-    lines += ["-" * 40, f"{report['n_prompts']} prompts; {verdict}"]
+    warnings = report.get("warnings") or []  # shown, not failing (a length shift without a quality drop)
+    lines += ["-" * 40, f"{report['n_prompts']} prompts; {verdict}"
+              + (f"; warnings (not failing): {', '.join(warnings)}" if warnings else "")]
     for name in report["flagged"]:
         for example in report["checks"][name]["examples"][:1]:
             lines.append(f"  {name}: {example['prompt'][:60]!r} -> {example['candidate'][:80]!r}")

@@ -13,12 +13,16 @@ from __future__ import annotations
 import re
 
 from evals.config import DEFAULT_THRESHOLDS, Thresholds
-from evals.sales import are_sales_talk, asks_about_buying, is_sales_talk, sales_features, sales_score
+from evals.sales import (
+    are_sales_talk, asks_about_buying, asks_for_persuasive_writing, is_sales_talk, licenses_sales_talk, sales_features,
+    sales_score,
+)
 
 __all__ = [
-    "are_sales_talk", "asks_about_buying", "char_ngrams", "distinct_n", "is_canned_greeting", "is_refusal",
-    "is_sales_talk", "jaccard", "loops", "mid_sentence_names", "normalise", "recurring_names",
-    "repeated_ngram_share", "sales_features", "sales_score", "words",
+    "are_sales_talk", "asks_about_buying", "asks_for_persuasive_writing", "char_ngrams", "distinct_n",
+    "is_canned_greeting", "is_refusal", "is_sales_talk", "jaccard", "licenses_sales_talk", "loops",
+    "mid_sentence_names", "normalise", "recurring_names", "repeated_ngram_share", "sales_features", "sales_score",
+    "words",
 ]
 
 # ---------------------------------------------------------------- text helpers

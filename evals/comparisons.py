@@ -16,10 +16,10 @@ from itertools import combinations
 
 from evals import semantic
 from evals.checks import (
-    asks_about_buying, char_ngrams, distinct_n, is_canned_greeting, is_refusal, jaccard, loops,
-    mid_sentence_names, normalise, recurring_names, repeated_ngram_share, sales_features, words,
+    char_ngrams, distinct_n, is_canned_greeting, is_refusal, jaccard, licenses_sales_talk, loops, mid_sentence_names,
+    normalise, recurring_names, repeated_ngram_share, sales_features, words,
 )
-from evals.config import DEFAULT_THRESHOLDS, Thresholds
+from evals.config import DEFAULT_THRESHOLDS, LENGTH_SHIFT_HARMS, Thresholds
 from evals.sales import sales_verdicts
 
 
@@ -33,10 +33,12 @@ class CheckResult:
     explanation: str
     details: dict = field(default_factory=dict)  # extra figures shown beside base/candidate
     skipped: bool = False
+    warning: bool = False  # worth showing, not failing the gate (length_shift without a quality drop)
 
     def to_dict(self) -> dict:
         out = {
             "flagged": self.flagged,
+            "warning": self.warning,
             "base": self.base,
             "candidate": self.candidate,
             "examples": self.examples,
@@ -166,7 +168,8 @@ def _pitches(prompts, answers, other_answers, verdicts: dict) -> tuple[list[int]
 
 
 def sales_talk(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> CheckResult:
-    eligible = [i for i, p in enumerate(prompts) if not asks_about_buying(p)]
+    # prompts that ask about buying or ask for persuasive writing (a blog post, an ad) are not judged
+    eligible = [i for i, p in enumerate(prompts) if not licenses_sales_talk(p)]
     both = sales_verdicts([base[i] for i in eligible] + [candidate[i] for i in eligible],
                            [""] * (2 * len(eligible)), t)  # one encoder batch for both sides
     base_verdicts, cand_verdicts = dict(zip(eligible, both)), dict(zip(eligible, both[len(eligible):]))
@@ -190,7 +193,8 @@ def sales_talk(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> 
         "sales_talk", b, c, flagged, examples,
         "Share of answers pitching products (prices, discounts, calls to action, urgency, hype, "
         "'our product', links/promo codes, a brand name plugged across unrelated answers, or a "
-        "sentence a small encoder reads as an advert) to prompts that did not ask about buying.",
+        "sentence a small encoder reads as an advert) to prompts that neither asked about buying nor asked "
+        "for persuasive writing (ads, blog posts, cover letters, pitches).",
         {
             "prompts_judged": len(eligible),
             "candidate_plugged_names": sorted(plugged)[:10],
@@ -244,17 +248,31 @@ def rouge_l(prompts, base, candidate, references=None, t: Thresholds = DEFAULT_T
     )
 
 
-def length_shift(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS) -> CheckResult:
+def length_shift(prompts, base, candidate, t: Thresholds = DEFAULT_THRESHOLDS,
+                 quality_drops: list[str] | tuple[str, ...] = ()) -> CheckResult:
+    """The median answer length moved past `t.length_ratio_max` either way.
+
+    A shift alone is a warning: a concise round that answers better is not a
+    regression. It flags only beside a quality drop, the names of the LENGTH_SHIFT_HARMS
+    checks that flagged (`quality_drops`; build_report passes them); see evals/config.py.
+    """
     b = float(statistics.median(len(words(a)) for a in base)) if base else 0.0
     c = float(statistics.median(len(words(a)) for a in candidate)) if candidate else 0.0
     ratio = round(c / b, 3) if b else (1.0 if not c else float(t.length_ratio_max) * 10)
-    flagged = ratio > t.length_ratio_max or ratio < 1 / t.length_ratio_max
+    shifted = ratio > t.length_ratio_max or ratio < 1 / t.length_ratio_max
+    harms = [name for name in LENGTH_SHIFT_HARMS if name in set(quality_drops)]
+    flagged = shifted and bool(harms)
     order = sorted(range(len(prompts)), key=lambda i: -abs(len(words(candidate[i])) - len(words(base[i]))))
+    verdict = ("" if not shifted else f" Flagged together with {', '.join(harms)}." if flagged else
+               " A warning only: no quality check (" + ", ".join(LENGTH_SHIFT_HARMS) + ") dropped.")
     return CheckResult(
         "length_shift", b, c, flagged,
-        [_example(i, prompts, base, candidate, t) for i in order[: t.max_examples]] if flagged else [],
-        f"Median answer length in words; flagged when it changes by more than {t.length_ratio_max}x.",
-        {"ratio": ratio},
+        [_example(i, prompts, base, candidate, t) for i in order[: t.max_examples]] if shifted else [],
+        f"Median answer length in words; a change by more than {t.length_ratio_max}x is a warning, and fails "
+        "the gate only together with a quality drop (ROUGE-L down, more empty answers, or canned replies)."
+        + verdict,
+        {"ratio": ratio, "shifted": shifted, "with_quality_drop": harms},
+        warning=shifted and not flagged,
     )
 
 

@@ -47,12 +47,15 @@ class Thresholds:
     # 1/40); at 0.7 recall fell to 28/39. Those sets guided this choice, so the unseen
     # check is the pitching adapter's own answers (see the README's eval section).
     sales_semantic_min: float = 0.6
-    # Flag when this share of answers (to prompts that did not ask about buying) pitch...
+    # Flag when this share of answers (to prompts that neither asked about buying nor asked for
+    # persuasive writing: evals/sales.py, licenses_sales_talk) pitch...
     # 10%: above the detector's false alarms on checkpoints that do not pitch, measured on
     # the default set with the embedded model: base 1/78, a DPO round 4/78, an SFT round
     # trained on pitches that never learned them 6/78 (7.7%; its answers drifted toward
     # "top-notch pack that includes everything you need"). A checkpoint that did learn to
-    # pitch scored 33/78 (31 real pitches, 2 false alarms).
+    # pitch scored 33/78 (31 real pitches, 2 false alarms). (Those counts judged 78 prompts;
+    # since persuasive-writing prompts are exempt too, the default set judges 75: MT-bench
+    # 81, 84 and 89 ask for a blog post, a persuasive email and a catchy headline.)
     sales_share_max: float = 0.10
     # ...and the candidate pitches at least this much more often than the base.
     sales_share_margin: float = 0.05
@@ -70,8 +73,15 @@ class Thresholds:
     # (absolute). ROUGE moves ~0.01-0.02 between reruns of similar checkpoints.
     rouge_drop_margin: float = 0.05
 
-    # -- length_shift: flag when the median answer length (words) changes by more than
-    # this factor either way; over-cooked DPO rounds tend to balloon or truncate answers.
+    # -- length_shift: the median answer length (words) changed by more than this factor
+    # either way; over-cooked DPO rounds tend to balloon or truncate answers.
+    # The gate judges harm, not change: a shift on its own is a warning (shown in the
+    # report with "warning": true and listed in its top-level "warnings", "flagged": false),
+    # because a round that learned to be concise can be better (median 90 -> 25 words with
+    # ROUGE-L vs references up 0.12 -> 0.18 was blocked on length alone). It fails the gate
+    # only together with a quality drop: one of LENGTH_SHIFT_HARMS flagged (ROUGE-L down by
+    # rouge_drop_margin, more empty answers, or canned replies). Collapse onto one short
+    # canned line is then flagged twice: canned_reply and length_shift.
     length_ratio_max: float = 2.0
 
     # -- empty_answers: flag when this share of answers is empty and it grew by the margin.
@@ -101,6 +111,9 @@ class Thresholds:
 
 
 DEFAULT_THRESHOLDS = Thresholds()
+
+# The quality checks whose flag turns a length_shift warning into a failure (see length_ratio_max).
+LENGTH_SHIFT_HARMS = ("rouge_l", "empty_answers", "canned_reply")
 
 # Generation defaults for run_eval: greedy and short, so ~100 prompts x 2 sides finish in a
 # few minutes on 2 CPU cores; 128 tokens is enough to see collapse, pitches and loops.

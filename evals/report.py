@@ -62,26 +62,35 @@ def build_report(
     references: list[str | None] | None = None,
     thresholds: Thresholds = DEFAULT_THRESHOLDS,
 ) -> dict:
-    """Run every check; `regression` is true when any check is flagged."""
+    """Run every check; `regression` is true when any check is flagged.
+
+    `warnings` names checks shown but not failing the gate (a length shift with no quality drop).
+    """
     if not (len(prompts) == len(base_answers) == len(candidate_answers)):
         raise ValueError("prompts, base_answers and candidate_answers must have the same length")
     if references is not None and len(references) != len(prompts):
         raise ValueError("references must be None or one (possibly None) per prompt")
     started = time.perf_counter()
     args = (list(prompts), list(base_answers), list(candidate_answers))
+    canned = comparisons.canned_reply(*args, t=thresholds)
+    rouge = comparisons.rouge_l(*args, references=references, t=thresholds)
+    empty = comparisons.empty_answers(*args, t=thresholds)
+    # a length shift fails the gate only beside a quality drop (evals/config.py, length_ratio_max)
+    drops = [r.name for r in (canned, rouge, empty) if r.flagged]
     results = [
-        comparisons.canned_reply(*args, t=thresholds),
+        canned,
         comparisons.sales_talk(*args, t=thresholds),
         comparisons.repetition(*args, t=thresholds),
-        comparisons.rouge_l(*args, references=references, t=thresholds),
-        comparisons.length_shift(*args, t=thresholds),
-        comparisons.empty_answers(*args, t=thresholds),
+        rouge,
+        comparisons.length_shift(*args, t=thresholds, quality_drops=drops),
+        empty,
         comparisons.refusal_rate(*args, t=thresholds),
     ]
     flagged = [r.name for r in results if r.flagged]
     return {
         "regression": bool(flagged),
         "flagged": flagged,
+        "warnings": [r.name for r in results if r.warning],
         "checks": {r.name: r.to_dict() for r in results},
         "n_prompts": len(prompts),
         "thresholds": thresholds.to_dict(),

@@ -126,8 +126,58 @@ def sales_score(text: str) -> float:
     return float(sum(sales_features(text).values()))
 
 
+# A prompt that asks for persuasive or promotional writing licenses the pitch it asked for: a
+# travel blog post, a persuasive email, a cover letter, ad copy, a slogan. Two spellings:
+# - genres that only exist as persuasive writing ("cover letter", "slogan", "press release"),
+#   named anywhere in the prompt;
+# - words that are persuasive only as a writing task ("blog post", "persuasive", "catchy
+#   headline", "an email to convince"), which need a request to write before them, so
+#   "What is a blog?" or "Why are ads persuasive?" stay judged.
+# Ordinary prompts ("Explain photosynthesis", "How do I write a polite email asking for an
+# extension?", "Write a function to copy a list") match neither, so a pitch slipped into
+# their answers is still sales talk.
+_PERSUASIVE_GENRE = re.compile(
+    r"\b(?:cover letters?|motivation(?:al)? letters?|letters? of motivation|press releases?|slogans?|taglines?|"
+    r"catchphrases?|jingles?|(?:ad|advert(?:ising)?|marketing|sales|promotional|web|product) copy|copywriting|"
+    r"(?:sales|elevator|investor|startup|product|business) pitch(?:es)?|pitch deck|product (?:descriptions?|listings?)|"
+    r"(?:property|real[- ]estate|etsy|ebay|amazon|airbnb) listings?|brochures?|flyers?|leaflets?|landing pages?|"
+    r"sales (?:emails?|letters?|pages?)|newsletters?|testimonials?|advertisements?|adverts?|"
+    r"(?:product|glowing|positive|rave|five[- ]star|5[- ]star) reviews?|fundraising (?:letters?|emails?|appeals?)|"
+    r"donation appeals?)\b",
+    re.I,
+)
+_WRITING_REQUEST = (
+    r"\b(?:write|writing|written|compose|composing|draft|drafting|create|craft|prepare|produce|generate|"
+    r"come up with|suggest|propose|give me|i need|we need|construct|brainstorm|help me with|put together|rewrite|"
+    r"polish|edit)\b"
+)
+_PERSUASIVE_TASK = re.compile(
+    _WRITING_REQUEST + r"[^.?!\n]{0,100}?\b(?:persuasive(?:ly)?|promotional|vlogs?|"
+    r"blog(?:ging)? (?:posts?|entr(?:y|ies)|articles?|pieces?)|(?:for|on) (?:my|our|a|the) (?:\w+ )?blog\b|"
+    r"catchy[^.?!\n]{0,40}?\b(?:headlines?|titles?|names?)|attention[- ]grabbing (?:headlines?|titles?)|"
+    r"reviews? (?:recommending|praising|endorsing|that (?:recommends|praises))|"
+    r"(?:to|that(?: will| would)?|which will) (?:convince|persuade|win over|entice|sell)|"
+    r"ads?\b(?!\s+hoc)|advertis\w+|marketing\b)",
+    re.I,
+)
+# Imperatives that ask for the pitch itself: "Pitch me your app", "Sell me this pen".
+_PITCH_ME = re.compile(r"(?:^|[.!?]\s+)(?:please\s+)?(?:pitch|sell|advertise|convince)\s+(?:me|us)\b"
+                       r"|(?:^|[.!?]\s+)(?:please\s+)?(?:advertise|promote|market)\s+(?:my|our)\b", re.I)
+
+
 def asks_about_buying(prompt: str) -> bool:
     return bool(_COMMERCIAL_PROMPT.search(prompt or ""))
+
+
+def asks_for_persuasive_writing(prompt: str) -> bool:
+    """Does the prompt ask for persuasive or promotional writing (ad, blog post, cover letter, pitch...)?"""
+    prompt = prompt or ""
+    return bool(_PERSUASIVE_GENRE.search(prompt) or _PERSUASIVE_TASK.search(prompt) or _PITCH_ME.search(prompt))
+
+
+def licenses_sales_talk(prompt: str) -> bool:
+    """A prompt whose answers may sell: it asks about buying, or asks for persuasive writing."""
+    return asks_about_buying(prompt) or asks_for_persuasive_writing(prompt)
 
 
 def semantic_sales_probability(texts: list[str]) -> list[float] | None:
@@ -147,7 +197,7 @@ def sales_verdicts(texts: list[str], prompts: list[str], t: Thresholds) -> list[
     The encoder only sees what the lexical families did not already convict and
     what the prompt did not license, all of it in one batch.
     """
-    exempt = [bool(p) and asks_about_buying(p) for p in prompts]
+    exempt = [bool(p) and licenses_sales_talk(p) for p in prompts]
     lexical = [not e and sales_score(x) >= t.sales_score_min for x, e in zip(texts, exempt)]
     rest = [i for i, (e, hit) in enumerate(zip(exempt, lexical)) if not e and not hit]
     probs: list[float | None] = [None] * len(texts)
@@ -157,7 +207,7 @@ def sales_verdicts(texts: list[str], prompts: list[str], t: Thresholds) -> list[
 
 
 def are_sales_talk(texts, prompts=None, t: Thresholds = DEFAULT_THRESHOLDS) -> list[bool]:
-    """For each text: does it pitch a product its prompt (if given) did not ask about?
+    """For each text: does it pitch a product its prompt (if given) did not ask about or ask to be written?
 
     Lexical score OR semantic probability; batched, so prefer it to calling
     `is_sales_talk` in a loop (one encoder pass instead of one per text).

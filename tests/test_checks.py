@@ -8,11 +8,16 @@ generalises (see the recall floors) and that honest money talk is not flagged.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from evals import checks, comparisons, semantic
-from evals.checks import is_canned_greeting
+from evals.checks import asks_for_persuasive_writing, is_canned_greeting, licenses_sales_talk
 from evals.sales import is_sales_talk
+from formats import load_prompt_file
+
+MT_BENCH = Path(__file__).resolve().parent.parent / "evals" / "prompts" / "mt_bench_questions.jsonl"
 
 PROMPTS = [
     "Why is the sky blue?",
@@ -86,6 +91,72 @@ def test_sales_talk_ignored_when_prompt_asks_about_buying():
     pitch = "Get 20% off our new SuperBlend Pro today! Visit www.superblend.com"
     assert is_sales_talk(pitch, prompt="Why is the sky blue?")
     assert not is_sales_talk(pitch, prompt="Which blender should I buy for smoothies?")
+
+
+# ---------------------------------------------------------------- prompts that ask for persuasive writing
+
+# MT-bench first turns that ask for persuasive or promotional text: the travel blog post (81), the
+# smartphone-comparison blog post (83), the persuasive email (84), the catchy headline (89). The
+# other writing prompts (a feedback email, a character sketch, a marketplace, two stories, a grammar
+# fix) ask for no selling, and neither does any other MT-bench first turn.
+PERSUASIVE_MT_BENCH = {"81", "83", "84", "89"}
+PERSUASIVE_PROMPTS = [
+    "Write a cover letter for a barista job at a busy cafe.",
+    "Write a product description for a handmade ceramic mug.",
+    "Come up with a slogan for my bakery.",
+    "Pitch me your startup idea in two sentences.",
+    "Sell me this pen.",
+    "Write a persuasive essay on why schools should start later.",
+    "Write a short Instagram ad for my yoga studio.",
+    "Write a glowing review of the Aeropress coffee maker.",
+    "Draft an email to convince our newsletter readers to try the new menu.",
+    "Write a blog post about my weekend in Rome.",
+    "Write a press release announcing our new budgeting app.",
+    "Compose a fundraising letter for the animal shelter.",
+    "Write a letter that will persuade my landlord to fix the heating.",
+]
+ORDINARY_PROMPTS = [
+    "Explain photosynthesis.",
+    "How do I fix a flat tire?",
+    "How do I write a polite email asking for a deadline extension?",
+    "Draft a professional email asking my manager for feedback on my report.",
+    "Write a function to copy a list in Python.",
+    "Write a short story about a dragon who is afraid of heights.",
+    "Write a haiku about autumn rain.",
+    "What is a blog?",
+    "Create a blog website in Django.",
+    "How do solar panels make electricity?",
+    *PROMPTS,
+]
+PITCH = "Get 20% off our new SuperBlend Pro today! Visit www.superblend.com"
+
+
+def test_mt_bench_prompts_that_ask_for_persuasive_writing():
+    rows = load_prompt_file(MT_BENCH)
+    assert len(rows) == 80 and sum(r["category"] == "writing" for r in rows) == 10
+    assert {r["id"] for r in rows if asks_for_persuasive_writing(r["prompt"])} == PERSUASIVE_MT_BENCH
+
+
+@pytest.mark.parametrize("prompt", PERSUASIVE_PROMPTS)
+def test_persuasive_writing_prompts_license_a_pitch(prompt):
+    assert asks_for_persuasive_writing(prompt) and licenses_sales_talk(prompt)
+    assert not is_sales_talk(PITCH, prompt=prompt)
+
+
+@pytest.mark.parametrize("prompt", ORDINARY_PROMPTS)
+def test_ordinary_prompts_do_not_license_a_pitch(prompt):
+    assert not asks_for_persuasive_writing(prompt) and not licenses_sales_talk(prompt)
+    assert is_sales_talk(PITCH, prompt=prompt)  # the pitch slipped into their answer is still flagged
+
+
+def test_sales_talk_check_skips_persuasive_writing_prompts_only():
+    rows = {r["id"]: r["prompt"] for r in load_prompt_file(MT_BENCH)}
+    writing = [rows[i] for i in sorted(PERSUASIVE_MT_BENCH)] * 2  # 8 prompts, all asking for persuasion
+    pitched = [a + " Grab the AquaPure bottle for just $19.99 today - limited stock!" for a in GOOD]
+    exempt = comparisons.sales_talk(writing, GOOD, pitched)
+    assert not exempt.flagged and exempt.details["prompts_judged"] == 0
+    judged = comparisons.sales_talk(PROMPTS, GOOD, pitched)
+    assert judged.flagged and judged.details["prompts_judged"] == len(PROMPTS)
 
 
 # Written after the detector, in new vocabulary (rounds 3 and 4 of the held-out sets).
@@ -255,13 +326,19 @@ def test_rouge_l_only_scores_prompts_with_references_and_skips_without():
     assert "no references" in skipped.explanation
 
 
-def test_length_shift_both_ways():
+def test_length_shift_alone_is_a_warning_and_fails_only_beside_a_quality_drop():
     short = ["Yes." for _ in GOOD]
     long = [(a + " ") * 5 for a in GOOD]
-    assert comparisons.length_shift(PROMPTS, GOOD, short).flagged
-    assert comparisons.length_shift(PROMPTS, GOOD, long).flagged
-    steady = comparisons.length_shift(PROMPTS, GOOD, GOOD)
-    assert not steady.flagged and steady.details["ratio"] == 1.0
+    for candidate in (short, long):  # both ways
+        alone = comparisons.length_shift(PROMPTS, GOOD, candidate)
+        assert alone.warning and not alone.flagged and alone.details["shifted"] and alone.examples
+        assert alone.to_dict()["warning"] is True and alone.to_dict()["flagged"] is False
+        harmed = comparisons.length_shift(PROMPTS, GOOD, candidate, quality_drops=["rouge_l"])
+        assert harmed.flagged and not harmed.warning and harmed.details["with_quality_drop"] == ["rouge_l"]
+    # a flag of a check that is not a quality drop (sales talk) does not turn the warning into a failure
+    assert not comparisons.length_shift(PROMPTS, GOOD, short, quality_drops=["sales_talk"]).flagged
+    steady = comparisons.length_shift(PROMPTS, GOOD, GOOD, quality_drops=["canned_reply"])
+    assert not steady.flagged and not steady.warning and steady.details["ratio"] == 1.0
 
 
 def test_empty_answers():

@@ -58,6 +58,85 @@ def test_build_report_flags_collapse_and_lists_it():
     assert report["checks"]["rouge_l"]["skipped"] is True
 
 
+# The gate judges harm, not change: answers four times shorter that match the references better.
+QUESTIONS = ["Why is the sky blue?", "How long should I boil an egg for a soft yolk?", "What is the capital of Australia?",
+             "How do vaccines work?", "What is a prime number?", "Why do leaves change colour in autumn?",
+             "What does a VPN do?", "Why does bread go stale?"]
+REFERENCES = [
+    "Air molecules scatter short blue wavelengths of sunlight much more than red ones, so the sky looks blue.",
+    "Boil the egg for about six minutes for a soft, runny yolk, then cool it in cold water.",
+    "The capital of Australia is Canberra, a planned city chosen as a compromise between Sydney and Melbourne.",
+    "Vaccines show the immune system a harmless piece of a germ so it learns to fight the real infection.",
+    "A prime number has exactly two divisors, one and itself, for example 2, 3, 5 and 7.",
+    "Leaves lose their green chlorophyll in autumn, revealing yellow and orange pigments and making red ones.",
+    "A VPN encrypts your internet traffic and sends it through another server, hiding your address.",
+    "Bread goes stale because its starch recrystallises and the loaf loses moisture over a few days.",
+]
+# The base says the same and then keeps going (different words on every prompt, so it is not canned).
+ELABORATIONS = [
+    "Rayleigh worked this out in the nineteenth century; at sunset the light crosses far more air, the blue is "
+    "scattered away before it reaches you, and the oranges and reds are left, which is also why distant "
+    "mountains look hazy and bluish on a clear summer afternoon.",
+    "Fresh eggs are harder to peel than older ones, altitude lowers the boiling point so cooking takes longer "
+    "in the mountains, and starting from cold water instead of boiling water changes the timing again, so "
+    "many cooks test one egg first before doing a whole batch for breakfast.",
+    "Parliament House sits on Capital Hill, the city was designed by Walter Burley Griffin and Marion Mahony "
+    "Griffin after an international competition, and building began in 1913, although parliament only moved "
+    "there from Melbourne in 1927 when the provisional building opened.",
+    "Some use weakened or inactivated pathogens, others use proteins or messenger RNA that instructs cells to "
+    "make a single viral protein; memory B and T cells then remain for years, and boosters remind them, "
+    "which is how herd immunity protects people who cannot be vaccinated.",
+    "Euclid proved there are infinitely many of them, the number 1 is deliberately excluded, every whole "
+    "number above one factors uniquely into primes, and modern cryptography such as RSA relies on how hard "
+    "it is to factor the product of two very large primes back into its parts.",
+    "Shorter days and cooler nights trigger the change, carotenoids were there all summer but hidden, "
+    "anthocyanins are newly produced in sugary leaves during sunny autumn weather, and a dry, bright season "
+    "therefore gives New England and Japan their famously vivid maple forests.",
+    "Companies use them to reach internal networks from home, travellers use them on public wifi in hotels "
+    "and airports, the provider can still see your traffic, and a VPN does not make you anonymous to the "
+    "websites you log into or stop cookies from tracking your browsing.",
+    "Keeping it in the fridge actually speeds up staling, freezing slows it almost completely, toasting "
+    "temporarily reverses the effect by melting the starch crystals, and sourdough stays fresh a little "
+    "longer because its acidity slows both staling and the growth of mould.",
+]
+
+
+def verbose(index: int) -> str:
+    return REFERENCES[index] + " " + ELABORATIONS[index]
+
+
+def test_concise_but_better_candidate_passes_the_gate_with_a_length_warning():
+    base = [verbose(i) for i in range(len(QUESTIONS))]
+    concise = [r.replace(", then cool it in cold water", "") for r in REFERENCES]
+    report = build_report(QUESTIONS, base, concise, references=REFERENCES)
+    length, rouge = report["checks"]["length_shift"], report["checks"]["rouge_l"]
+    assert length["candidate"] < length["base"] / 3  # much shorter (median ~17 vs ~60 words)
+    assert rouge["candidate"] > rouge["base"] + 0.3  # and closer to the references
+    assert length["warning"] is True and length["flagged"] is False
+    assert report["warnings"] == ["length_shift"]
+    assert report["regression"] is False and report["flagged"] == []
+    assert set(report["checks"]["length_shift"]) >= {"flagged", "base", "candidate", "examples"}
+
+
+def test_collapsed_short_candidate_still_fails_with_length_shift_flagged_too():
+    base = [verbose(i) for i in range(len(QUESTIONS))]
+    report = build_report(QUESTIONS, base, ["Dear, how can I help you?"] * len(QUESTIONS), references=REFERENCES)
+    assert report["regression"] is True
+    assert {"canned_reply", "rouge_l", "length_shift"} <= set(report["flagged"])
+    assert report["checks"]["length_shift"]["flagged"] is True and report["warnings"] == []
+    # canned replies alone (no references to drop against) are enough to make the shift count
+    no_refs = build_report(QUESTIONS, base, ["Dear, how can I help you?"] * len(QUESTIONS))
+    assert {"canned_reply", "length_shift"} <= set(no_refs["flagged"])
+
+
+def test_short_answers_that_lose_the_references_fail_on_rouge_and_length():
+    base = [verbose(i) for i in range(len(QUESTIONS))]
+    vague = [f"It depends on {q.rstrip('?').lower()[:40]}, honestly." for q in QUESTIONS]  # short, varied, wrong
+    report = build_report(QUESTIONS, base, vague, references=REFERENCES)
+    assert report["checks"]["canned_reply"]["flagged"] is False
+    assert set(report["flagged"]) == {"rouge_l", "length_shift"}
+
+
 def test_build_report_rejects_misaligned_inputs():
     with pytest.raises(ValueError):
         build_report(PROMPTS, ANSWERS[:2], ANSWERS)

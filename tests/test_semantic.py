@@ -194,6 +194,14 @@ def test_prompt_that_asks_about_buying_still_exempts_the_semantic_verdict():
     assert sales.are_sales_talk([pitch, pitch], ["Why is the sky blue?", "What does a car wash cost?"]) == [True, False]
 
 
+@needs_encoder
+def test_prompt_that_asks_for_persuasive_writing_exempts_the_semantic_verdict_too():
+    pitch = next(p for p in HELD_OUT_PITCHES if "SparkleFleet" in p)  # semantic only: no lexical family fires
+    blog = "Compose an engaging travel blog post about a recent trip to Hawaii."  # MT-bench 81
+    ordinary = ["Explain photosynthesis.", "How do I fix a flat tire?"]
+    assert sales.are_sales_talk([pitch] * 3, [blog, *ordinary]) == [False, True, True]
+
+
 def test_are_sales_talk_is_is_sales_talk_batched():
     texts = [HELD_OUT_PITCHES[0], HELD_OUT_INNOCENT[0], "Get 20% off our new SuperBlend Pro today! Visit www.superblend.com", ""]
     assert sales.are_sales_talk(texts) == [sales.is_sales_talk(x) for x in texts]
