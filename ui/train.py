@@ -105,7 +105,7 @@ def start_round(services: Services, recipe, method, start_from, *knob_values):
     except JobBusy as exc:
         raise gr.Error(str(exc)) from exc
     gr.Info(f"Round {job.round_id} started on snapshot {snapshot.name}.")
-    return round_status(services)
+    return status_and_gate(services, method)
 
 
 def export_data(services: Services, kind: str, fmt: str) -> str:
@@ -116,9 +116,9 @@ def export_data(services: Services, kind: str, fmt: str) -> str:
     return str(target)
 
 
-def cancel_round(services: Services):
+def cancel_round(services: Services, method: str):
     gr.Info(services.jobs.cancel())
-    return round_status(services)
+    return status_and_gate(services, method)
 
 
 def progress_html(done: int, total: int, label: str) -> str:
@@ -248,8 +248,9 @@ def train_tab(services: Services):
     method.input(default_recipe, method, recipe, **private)
     for trigger in (method.change, refresh_data.click):
         trigger(partial(start_gate, services), method, gate, **private)
-    start.click(partial(start_round, services), [recipe, method, start_from, *knobs], outputs, **private)
-    cancel.click(partial(cancel_round, services), None, outputs, **private)
+    start.click(partial(start_round, services), [recipe, method, start_from, *knobs], [*outputs, start, reason],
+                **private)
+    cancel.click(partial(cancel_round, services), method, [*outputs, start, reason], **private)
     timer.tick(partial(status_and_gate, services), method, [*outputs, start, reason], **private)
     refresh_history.click(partial(past_rounds, services), None, history, **private)
     export_button.click(partial(export_data, services), [export_kind, export_format], export_file, **private)

@@ -1,0 +1,160 @@
+"""The whole loop in a real browser on the real embedded model, as a new user walks it:
+import the MT-bench prompts, label comparisons with the keyboard, train a DPO round, let its
+evals run by themselves, promote it, and find the candidate in the Arena and the Chat.
+
+Settings are small so it fits CI (answers of 64 tokens, 2 training steps, evals on 4 prompts);
+everything else is the app as `make run` starts it. Screenshots go to test-artifacts/loop-*.png.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_browser import ARTIFACTS, CHROMIUM, browser, free_port, wait_until_serving  # noqa: F401 (fixture)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)"),
+]
+MT_BENCH = ROOT / "evals" / "prompts" / "mt_bench_questions.jsonl"
+LABELS = 8
+ROUND_ID = re.compile(r"\br-\d{8}-\d{6}-")  # pipeline.new_round_id
+
+
+@pytest.fixture(scope="module")
+def loop_app(tmp_path_factory, embedded_model_dir):
+    data_dir = tmp_path_factory.mktemp("loop-data")
+    (data_dir / "cache").mkdir()
+    os.symlink(embedded_model_dir.parent, data_dir / "cache" / "models")  # reuse the converted model
+    eval_prompts = data_dir / "eval-prompts.jsonl"
+    eval_prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [
+        "What is the capital of France?", "Give me one tip for better sleep.",
+        "Explain what a prime number is.", "Name three primary colors."]))
+    port = free_port()
+    log = data_dir / "app.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port),
+             "--eval-prompts", str(eval_prompts), "--eval-max-new-tokens", "24"],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, log)
+        yield url, data_dir
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def text_of(page, selector: str) -> str:
+    return page.inner_text(selector).replace("*", "").replace("`", "")
+
+
+def shot(page, name: str) -> None:
+    ARTIFACTS.mkdir(exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / f"loop-{name}.png"), full_page=True)
+
+
+def set_number(page, selector: str, value) -> None:
+    page.fill(f"{selector} input[type=number]", str(value))
+    page.press(f"{selector} input[type=number]", "Enter")
+
+
+def label(page, n: int) -> None:
+    """Take the next queued prompt, generate, vote with keys 1/2 (A, B, A, ...), n times."""
+    for i in range(n):
+        page.click("#arena-next")
+        page.wait_for_function("() => document.querySelector('#arena-prompt textarea').value.length > 0")
+        page.click("#arena-generate")
+        page.wait_for_selector("#vote-a:not([disabled])", timeout=180_000)
+        assert not ROUND_ID.search(page.inner_text("#arena-a") + page.inner_text("#arena-b"))  # blind until the vote
+        page.keyboard.press("1" if i % 2 == 0 else "2")
+        page.wait_for_function(
+            "() => document.querySelector('#arena-reveal').innerText.includes('Vote saved')", timeout=60_000)
+        if i == 0:
+            shot(page, "2-label")
+
+
+def test_import_label_train_eval_promote_then_compare(browser, loop_app):
+    url, data_dir = loop_app
+    page = browser.new_page(viewport={"width": 1400, "height": 1100})
+    page.goto(url)
+
+    # 1. import the MT-bench questions into the queue
+    page.get_by_text("Models compared (admins)").click()
+    page.set_input_files("input[type=file]", str(MT_BENCH))
+    page.click("#arena-import")
+    page.wait_for_function(
+        "() => document.querySelector('#arena-progress').innerText.includes('in the queue: 80')", timeout=30_000)
+    assert "Cold start" in page.inner_text("#arena-progress")
+    shot(page, "1-import")
+    page.get_by_text("Sampling settings (apply to both sides)").locator("visible=true").first.click()
+    set_number(page, "#arena-max-tokens", 64)
+
+    # 2. label with the keyboard
+    label(page, LABELS)
+    assert f"in all: {LABELS}" in text_of(page, "#arena-progress")
+
+    # 3. train a small DPO round from the Train tab
+    page.get_by_role("tab", name="Train").click()
+    page.wait_for_function(f"() => document.querySelector('#train-data').innerText.includes('{LABELS} votes')")
+    page.get_by_text("Hyper-parameters (from the recipe; edit freely)").click()
+    set_number(page, "#knob-max_steps", 2)
+    page.wait_for_selector("#train-start:not([disabled])", timeout=30_000)
+    page.click("#train-start")
+    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('training')",
+                           timeout=60_000)
+    assert page.is_disabled("#train-start")  # one round at a time
+    # 4. its evals start by themselves once the round is done
+    page.wait_for_function(
+        "() => /evals.*finished|evals.*failed|training.*failed/.test(document.querySelector('#train-status').innerText)",
+        timeout=600_000)
+    status = text_of(page, "#train-status")
+    assert "evals" in status and "finished" in status, status
+    shot(page, "3-train")
+    round_id = next(p.name for p in (data_dir / "checkpoints").iterdir() if not p.name.startswith("."))
+    assert json.loads((data_dir / "checkpoints" / round_id / "round.json").read_text())["quantization"].startswith("nf4")
+
+    # 5. read the eval and promote (with a reason if the gate blocks)
+    page.get_by_role("tab", name="Evals").click()
+    page.get_by_role("button", name="↻ Refresh").click()
+    page.wait_for_function(f"() => document.querySelector('#evals-gate').innerText.includes('checks pass')"
+                           f" || document.querySelector('#evals-gate').innerText.includes('blocked')", timeout=30_000)
+    if "blocked" in page.inner_text("#evals-gate"):
+        page.get_by_label("Override reason (required only when the gate blocks)").fill("walkthrough test")
+    shot(page, "4-evals")
+    page.click("#evals-promote")
+    page.wait_for_function(
+        f"() => document.querySelector('#evals-gate').innerText.includes('Current candidate: {round_id}')"
+        f" || document.querySelector('#evals-gate').innerText.replaceAll('`', '').includes('Current candidate: {round_id}')",
+        timeout=30_000)
+
+    # 6. the Arena now compares the candidate with the base; the reveal names it after the vote
+    page.get_by_role("tab", name="Arena").click()
+    page.reload()
+    page.wait_for_function(
+        "() => document.querySelector('#arena-progress').innerText.includes('promoted candidate')", timeout=30_000)
+    set_number(page, "#arena-max-tokens", 32)
+    page.fill("#arena-prompt textarea", "Name a planet.")
+    page.click("#arena-generate")
+    page.wait_for_selector("#vote-a:not([disabled])", timeout=180_000)
+    page.keyboard.press("3")
+    page.wait_for_function(
+        "() => document.querySelector('#arena-reveal').innerText.includes('Vote saved')", timeout=60_000)
+    assert round_id in page.inner_text("#arena-reveal") and "base" in page.inner_text("#arena-reveal")
+    shot(page, "5-arena-candidate")
+
+    # ... and the Chat tab offers it beside the base
+    page.get_by_role("tab", name="Chat").click()
+    page.wait_for_function(  # the tab's select event refreshes the pickers; the right side offers the newest
+        f"() => [...document.querySelectorAll('input')].some(i => i.value === '{round_id}')", timeout=30_000)
+    page.close()
