@@ -1,6 +1,8 @@
 """The files that pass between the rooms, read and written in one place.
 
-- TRL conversational rows: message checks, content hashes, atomic JSONL/Parquet writes.
+- TRL conversational rows: message checks, content hashes, atomic JSONL/Parquet writes,
+  and the manifest beside a training snapshot (`<snapshot>.manifest.json`: method, rows,
+  what the data lint left out) that the trainer copies into round.json.
 - Prompt and reference files: JSONL (`{"prompt"}` or MT-bench `{"turns"}`) and CSV,
   read here for the Arena import, the labeling CLI and the evals alike.
 - Progress files of a training or eval subprocess: `<kind>` events (JSONL),
@@ -167,6 +169,38 @@ def write_rows(rows: list[dict], path) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def manifest_path(snapshot_path) -> Path:
+    """`<snapshot>.manifest.json`: what a training snapshot holds and what was left out of it."""
+    snapshot_path = Path(snapshot_path)
+    return snapshot_path.with_name(snapshot_path.name + ".manifest.json")
+
+
+def write_manifest(snapshot_path, data: dict) -> Path:
+    """Write the manifest beside a snapshot atomically (temp file + fsync + rename); returns its path."""
+    path = manifest_path(snapshot_path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(data, f, indent=1, ensure_ascii=False)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_manifest(snapshot_path) -> dict | None:
+    """The manifest beside a snapshot, or None when there is none (an export, an older snapshot) or it is unreadable."""
+    try:
+        data = json.loads(manifest_path(snapshot_path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
 
 
 # ---------------------------------------------------------------- progress files of a subprocess

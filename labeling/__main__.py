@@ -14,7 +14,6 @@ from pathlib import Path
 
 from formats import load_prompt_file, write_rows
 from labeling import pairs
-from labeling.lint import lint
 from labeling.store import Store, StoreLocked
 
 
@@ -36,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _export(args) -> None:
+    """Every row the votes give; the lint says what a training round would leave out of them."""
     if args.out.suffix.lower() not in (".parquet", ".jsonl"):
         raise ValueError(f"--out must end in .parquet or .jsonl, got {args.out.name}")
     with Store(args.data_dir, read_only=True) as store:
@@ -44,11 +44,14 @@ def _export(args) -> None:
     write_rows(rows, args.out)
     print(f"wrote {len(rows)} {args.format} rows to {args.out} "
           f"({report['votes']} votes, {len(report['conflicts'])} conflicts, {report['dropped_split']} dropped)")
-    if args.format == "dpo":
-        checked = lint(rows)
-        print(checked.summary())
-        for issue in checked.issues:
-            print(f"  {issue.severity}: {issue.code} x{issue.count}: {issue.message} (rows {list(issue.examples[:5])})")
+    data = pairs.training_data_report(labeled)  # DPO and SFT are linted alike: SFT answers are DPO chosen sides
+    print(data.lint.summary())
+    for issue in data.lint.issues:
+        print(f"  {issue.severity}: {issue.code} x{issue.count}: {issue.message} "
+              f"(comparisons {', '.join(str(r['comparison_id'])[:8] for r in issue.rows[:5])})")
+    if data.excluded:
+        print(f"a training round leaves out {len(data.excluded)} comparisons by default: "
+              f"DPO {data.usable_dpo} of {data.dpo_rows} rows, SFT {data.usable_sft} of {data.sft_rows} rows usable")
 
 
 def _import(args) -> None:

@@ -1,9 +1,14 @@
-"""The data lint: DPO pairs in, a LintReport out (errors block a round, warnings are shown).
+"""The data lint: DPO pairs in, a LintReport out; what it flags is what a round leaves out.
 
 Run on the pairs a round would train on, before it starts: garbage in the data
-is what teaches collapse, pitching and stopping mid-sentence. The canned-reply
-and sales-talk verdicts come from evals.checks, so the data and the checkpoint
-are judged by one definition.
+is what teaches collapse, pitching and stopping mid-sentence. The lint filters,
+it does not stall: every row with an error (empty, canned, sales talk) is left
+out of the round's snapshot, and so are answers cut off by the token limit,
+unless an admin includes them on purpose (labeling/pairs.py, training_rows).
+Warnings are shown and kept. The canned-reply and sales-talk verdicts come from
+evals.checks, so the data and the checkpoint are judged by one definition; a
+prompt that asks for a pitch (shopping advice, an ad, a blog post, a cover
+letter) licenses the pitch in its answer there too.
 """
 
 from __future__ import annotations
@@ -16,22 +21,41 @@ from dataclasses import dataclass, field
 from evals.checks import are_sales_talk, is_canned_greeting
 
 LENGTH_RATIO_LIMIT = 8.0
-# One stray canned/sales "chosen" answer is noise the loss absorbs; a pattern is
-# what teaches collapse or pitching, so past this share it blocks the round.
-PATTERN_ERROR_SHARE = 0.05
 TRUNCATION_MIN_WORDS = 20  # short answers ("Paris") legitimately skip final punctuation
 SENTENCE_END = tuple('.!?…"\'”’)]}>*`') + ("。", "！", "？")
 LIST_OR_TABLE_LINE = re.compile(r"^\s*([-*+|•]|\d+[.)])")
 
+# code -> (severity, reason). An "error" row is left out of a round unless include_flagged;
+# a cut-off row (CUT_OFF) unless include_cut_off; a "warning" is shown and kept. Canned and
+# sales answers are errors even when there is only one: leaving one pair out costs nothing,
+# while the pattern it starts is what teaches collapse or pitching.
+RULES = {
+    "empty_answer": ("error", "chosen or rejected answer is empty"),
+    "chosen_equals_rejected": ("error", "chosen and rejected are the same text (no preference signal)"),
+    "canned_chosen": ("error", "chosen answer is a canned greeting (teaches collapse)"),
+    "sales_chosen": ("error", "chosen answer contains sales talk the prompt did not ask for (teaches pitching)"),
+    "truncated_chosen": ("warning", "chosen answer was cut off by the token limit or looks cut off (teaches "
+                                    "the model to stop mid-sentence); left out unless cut-off answers are included"),
+    "truncated_rejected": ("warning", "rejected answer was cut off by the token limit or looks cut off "
+                                      "(may teach a length preference); left out of DPO unless cut-off answers "
+                                      "are included"),
+    "duplicate": ("warning", "exact duplicate pairs over-weight one example"),
+    "length_ratio": ("warning", f"one answer is over {LENGTH_RATIO_LIMIT:g}x longer than the other (length bias)"),
+}
+CUT_OFF = ("truncated_chosen", "truncated_rejected")
+EXAMPLES_KEPT = 20  # row indices per issue in `examples` (`rows` keeps every flagged row)
+
 
 @dataclass(frozen=True)
 class LintIssue:
-    severity: str  # "error" blocks a round; "warning" is shown to the admin
+    severity: str  # "error": the row is left out of a round by default; "warning": shown, kept
     code: str
     message: str
     examples: tuple[int, ...]  # row indices, capped
     count: int = 0
     sample: str = ""  # an excerpt of the first offending text, for the UI
+    # every flagged row: {"index", "comparison_id" (None when unknown), "prompt", "answer"}, full texts
+    rows: tuple[dict, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -56,6 +80,14 @@ class LintReport:
                 "issues": [{"severity": i.severity, "code": i.code, "message": i.message, "count": i.count,
                             "examples": list(i.examples), "sample": i.sample} for i in self.issues]}
 
+    def to_frame_rows(self) -> list[dict]:
+        """One dict per flagged row, errors first: severity, code, reason, prompt, answer, comparison_id.
+
+        Texts are whole; the UI shortens them (and lets the reader expand them)."""
+        return [{"severity": i.severity, "code": i.code, "reason": RULES.get(i.code, ("", i.message))[1],
+                 "prompt": row["prompt"], "answer": row["answer"], "comparison_id": row["comparison_id"]}
+                for i in self.issues for row in i.rows]
+
     def summary(self) -> str:
         verdict = "ok" if self.ok else "NOT ok"
         return f"lint {verdict}: {self.rows} rows, {len(self.errors)} errors, {len(self.warnings)} warnings"
@@ -67,7 +99,8 @@ class LintReport:
         lines += ["", "| severity | check | rows | message | examples |", "|---|---|---|---|---|"]
         for i in self.issues:
             message = i.message.replace("|", "\\|").replace("\n", " ")
-            lines.append(f"| {i.severity} | `{i.code}` | {i.count} | {message} | {', '.join(map(str, i.examples[:5]))} |")
+            examples = ", ".join(map(str, i.examples[:5]))
+            lines.append(f"| {i.severity} | `{i.code}` | {i.count} | {message} | {examples} |")
         return "\n".join(lines)
 
 
@@ -85,19 +118,31 @@ def looks_truncated(text: str) -> bool:
     return not text.endswith(SENTENCE_END)
 
 
+def is_cut_off(text: str, recorded: bool = False) -> bool:
+    """An answer a round should not learn from as it stands: the Arena recorded it as cut by the token
+    limit and not trimmed back to a complete sentence (`recorded`), or it looks cut off."""
+    return bool(recorded) or looks_truncated(text)
+
+
 def _text(messages) -> str:
     if isinstance(messages, list) and messages and isinstance(messages[-1], dict):
         return str(messages[-1].get("content") or "")
     return ""
 
 
-def lint(dpo_rows: list[dict]) -> LintReport:
-    found: dict[str, list[int]] = defaultdict(list)
-    samples: dict[str, str] = {}
+def lint(dpo_rows: list[dict], comparison_ids: list[str | None] | None = None,
+         cut_off: list[tuple[bool, bool]] | None = None) -> LintReport:
+    """Lint DPO pairs. `comparison_ids` names each row's comparison (for the UI and the exclusions);
+    `cut_off` is the Arena's record per row, (chosen cut and not trimmed, rejected cut and not trimmed)."""
+    ids = list(comparison_ids) if comparison_ids is not None else [None] * len(dpo_rows)
+    cuts = list(cut_off) if cut_off is not None else [(False, False)] * len(dpo_rows)
+    if len(ids) != len(dpo_rows) or len(cuts) != len(dpo_rows):
+        raise ValueError(f"{len(dpo_rows)} rows but {len(ids)} comparison ids and {len(cuts)} cut-off records")
+    found: dict[str, list[dict]] = defaultdict(list)
 
     def flag(code: str, index: int, text: str) -> None:
-        found[code].append(index)
-        samples.setdefault(code, " ".join(text.split())[:80])
+        found[code].append({"index": index, "comparison_id": ids[index],
+                            "prompt": _text(dpo_rows[index].get("prompt")), "answer": text})
 
     # one batched call: the semantic sales detector embeds all chosen answers at once
     sales = are_sales_talk([_text(r.get("chosen")) for r in dpo_rows], [_text(r.get("prompt")) for r in dpo_rows])
@@ -113,37 +158,26 @@ def lint(dpo_rows: list[dict]) -> LintReport:
             continue  # the remaining checks are meaningless on an empty side
         if chosen.strip() == rejected.strip():
             flag("chosen_equals_rejected", index, chosen)
-        for side, text in (("chosen", chosen), ("rejected", rejected)):
-            if looks_truncated(text):
+        for side, text, recorded in (("chosen", chosen, cuts[index][0]), ("rejected", rejected, cuts[index][1])):
+            if is_cut_off(text, recorded):
                 flag(f"truncated_{side}", index, text)
         short, long = sorted((len(chosen.strip()), len(rejected.strip())))
         if long / short > LENGTH_RATIO_LIMIT:
             flag("length_ratio", index, chosen)
         if is_canned_greeting(chosen):
             flag("canned_chosen", index, chosen)
-        if sales[index]:  # asked-for shopping advice is exempt inside are_sales_talk
+        if sales[index]:  # asked-for shopping advice and persuasive writing are exempt inside are_sales_talk
             flag("sales_chosen", index, chosen)
 
     total = max(len(dpo_rows), 1)
-    messages = {
-        "empty_answer": ("error", "chosen or rejected answer is empty"),
-        "chosen_equals_rejected": ("error", "chosen and rejected are the same text (no preference signal)"),
-        "duplicate": ("warning", "exact duplicate pairs over-weight one example"),
-        "truncated_chosen": ("warning", "chosen answer looks cut off (teaches the model to stop mid-sentence)"),
-        "truncated_rejected": ("warning", "rejected answer looks cut off (may teach a length preference)"),
-        "length_ratio": ("warning", f"one answer is over {LENGTH_RATIO_LIMIT:g}x longer than the other (length bias)"),
-        "canned_chosen": ("pattern", "chosen answer is a canned greeting (teaches collapse)"),
-        "sales_chosen": ("pattern", "chosen answer contains sales talk (teaches pitching)"),
-    }
     issues = []
-    for code, (severity, message) in messages.items():
-        indices = found.get(code)
-        if not indices:
+    for code, (severity, message) in RULES.items():
+        flagged = found.get(code)
+        if not flagged:
             continue
-        if severity == "pattern":
-            share = len(indices) / total
-            severity = "error" if share >= PATTERN_ERROR_SHARE else "warning"
-            message = f"{message}: {share:.0%} of pairs"
-        issues.append(LintIssue(severity, code, message, tuple(indices[:20]), len(indices), samples[code]))
+        if code in ("canned_chosen", "sales_chosen"):
+            message = f"{message}: {len(flagged) / total:.0%} of pairs"
+        issues.append(LintIssue(severity, code, message, tuple(r["index"] for r in flagged[:EXAMPLES_KEPT]),
+                                len(flagged), " ".join(flagged[0]["answer"].split())[:80], tuple(flagged)))
     issues.sort(key=lambda i: i.severity != "error")  # errors first, stable otherwise
     return LintReport(len(dpo_rows), tuple(issues))

@@ -16,7 +16,9 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from formats import canonical_jsonl, clean_messages, content_hash as messages_hash, write_rows
+from formats import (
+    canonical_jsonl, clean_messages, content_hash as messages_hash, now_iso, write_manifest, write_rows,
+)
 from labeling import agreement, pairs
 from labeling.db import Database, StoreLocked, utc_now as _now
 
@@ -78,6 +80,19 @@ def _required(value, name: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ValueError(f"{name} must be a non-empty string")
     return value.strip()
+
+
+def _check_format(fmt: str) -> None:
+    if fmt not in ("jsonl", "parquet"):
+        raise ValueError(f"snapshot format must be jsonl or parquet, got {fmt!r}")
+
+
+def _write_content_named(kind: str, rows: list[dict], out_dir, fmt: str) -> Path:
+    """`<kind>-<sha>.<fmt>`; an existing file of the same rows is reused, never rewritten."""
+    # hash the canonical JSONL so the name depends on the data, not on the parquet writer
+    digest = hashlib.sha256(canonical_jsonl(rows)).hexdigest()[:12]
+    path = Path(out_dir) / f"{kind}-{digest}.{fmt}"
+    return path if path.exists() else write_rows(rows, path)
 
 
 # ---- the store --------------------------------------------------------------------
@@ -233,7 +248,8 @@ class Store:
     # ---- snapshots, promotions, stats ----
 
     def training_data_report(self) -> pairs.TrainingDataReport:
-        """Votes, DPO/SFT row counts, the DPO build report and the data lint, computed once per state.
+        """Votes, DPO/SFT row counts, the DPO build report, the data lint and what a round would leave
+        out by default (`excluded`, `usable_dpo`, `usable_sft`), computed once per state.
 
         The Train tab asks on every page load and tab visit, and the lint (with the
         sales encoder) takes seconds on a few thousand pairs, while the answer only
@@ -248,14 +264,33 @@ class Store:
             return self._report[1]
 
     def write_snapshot(self, kind: str, out_dir, fmt: str = "jsonl") -> Path:
-        """An immutable training file named by the hash of its rows; an existing one is reused."""
-        if fmt not in ("jsonl", "parquet"):
-            raise ValueError(f"snapshot format must be jsonl or parquet, got {fmt!r}")
+        """Every row the votes give, in an immutable file named by the hash of its rows (exports)."""
+        _check_format(fmt)
         rows, _ = pairs.build(kind, self.labeled_rows())
-        # hash the canonical JSONL so the name depends on the data, not on the parquet writer
-        digest = hashlib.sha256(canonical_jsonl(rows)).hexdigest()[:12]
-        path = Path(out_dir) / f"{kind}-{digest}.{fmt}"
-        return path if path.exists() else write_rows(rows, path)
+        return _write_content_named(kind, rows, out_dir, fmt)
+
+    def training_snapshot(self, method: str, out_dir: Path, *, include_flagged: bool = False,
+                          include_cut_off: bool = False, fmt: str = "jsonl") -> pairs.Snapshot:
+        """What a `method` round trains on: the rows less what the data lint leaves out, and a manifest.
+
+        Comparisons with an error-level lint row (empty, canned, sales talk) and rows that train
+        on a cut-off answer are left out unless `include_flagged` / `include_cut_off` (an admin's
+        choice). The file is immutable and named by the hash of its rows; `<file>.manifest.json`
+        beside it (formats.write_manifest, rewritten by every call) records method, rows, the
+        include switches and one `excluded` entry per comparison left out. Raises ValueError when
+        no row is left; how many rows are enough is the caller's call.
+        """
+        _check_format(fmt)
+        report = self.training_data_report()  # cached: the lint with its sales encoder runs once per state
+        rows, excluded = pairs.training_rows(report, method, include_flagged=include_flagged,
+                                             include_cut_off=include_cut_off)
+        if not rows:
+            raise ValueError(pairs.nothing_left(method, excluded))
+        path = _write_content_named(method, rows, out_dir, fmt)
+        write_manifest(path, {"snapshot": path.name, "method": method, "rows": len(rows), "votes": report.votes,
+                              "include_flagged": include_flagged, "include_cut_off": include_cut_off,
+                              "excluded": excluded, "created_at": now_iso()})
+        return pairs.Snapshot(path, len(rows), excluded)
 
     def record_promotion(self, round_id: str, by: str, reason: str, overridden: bool) -> None:
         reason = (reason or "").strip()

@@ -63,6 +63,20 @@ def test_export_sft_and_kto_load_with_datasets(labeled_dir, tmp_path, kind, colu
     assert set(dataset.column_names) == columns and len(dataset) == count
 
 
+def test_export_lints_sft_too_and_says_what_a_round_leaves_out(data_dir, tmp_path, capsys):
+    pitch = "Red. Buy our premium paint set today for only $9.99 - 50% off, limited time offer at www.paints.com"
+    with Store(data_dir) as store:
+        for answer in ("Red.", pitch):
+            cid = store.add_comparison([{"role": "user", "content": "Name a primary colour."}], answer, "Blue is one.",
+                                       "base", "round-1", None, "hash1", {}, "ann")
+            store.record_vote(cid, "ann", "a")
+    assert main(["export", "--data-dir", str(data_dir), "--format", "sft", "--out", str(tmp_path / "s.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 2 sft rows" in printed  # the export holds everything; a round would not
+    assert "lint NOT ok" in printed and "error: sales_chosen x1" in printed
+    assert "leaves out 1 comparisons by default" in printed and "SFT 1 of 2 rows usable" in printed
+
+
 @pytest.mark.parametrize("args, message", [
     (["--format", "dpo", "--out", "x.csv"], "must end in .parquet or .jsonl"),
     (["--format", "dpo", "--out", "x.jsonl", "--data-dir", "/nonexistent/dir"], "no preferences database"),

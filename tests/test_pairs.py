@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from evals.checks import sales_score
+from evals.config import DEFAULT_THRESHOLDS
 from labeling import agreement, pairs
-from labeling.lint import lint, looks_truncated
+from labeling.lint import RULES
+from labeling.lint import is_cut_off, lint, looks_truncated
 
 PROMPT = [{"role": "user", "content": "What is the capital of France?"}]
 GOOD = "The capital of France is Paris."
 WORSE = "France is a country in Europe."
 
 
-def vote(choice, cid="c1", annotator="ann", a=GOOD, b=WORSE, better=None, prompt=PROMPT):
+def vote(choice, cid="c1", annotator="ann", a=GOOD, b=WORSE, better=None, prompt=PROMPT, params=None):
     return {"comparison_id": cid, "annotator": annotator, "choice": choice, "better_answer": better,
-            "messages": prompt, "answer_a": a, "answer_b": b}
+            "messages": prompt, "answer_a": a, "answer_b": b, "params": params or {}}
 
 
 def assistant(text):
@@ -146,11 +151,47 @@ def test_lint_duplicates_point_at_the_repeat():
     assert report.warnings[0].examples == (2,)
 
 
-def test_isolated_canned_answer_is_a_warning_a_pattern_is_an_error():
+def test_a_canned_or_sales_chosen_answer_is_an_error_even_alone():
+    # errors are left out of a round, not a reason to stall it: one stray pitch is dropped like a pattern
     clean = [dpo_row(f"Answer number {i} is here.", WORSE) for i in range(39)]
-    canned = dpo_row("Hello! How can I help you today?", WORSE)
-    assert codes(lint(clean + [canned]))["canned_chosen"] == "warning"  # 1 of 40
-    assert codes(lint(clean + [canned] * 3))["canned_chosen"] == "error"  # 3 of 42
+    report = lint(clean + [dpo_row("Hello! How can I help you today?", WORSE)])  # 1 of 40
+    assert codes(report)["canned_chosen"] == "error" and "2% of pairs" in report.errors[0].message
+    assert codes(lint(clean + [dpo_row(SALES, WORSE)]))["sales_chosen"] == "error"
+
+
+def test_lint_rows_carry_comparison_prompt_and_answer_for_the_ui():
+    flat_tire = [{"role": "user", "content": "How do I fix a flat tire?"}]
+    rows = [dpo_row(GOOD, WORSE), dpo_row(SALES, WORSE, flat_tire), dpo_row(LONG_CUT, WORSE)]
+    report = lint(rows, comparison_ids=["c1", "c2", "c3"])
+    frame = report.to_frame_rows()
+    assert frame == [
+        {"severity": "error", "code": "sales_chosen", "reason": RULES["sales_chosen"][1],
+         "prompt": "How do I fix a flat tire?", "answer": SALES, "comparison_id": "c2"},
+        {"severity": "warning", "code": "truncated_chosen", "reason": RULES["truncated_chosen"][1],
+         "prompt": PROMPT[0]["content"], "answer": LONG_CUT, "comparison_id": "c3"},
+    ]  # errors first, full texts (the UI shortens them), no row numbers needed
+    assert lint(rows).to_frame_rows()[0]["comparison_id"] is None  # ids unknown: still a row per flag
+    with pytest.raises(ValueError, match="comparison ids"):
+        lint(rows, comparison_ids=["c1"])
+
+
+def test_recorded_cut_off_flags_an_answer_that_reads_complete():
+    complete_looking = "Paris, on the Seine, is the capital."
+    assert not is_cut_off(complete_looking) and is_cut_off(complete_looking, recorded=True)
+    report = lint([dpo_row(GOOD, complete_looking)], comparison_ids=["c1"], cut_off=[(False, True)])
+    assert codes(report) == {"truncated_rejected": "warning"}
+
+
+@pytest.mark.parametrize("params, expected", [
+    ({"cut_off": [True, False], "trimmed": [False, False]}, (True, False)),
+    ({"cut_off": [True, True], "trimmed": [True, False]}, (False, True)),  # trimmed back: a complete answer
+    ({"cut_off": [False, False], "trimmed": [False, False]}, (False, False)),
+    ({"cut_off": [False, True]}, (False, True)),  # no trimming recorded
+    ({"temperature": 0.7}, (False, False)),  # older comparisons: looks_truncated decides alone
+    (None, (False, False)),
+])
+def test_recorded_cut_off(params, expected):
+    assert pairs.recorded_cut_off(params) == expected
 
 
 def test_sales_talk_is_fine_when_the_prompt_asks_for_it():
@@ -173,6 +214,86 @@ def test_lint_report_serialises():
     assert [i["code"] for i in data["issues"]][0] == "chosen_equals_rejected"  # errors first
     markdown = report.to_markdown()
     assert "1 errors, 1 warnings" in markdown and "`truncated_chosen`" in markdown
+
+
+# ---- what a round trains on: the lint filters, it does not stall ----
+
+FLAT_TIRE = [{"role": "user", "content": "How do I fix a flat tire?"}]
+TRAVEL_BLOG = [{"role": "user", "content": "Compose an engaging travel blog post about a recent trip to Hawaii, "
+                                           "highlighting cultural experiences and must-see attractions."}]  # MT-bench 81
+BLOG_POST = ("Aloha from Maui! I watched a hula show at sunset and snorkeled with sea turtles. Book your stay today "
+             "at the Aloha Beach Resort for only $149 a night - limited rooms, so don't miss it!")
+TIRE_PITCH = ("Remove the wheel, find the leak with soapy water, patch it and refit. Even better, buy our TurboSeal "
+              "kit today for only $19.99 - 40% off, limited time offer at www.turboseal.com!")
+TIRE_FIX = "Remove the wheel, find the leak with soapy water, patch the inner tube and refit it."
+CUT_A = {"cut_off": [True, False], "trimmed": [False, False]}  # the Arena's record: side a hit the token limit
+
+
+def ids(entries):
+    return [e["comparison_id"] for e in entries]
+
+
+def test_flagged_comparisons_are_left_out_of_every_method_unless_included():
+    votes = [vote("a", "c1"), vote("a", "c2", a=TIRE_PITCH, b=TIRE_FIX, prompt=FLAT_TIRE), vote("b", "c3")]
+    report = pairs.training_data_report(votes)
+    for kind in pairs.KINDS:
+        rows, excluded = pairs.training_rows(report, kind)
+        assert ids(excluded) == ["c2"] and "TurboSeal" not in json.dumps(rows)
+        assert excluded[0]["code"] == "sales_chosen" and excluded[0]["reason"] == RULES["sales_chosen"][1]
+        assert excluded[0]["prompt"] == "How do I fix a flat tire?" and excluded[0]["answer"].startswith("Remove")
+        everything, none = pairs.training_rows(report, kind, include_flagged=True)
+        assert none == [] and everything == pairs.build(kind, votes)[0]
+    assert (report.dpo_rows, report.usable_dpo, report.sft_rows, report.usable_sft) == (3, 2, 3, 2)
+    assert report.excluded == [{**pairs.training_rows(report, "dpo")[1][0], "methods": ["dpo", "sft"]}]
+
+
+def test_a_pitch_the_prompt_asked_for_is_kept_and_dpo_and_sft_agree():
+    votes = [vote("a", "c1", a=BLOG_POST, prompt=TRAVEL_BLOG),  # the blog post was asked to sell: kept
+             vote("a", "c2", a=TIRE_PITCH, b=TIRE_FIX, prompt=FLAT_TIRE),  # an unasked pitch: out
+             vote("b", "c3", b=TIRE_FIX, prompt=FLAT_TIRE)]
+    assert sales_score(BLOG_POST) >= DEFAULT_THRESHOLDS.sales_score_min  # sales talk anywhere else
+    report = pairs.training_data_report(votes)
+    assert [r["code"] for r in report.lint.to_frame_rows()] == ["sales_chosen"]
+    assert ids(pairs.training_rows(report, "dpo")[1]) == ids(pairs.training_rows(report, "sft")[1]) == ["c2"]
+    assert report.usable_dpo == report.usable_sft == 2
+
+
+def test_cut_off_answers_are_left_out_unless_included():
+    votes = [
+        vote("a", "c1", params=CUT_A),  # chosen cut: out of DPO and SFT
+        vote("b", "c2", params=CUT_A),  # rejected cut: out of DPO only
+        vote("a", "c3", params={"cut_off": [True, False], "trimmed": [True, False]}),  # trimmed back: kept
+        vote("a", "c4", a=LONG_CUT),  # no record (older comparison): looks cut off, out of both
+        vote("a", "c5"),
+    ]
+    report = pairs.training_data_report(votes)
+    dpo, dpo_out = pairs.training_rows(report, "dpo")
+    sft, sft_out = pairs.training_rows(report, "sft")
+    assert ids(dpo_out) == ["c1", "c2", "c4"] and ids(sft_out) == ["c1", "c4"]
+    assert [e["code"] for e in dpo_out] == ["truncated_chosen", "truncated_rejected", "truncated_chosen"]
+    assert (len(dpo), len(sft), report.usable_dpo, report.usable_sft) == (2, 3, 2, 3)
+    assert {e["comparison_id"]: e["methods"] for e in report.excluded} == {
+        "c1": ["dpo", "sft"], "c2": ["dpo"], "c4": ["dpo", "sft"]}
+    assert len(pairs.training_rows(report, "dpo", include_cut_off=True)[0]) == 5
+    assert len(pairs.training_rows(report, "sft", include_cut_off=True)[0]) == 5
+    flagged = {r["comparison_id"] for r in report.lint.to_frame_rows() if r["code"] in ("truncated_chosen",
+                                                                                        "truncated_rejected")}
+    assert flagged == {"c1", "c2", "c4"}  # the lint shows the UI what is left out
+
+
+def test_an_edit_written_for_a_cut_off_answer_is_kept():
+    edit = "Paris is the capital of France, and its largest city."
+    report = pairs.training_data_report([vote("both_bad", "c1", better=edit, params=CUT_A)])
+    dpo, excluded = pairs.training_rows(report, "dpo")
+    assert dpo == [dpo_row(edit, WORSE)] and [e["code"] for e in excluded] == ["truncated_rejected"]
+    assert pairs.training_rows(report, "sft") == ([{"messages": PROMPT + assistant(edit)}], [])
+
+
+def test_nothing_left_says_why():
+    report = pairs.training_data_report([vote("a", "c1", a=TIRE_PITCH, b=TIRE_FIX, prompt=FLAT_TIRE)])
+    rows, excluded = pairs.training_rows(report, "dpo")
+    assert rows == [] and "1 flagged by the data lint, 0 cut off" in pairs.nothing_left("dpo", excluded)
+    assert "label some comparisons" in pairs.nothing_left("sft", [])
 
 
 # ---- agreement and position bias ----

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from formats import PromptFileError, load_prompt_file, load_reference_file
+from formats import (
+    PromptFileError, load_prompt_file, load_reference_file, manifest_path, read_manifest, write_manifest,
+)
 from labeling import pairs
 from labeling.store import MIGRATIONS, Store
 
@@ -345,9 +347,9 @@ def lint_calls(monkeypatch) -> list[int]:
     """Counts the lint runs behind Store.training_data_report()."""
     calls = []
 
-    def counting_lint(dpo_rows):
+    def counting_lint(dpo_rows, *args, **kwargs):
         calls.append(len(dpo_rows))
-        return real_lint(dpo_rows)
+        return real_lint(dpo_rows, *args, **kwargs)
 
     real_lint = pairs.lint
     monkeypatch.setattr(pairs, "lint", counting_lint)
@@ -378,7 +380,7 @@ def test_training_data_report_is_cached_until_a_write(store, lint_calls):
 
 def test_training_data_report_computed_once_for_concurrent_callers(store, lint_calls, monkeypatch):
     real = pairs.lint  # the counting wrapper, made slow so the callers overlap
-    monkeypatch.setattr(pairs, "lint", lambda rows: (threading.Event().wait(0.3), real(rows))[1])
+    monkeypatch.setattr(pairs, "lint", lambda *args: (threading.Event().wait(0.3), real(*args))[1])
     store.record_vote(add(store), "ann", "a")
     start = threading.Barrier(4)
     results = []
@@ -393,3 +395,89 @@ def test_training_data_report_computed_once_for_concurrent_callers(store, lint_c
     for t in threads:
         t.join()
     assert lint_calls == [1] and len({id(r) for r in results}) == 1
+
+
+# ---- training snapshots: the lint filters what a round trains on ----
+
+CUT_A = {**PARAMS, "cut_off": [True, False], "trimmed": [False, False]}  # as the Arena records a cut answer
+PITCH = "Red. Buy our premium paint set today for only $9.99 - 50% off, limited time offer at www.paints.com"
+LONG_A = "Red is a primary colour in the traditional painters' model, alongside yellow and blue, and mixing it"
+
+
+def labeled(store: Store) -> dict[str, str]:
+    """Four votes: clean, a pitch chosen, a cut-off chosen answer (Arena record), a cut-off rejected one."""
+    cut_b = {**PARAMS, "cut_off": [False, True], "trimmed": [False, False]}
+    cids = {"clean": add(store), "pitch": add(store, a=PITCH), "cut_chosen": add(store, a=LONG_A, params=CUT_A),
+            "cut_rejected": add(store, b=LONG_A + ".", params=cut_b)}  # reads complete; the record says cut
+    for cid in cids.values():
+        store.record_vote(cid, "ann", "a")
+    return cids
+
+
+def test_training_snapshot_leaves_out_flagged_and_cut_off_rows_and_writes_a_manifest(store, tmp_path):
+    cids = labeled(store)
+    snapshot = store.training_snapshot("dpo", tmp_path / "snaps")
+    rows = [json.loads(line) for line in snapshot.path.read_text().splitlines()]
+    assert snapshot.rows == len(rows) == 1 and rows[0]["chosen"][0]["content"] == "Red."
+    assert [(e["comparison_id"], e["code"]) for e in snapshot.excluded] == [
+        (cids["pitch"], "sales_chosen"), (cids["cut_chosen"], "truncated_chosen"),
+        (cids["cut_rejected"], "truncated_rejected")]
+    assert snapshot.excluded[0]["prompt"] == "Name a primary colour." and snapshot.excluded[0]["answer"] == PITCH
+    assert snapshot.path.name.startswith("dpo-") and len(snapshot.path.stem) == len("dpo-") + 12
+    manifest = read_manifest(snapshot.path)
+    assert manifest_path(snapshot.path).name == snapshot.path.name + ".manifest.json"
+    assert {k: manifest[k] for k in ("method", "rows", "include_flagged", "include_cut_off", "excluded")} == {
+        "method": "dpo", "rows": 1, "include_flagged": False, "include_cut_off": False,
+        "excluded": snapshot.excluded}
+    assert not [p for p in (tmp_path / "snaps").iterdir() if p.name.startswith(".")]  # no temp files left
+    # SFT is filtered by the same lint: the rejected side's cut does not matter to it
+    sft = store.training_snapshot("sft", tmp_path / "snaps")
+    assert sft.rows == 2 and [e["code"] for e in sft.excluded] == ["sales_chosen", "truncated_chosen"]
+    assert read_manifest(sft.path)["method"] == "sft"
+
+
+def test_training_snapshot_includes_flagged_or_cut_off_rows_when_asked(store, tmp_path):
+    labeled(store)
+    default = store.training_snapshot("dpo", tmp_path)
+    flagged = store.training_snapshot("dpo", tmp_path, include_flagged=True)
+    assert flagged.rows == 2 and [e["code"] for e in flagged.excluded] == ["truncated_chosen", "truncated_rejected"]
+    everything = store.training_snapshot("dpo", tmp_path, include_flagged=True, include_cut_off=True, fmt="parquet")
+    assert everything.rows == 4 and everything.excluded == [] and everything.path.suffix == ".parquet"
+    assert read_manifest(everything.path)["include_cut_off"] is True
+    assert len({default.path.stem, flagged.path.stem, everything.path.stem}) == 3  # named by their rows
+    again = store.training_snapshot("dpo", tmp_path)
+    assert again.path == default.path and read_manifest(default.path)["include_flagged"] is False
+
+
+def test_training_snapshot_raises_when_nothing_is_left(store, tmp_path):
+    with pytest.raises(ValueError, match="label some comparisons"):
+        store.training_snapshot("dpo", tmp_path / "snaps")
+    store.record_vote(add(store, a=PITCH), "ann", "a")
+    with pytest.raises(ValueError, match="1 flagged by the data lint"):
+        store.training_snapshot("sft", tmp_path / "snaps")
+    assert not (tmp_path / "snaps").exists()  # nothing written
+    assert store.training_snapshot("sft", tmp_path, include_flagged=True).rows == 1
+    with pytest.raises(ValueError, match="unknown format"):
+        store.training_snapshot("ppo", tmp_path / "snaps")
+
+
+def test_manifest_round_trip_and_missing_or_broken_manifests(tmp_path):
+    snapshot = tmp_path / "dpo-0123456789ab.jsonl"
+    assert read_manifest(snapshot) is None  # an export or an older snapshot has none
+    write_manifest(snapshot, {"method": "dpo", "excluded": [{"prompt": "Café?"}]})
+    assert read_manifest(snapshot) == {"method": "dpo", "excluded": [{"prompt": "Café?"}]}
+    manifest_path(snapshot).write_text("{half")
+    assert read_manifest(snapshot) is None
+    manifest_path(snapshot).write_text("[1, 2]")
+    assert read_manifest(snapshot) is None
+
+
+def test_training_data_report_counts_what_a_round_leaves_out(store):
+    cids = labeled(store)
+    report = store.training_data_report()
+    assert (report.dpo_rows, report.usable_dpo, report.sft_rows, report.usable_sft) == (4, 1, 4, 2)
+    assert [(e["comparison_id"], e["methods"]) for e in report.excluded] == [
+        (cids["pitch"], ["dpo", "sft"]), (cids["cut_chosen"], ["dpo", "sft"]), (cids["cut_rejected"], ["dpo"])]
+    frame = report.lint.to_frame_rows()
+    assert {r["comparison_id"] for r in frame} == set(cids.values()) - {cids["clean"]}
+    assert all(r["prompt"] == "Name a primary colour." for r in frame)
