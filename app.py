@@ -40,7 +40,7 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             with gr.Tab("Chat", id="chat") as chat_page:
                 chat_models = chat_tab(services)
             with gr.Tab("Train", id="train") as train_page:
-                train_method, train_gate = train.train_tab(services)
+                train_choices, train_gate = train.train_tab(services)
             with gr.Tab("Evals", id="evals") as evals_page:
                 evals_picker, evals_outputs = evals.evals_tab(services)
         private = dict(api_visibility="private")
@@ -52,8 +52,8 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         arena_page.select(partial(arena.refresh_models, services), arena_models, arena_models, **private)
         chat_page.select(partial(refresh_pickers, services), chat_models, chat_models, **private)
         train_refresh = partial(train.start_gate, services)
-        demo.load(train_refresh, train_method, train_gate, **private)
-        train_page.select(train_refresh, train_method, train_gate, **private)
+        demo.load(train_refresh, train_choices, train_gate, **private)
+        train_page.select(train_refresh, train_choices, train_gate, **private)
         evals_refresh = lambda picked: evals.refresh(services, picked)  # noqa: E731
         demo.load(evals_refresh, evals_picker, evals_outputs, **private)
         evals_page.select(evals_refresh, evals_picker, evals_outputs, **private)

@@ -116,10 +116,10 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     assert page.is_disabled("#train-start")  # one round at a time
     # 4. its evals start by themselves once the round is done
     page.wait_for_function(
-        "() => /evals.*finished|evals.*failed|training.*failed/.test(document.querySelector('#train-status').innerText)",
+        "() => /evals of .*finished|failed/.test(document.querySelector('#train-status').innerText)",
         timeout=600_000)
     status = text_of(page, "#train-status")
-    assert "evals" in status and "finished" in status, status
+    assert status.startswith("evals of ") and "finished" in status, status
     shot(page, "3-train")
     round_id = next(p.name for p in (data_dir / "checkpoints").iterdir() if not p.name.startswith("."))
     assert json.loads((data_dir / "checkpoints" / round_id / "round.json").read_text())["quantization"].startswith("nf4")

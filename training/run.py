@@ -26,7 +26,7 @@ from datetime import datetime
 from importlib import metadata
 from pathlib import Path
 
-from formats import ProgressFiles, now_iso
+from formats import ProgressFiles, now_iso, read_manifest
 from models.loading import ModelLoadError, adapter_fingerprint, resolve_base_model
 from training.callbacks import Progress
 from training.config import RoundConfig
@@ -169,6 +169,9 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
         raise BadInput(str(exc)) from exc
     _claim(tmp, files)
     files.say(f"round {files.run_id}: {config.method} on {data_path}")
+    # what the store left out of this snapshot and why (lint errors, cut-off answers), read now:
+    # a later snapshot with the same rows rewrites the manifest
+    manifest = read_manifest(data_path) or {}
     data = load_snapshot(data_path, config.method, config.min_pairs, tmp / "datasets-cache")
     train, holdout = split_holdout(data, config.holdout_fraction, config.seed)
     resolved, init, dtype, model, tokenizer, quantization = _load(config, cache_dir, files)
@@ -190,7 +193,9 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
         "method": config.method,
         "base_model": config.base_model,
         "base_model_resolved": resolved,
-        "snapshot": {"path": str(data_path.resolve()), "sha256": file_sha256(data_path), "rows": len(data)},
+        "snapshot": {"path": str(data_path.resolve()), "sha256": file_sha256(data_path), "rows": len(data),
+                     "excluded": manifest.get("excluded", []),
+                     **{k: manifest[k] for k in ("include_flagged", "include_cut_off", "votes") if k in manifest}},
         "init_adapter": None if init is None else {
             "path": str(init.resolve()), "round_id": init.parent.name if init.name == "adapter" else None,
             "fingerprint": adapter_fingerprint(init)},

@@ -18,6 +18,8 @@ from pathlib import Path
 import gradio as gr
 import pandas as pd
 
+from labeling import pairs
+from labeling.lint import CUT_OFF
 from pipeline import JobBusy
 from training.config import (
     DPO_LOSSES, RECIPES_DIR, SFT_LOSSES, RoundConfig, default_recipe, field_type, knob_fields, load_recipe,
@@ -31,28 +33,55 @@ def recipe_names() -> list[str]:
     return sorted(p.stem for p in Path(RECIPES_DIR).glob("*.yaml"))
 
 
-def data_summary(services: Services, method: str) -> tuple[str, str | None]:
+def data_summary(services: Services, method: str, include_flagged: bool = False,
+                 include_cut_off: bool = False) -> tuple[str, str | None]:
     """Markdown about the data a round would train on, and why a round cannot start (None: it can)."""
-    report = services.store.training_data_report()
-    n = report.dpo_rows if method == "dpo" else report.sft_rows
+    report = services.store.training_data_report()  # cached until the next write
+    rows, excluded = pairs.training_rows(report, method, include_flagged=include_flagged,
+                                         include_cut_off=include_cut_off)
     lines = [f"**{report.votes} votes** → **{report.dpo_rows} DPO pairs**, **{report.sft_rows} SFT rows**"]
     conflicts = report.build_report.get("conflicts") or []
     if conflicts:
         lines.append(f"{len(conflicts)} comparisons had conflicting votes (resolved by majority).")
+    cut = sum(e["code"] in CUT_OFF for e in excluded)
+    left_out = (f": {len(excluded)} comparisons left out ({len(excluded) - cut} flagged by the data lint, "
+                f"{cut} with a cut-off answer; tick the boxes below to include them on purpose)") if excluded else ""
+    lines.append(f"A {method.upper()} round would train on **{len(rows)} rows**{left_out}.")
     min_rows = load_recipe(default_recipe(method)).min_pairs  # the trainer refuses fewer rows anyway
     reason = None
-    if n < min_rows:
-        reason = f"{n} {method.upper()} rows; a round needs at least {min_rows}. Label more in the Arena tab."
-    lines.append(report.lint.to_markdown())
+    if len(rows) < min_rows:
+        reason = (f"{len(rows)} usable {method.upper()} rows; a round needs at least {min_rows}. "
+                  "Label more in the Arena tab" + (", or include the rows left out." if excluded else "."))
+    lines.append(report.lint.to_markdown().split("\n")[0])  # the counts; the rows are in the table below
     return "\n\n".join(lines), reason
 
 
-def start_gate(services: Services, method: str):
-    """The Start button (enabled only when a round can start) and the line that says why not."""
-    summary, reason = data_summary(services, method)
+def lint_table(services: Services) -> str:
+    """Every flagged row with its prompt and answer, shortened; click a cell to read it whole."""
+    rows = services.store.training_data_report().lint.to_frame_rows()
+    if not rows:
+        return "<p>The data lint found nothing to flag.</p>"
+
+    def cell(text: str) -> str:
+        text = text or ""
+        short = html.escape(text if len(text) <= 90 else text[:90].rstrip() + "…")
+        if len(text) <= 90:
+            return f"<td>{short}</td>"
+        return f"<td><details><summary>{short}</summary><div style='white-space:pre-wrap'>{html.escape(text)}</div></details></td>"
+
+    body = "".join(
+        f"<tr><td>{html.escape(r['severity'])}</td><td><code>{html.escape(r['code'])}</code></td>"
+        f"<td>{html.escape(r['reason'])}</td>{cell(r['prompt'])}{cell(r['answer'])}</tr>" for r in rows)
+    return ("<table style='width:100%;font-size:0.9em'><thead><tr><th>severity</th><th>check</th><th>why</th>"
+            f"<th>prompt</th><th>answer</th></tr></thead><tbody>{body}</tbody></table>")
+
+
+def start_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False):
+    """The data summary, the lint table, the Start button (enabled only when a round can start) and why not."""
+    summary, reason = data_summary(services, method, include_flagged, include_cut_off)
     reason = services.jobs.busy() or reason
     note = "" if reason is None else f"⛔ **Cannot start:** {reason}"
-    return summary, gr.update(interactive=reason is None), note
+    return summary, lint_table(services), gr.update(interactive=reason is None), note
 
 
 def recipe_values(name: str) -> list:
@@ -89,23 +118,22 @@ def knob_value(f, value):
     return value
 
 
-def start_round(services: Services, recipe, method, start_from, *knob_values):
-    """Write a snapshot and launch `python -m training run` on it with the edited config."""
-    _, reason = data_summary(services, method)
+def start_round(services: Services, recipe, method, start_from, include_flagged, include_cut_off, *knob_values):
+    """Write a snapshot (less what the lint leaves out) and launch `python -m training run` on it."""
+    _, reason = data_summary(services, method, include_flagged, include_cut_off)
     reason = services.jobs.busy() or reason
     if reason:
         raise gr.Error(reason)
     try:
         config = round_config(services, recipe, method, start_from, *knob_values)
-    except ValueError as exc:
+        snapshot = services.store.training_snapshot(method, services.settings.snapshots_dir,
+                                                    include_flagged=include_flagged, include_cut_off=include_cut_off)
+        job = services.jobs.start_round(config, snapshot.path)
+    except (ValueError, JobBusy) as exc:
         raise gr.Error(str(exc)) from exc
-    snapshot = services.store.write_snapshot(method, services.settings.snapshots_dir, fmt="jsonl")
-    try:
-        job = services.jobs.start_round(config, snapshot)
-    except JobBusy as exc:
-        raise gr.Error(str(exc)) from exc
-    gr.Info(f"Round {job.round_id} started on snapshot {snapshot.name}.")
-    return status_and_gate(services, method)
+    left_out = f", {len(snapshot.excluded)} comparisons left out" if snapshot.excluded else ""
+    gr.Info(f"Round {job.round_id} started on {snapshot.rows} rows{left_out}.")
+    return status_and_gate(services, method, include_flagged, include_cut_off)
 
 
 def export_data(services: Services, kind: str, fmt: str) -> str:
@@ -116,9 +144,9 @@ def export_data(services: Services, kind: str, fmt: str) -> str:
     return str(target)
 
 
-def cancel_round(services: Services, method: str):
+def cancel_round(services: Services, method: str, include_flagged: bool, include_cut_off: bool):
     gr.Info(services.jobs.cancel())
-    return status_and_gate(services, method)
+    return status_and_gate(services, method, include_flagged, include_cut_off)
 
 
 def progress_html(done: int, total: int, label: str) -> str:
@@ -168,12 +196,18 @@ def round_status(services: Services):
                  + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) else "")
                  + f" · {elapsed:.0f} s elapsed")
     elif job.cancelled:
-        label = f"**{job.kind}** `{job.round_id}` cancelled; nothing was written under checkpoints/."
+        what = "training" if job.kind == "train" else "evals of"
+        label = f"**{what}** `{job.round_id}` cancelled; nothing was written under checkpoints/."
+    elif job.kind == "eval" and job.returncode in (0, 1):  # exit 1 is a verdict (regression), not a crash
+        verdict = ("every check passed: promote it in the Evals tab." if job.returncode == 0 else
+                   "a regression was flagged: read the report in the Evals tab.")
+        label = f"**evals** of `{job.round_id}` finished in {elapsed:.0f} s: {verdict}"
     elif job.returncode == 0:
-        label = f"**{job.kind}** `{job.round_id}` finished in {time.time() - job.started:.0f} s."
+        label = f"**training** `{job.round_id}` finished in {elapsed:.0f} s; its evals start now."
     else:
-        error = services.jobs.status_json(job.round_id).get("error") or "see the log below"
-        label = f"⛔ **{job.kind}** `{job.round_id}` failed (exit {job.returncode}): {error}"
+        error = services.jobs.progress(job.round_id, job.kind).read_status().get("error") or "see the log below"
+        what = "training" if job.kind == "train" else "evals of"
+        label = f"⛔ **{what}** `{job.round_id}` failed (exit {job.returncode}): {error}"
     return progress_html(step, total, label), label, plot_update(rows), services.jobs.log_text(job)
 
 
@@ -183,10 +217,12 @@ def plot_update(rows: list[dict]):
     return gr.update(value=frame, visible=not frame.empty)
 
 
-def status_and_gate(services: Services, method: str):
+def status_and_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False):
     """Timer outputs: the round's status, and the Start button, which a running round disables."""
-    _, start, note = start_gate(services, method)
-    return (*round_status(services), start, note)
+    _, reason = data_summary(services, method, include_flagged, include_cut_off)
+    reason = services.jobs.busy() or reason
+    note = "" if reason is None else f"⛔ **Cannot start:** {reason}"
+    return (*round_status(services), gr.update(interactive=reason is None), note)
 
 
 def knob_component(f, value, method: str):
@@ -214,7 +250,14 @@ def train_tab(services: Services):
         recipe = gr.Dropdown(recipe_names(), value="dpo_qlora", label="Recipe preset")
         start_from = gr.Dropdown(services.model_choices(), value=BASE_CHOICE, label="Start from")
     data = gr.Markdown(elem_id="train-data")
-    refresh_data = gr.Button("↻ Re-check data", size="sm")
+    with gr.Row():
+        include_flagged = gr.Checkbox(label="Include rows the data lint flags as errors (canned, empty, sales talk)",
+                                      value=False, elem_id="train-include-flagged")
+        include_cut_off = gr.Checkbox(label="Include pairs with a cut-off answer", value=False,
+                                      elem_id="train-include-cut-off")
+        refresh_data = gr.Button("↻ Re-check data", size="sm", scale=0, min_width=140)
+    with gr.Accordion("Data lint: every flagged row, with its prompt and answer", open=False):
+        lint = gr.HTML(elem_id="train-lint")
     with gr.Accordion("Hyper-parameters (from the recipe; edit freely)", open=False):
         defaults = load_recipe("dpo_qlora")
         with gr.Row():
@@ -242,16 +285,17 @@ def train_tab(services: Services):
 
     private = dict(api_visibility="private")
     outputs = [progress, status, plot, log]
-    gate = [data, start, reason]
+    gate = [data, lint, start, reason]
+    choices = [method, include_flagged, include_cut_off]
     recipe.change(recipe_values, recipe, [method, *knobs], **private)
     # switching method by hand loads that method's recipe (a DPO loss type would be refused for SFT)
     method.input(default_recipe, method, recipe, **private)
-    for trigger in (method.change, refresh_data.click):
-        trigger(partial(start_gate, services), method, gate, **private)
-    start.click(partial(start_round, services), [recipe, method, start_from, *knobs], [*outputs, start, reason],
-                **private)
-    cancel.click(partial(cancel_round, services), method, [*outputs, start, reason], **private)
-    timer.tick(partial(status_and_gate, services), method, [*outputs, start, reason], **private)
+    for trigger in (method.change, include_flagged.change, include_cut_off.change, refresh_data.click):
+        trigger(partial(start_gate, services), choices, gate, **private)
+    start.click(partial(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
+                [*outputs, start, reason], **private)
+    cancel.click(partial(cancel_round, services), choices, [*outputs, start, reason], **private)
+    timer.tick(partial(status_and_gate, services), choices, [*outputs, start, reason], **private)
     refresh_history.click(partial(past_rounds, services), None, history, **private)
     export_button.click(partial(export_data, services), [export_kind, export_format], export_file, **private)
-    return method, gate
+    return choices, gate
