@@ -35,7 +35,7 @@ def checks_frame(report: dict | None) -> pd.DataFrame:
     rows = [
         {
             "check": name,
-            "flag": "🚩 REGRESSION" if check.get("flagged") else "ok",
+            "flag": "🚩 REGRESSION" if check.get("flagged") else "⚠️ warning" if check.get("warning") else "ok",
             "base": number(check.get("base")),
             "candidate": number(check.get("candidate")),
             "note": note(check),
@@ -94,7 +94,9 @@ def gate_text(services: Services, round_id: str | None) -> str:
     if checkpoint.regression:
         flagged = [n for n, c in checkpoint.eval.get("checks", {}).items() if c.get("flagged")]
         return head + f"🚩 **Promotion blocked**: flagged {', '.join(flagged)}. An admin may override with a written reason."
-    return head + "✅ **All checks pass**: this checkpoint can be promoted."
+    warnings = checkpoint.eval.get("warnings") or []
+    note = f" Warning: {', '.join(warnings)} changed, with no quality drop (a change of style, not a regression)." if warnings else ""
+    return head + "✅ **All checks pass**: this checkpoint can be promoted." + note
 
 
 def show_checkpoint(services: Services, round_id: str | None):
