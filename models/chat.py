@@ -248,7 +248,7 @@ LIST_NUMBER = re.compile(r"(?:^|\n)\s*\d+\.$")  # "2." opening a list item ends 
 SENTENCE_END = re.compile(r"""[.!?](?:["')\]*_]*)?(?=\s|$)|\n\s*\n""")
 
 
-def end_at_last_sentence(text: str, keep_at_least: float = 0.5) -> tuple[str, bool]:
+def end_at_last_sentence(text: str, keep_at_least: float = 0.3) -> tuple[str, bool]:
     """Trim an answer cut off by the token limit back to its last complete sentence.
 
     Returns (text, trimmed). An answer cut mid-sentence would teach a model to stop

@@ -15,7 +15,7 @@ from models.chat import end_at_last_sentence
     ("A list:\n\n1. **First** item is good.\n2. Second item is cut off mid",
      "A list:\n\n1. **First** item is good.", True),  # "2." opens a list item; it ends no sentence
     ("She said \"stop, please, now.\" Then it was cut", "She said \"stop, please, now.\"", True),
-    ("Paris is the capital. It has many museums and the Louvre is a", None, False),  # would keep < half
+    ("Paris. It has many museums, parks and old bridges, and the Louvre is a", None, False),  # would keep < 30%
     ("no punctuation at all in this long answer that goes on", None, False),
     ("```python\nx = 1.\ny = 2\nprint(x + y) and then the loop", None, False),  # would end inside a fence
     ("Already complete.", None, False),
