@@ -65,8 +65,10 @@ def shot(page, name: str) -> None:
 
 
 def set_number(page, selector: str, value) -> None:
-    page.fill(f"{selector} input[type=number]", str(value))
-    page.press(f"{selector} input[type=number]", "Enter")
+    box = page.locator(f"{selector} input[type=number]")
+    box.fill(str(value))
+    box.press("Enter")
+    box.blur()  # gradio commits a typed number on blur; a click right after Enter could send the old one
 
 
 def wait_text(page, selector: str, text: str, timeout: float = 30_000) -> None:
@@ -134,7 +136,9 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     assert status.startswith("evals of ") and "finished" in status, status
     shot(page, "3-train")
     round_id = next(p.name for p in (data_dir / "checkpoints").iterdir() if not p.name.startswith("."))
-    assert json.loads((data_dir / "checkpoints" / round_id / "round.json").read_text())["quantization"].startswith("nf4")
+    round_info = json.loads((data_dir / "checkpoints" / round_id / "round.json").read_text())
+    assert round_info["quantization"].startswith("nf4")
+    assert round_info["config"]["max_steps"] == 2 and round_info["metrics"]["steps"] <= 2  # the knob reached it
 
     # 5. read the eval and promote (with a reason if the gate blocks)
     page.get_by_role("tab", name="Evals").click()
