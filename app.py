@@ -9,7 +9,6 @@ import argparse
 import os
 import sys
 import time
-from functools import partial
 from pathlib import Path
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
@@ -19,11 +18,15 @@ import gradio as gr  # noqa: E402
 
 from models.loading import EMBEDDED, ModelLoadError  # noqa: E402
 from models.chat import ChatModel  # noqa: E402
+import duckdb  # noqa: E402
+
+from labeling.store import DB_NAME, StoreLocked  # noqa: E402
 from labeling.store import Store  # noqa: E402
+from labeling.users import read_users  # noqa: E402
 from ui import arena, evals, train  # noqa: E402
 from ui.chat import chat_tab, refresh_pickers  # noqa: E402
 from pipeline import JobManager  # noqa: E402
-from ui.services import Services, Settings, annotator_of  # noqa: E402
+from ui.services import Services, Settings, annotator_of, bind  # noqa: E402
 
 TITLE = "Preference loop"
 
@@ -36,7 +39,7 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         )
         with gr.Tabs():
             with gr.Tab("Arena", id="arena") as arena_page:
-                arena_progress, *arena_models = arena.arena_tab(services)
+                arena_progress, arena_admin, *arena_models = arena.arena_tab(services)
             with gr.Tab("Chat", id="chat") as chat_page:
                 chat_models = chat_tab(services)
             with gr.Tab("Train", id="train") as train_page:
@@ -44,17 +47,27 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             with gr.Tab("Evals", id="evals") as evals_page:
                 evals_picker, evals_outputs = evals.evals_tab(services)
         private = dict(api_visibility="private")
+
         def load_progress(request: gr.Request) -> str:
             return arena.progress_text(services, annotator_of(request))
 
+        def pages_for(request: gr.Request):
+            """Each role sees its tabs (the handlers check the role again: hiding is not a check)."""
+            role = services.role_of(request)
+            reviewer, admin = role in ("reviewer", "admin"), role == "admin"
+            return [gr.update(visible=v) for v in (reviewer, admin, reviewer, admin)]
+
+        demo.load(pages_for, None, [chat_page, train_page, evals_page, arena_admin], **private)
         demo.load(load_progress, None, arena_progress, **private)
         # checkpoints finished since the page loaded appear when a tab is opened again
-        arena_page.select(partial(arena.refresh_models, services), arena_models, arena_models, **private)
-        chat_page.select(partial(refresh_pickers, services), chat_models, chat_models, **private)
-        train_refresh = partial(train.start_gate, services)
+        for event in (demo.load, arena_page.select):
+            event(bind(arena.refresh_models, services), arena_models, arena_models, **private)
+        for event in (demo.load, chat_page.select):
+            event(bind(refresh_pickers, services), chat_models, chat_models, **private)
+        train_refresh = bind(train.start_gate, services)
         demo.load(train_refresh, train_choices, train_gate, **private)
         train_page.select(train_refresh, train_choices, train_gate, **private)
-        evals_refresh = lambda picked: evals.refresh(services, picked)  # noqa: E731
+        evals_refresh = bind(evals.refresh, services)
         demo.load(evals_refresh, evals_picker, evals_outputs, **private)
         evals_page.select(evals_refresh, evals_picker, evals_outputs, **private)
     # One generation at a time on the shared weights; others wait in gradio's queue.
@@ -62,26 +75,36 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
     return demo
 
 
-def read_auth_file(path: Path) -> list[tuple[str, str]]:
-    """`user:password` per line; blank lines and # comments ignored."""
-    pairs = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, password = line.partition(":")
-        if not sep or not user or not password:
-            raise ValueError(f"{path}:{number}: expected 'user:password'")
-        pairs.append((user.strip(), password.strip()))
-    if not pairs:
-        raise ValueError(f"{path}: no 'user:password' lines")
-    return pairs
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def create_services(settings: Settings) -> Services:
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype)
-    return Services(settings=settings, chat=chat, store=Store(settings.data_dir), jobs=JobManager(settings))
+def check_exposure(host: str, users: dict | None) -> None:
+    """Without logins everyone is an admin, so such an app may listen on this machine only."""
+    if users is None and host not in LOOPBACK and not host.startswith("127."):
+        raise ValueError(f"--host {host} serves the network without --auth-file, so anyone who can reach it could "
+                         "train, promote and export: add users with `python -m labeling users add --auth-file F` "
+                         "and pass --auth-file F, or serve on 127.0.0.1")
+
+
+def open_store(data_dir: Path) -> Store:
+    """The votes DB, opened before the model loads, so a second app or a broken file fails in seconds."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        return Store(data_dir)
+    except StoreLocked as exc:
+        raise ValueError(f"{exc}: another app already serves this data dir; stop it or pass another --data-dir") from None
+    except duckdb.Error as exc:
+        raise ValueError(f"cannot open {data_dir / DB_NAME}: {str(exc).splitlines()[0]}; restore it from a backup "
+                         "or move it away to start an empty one") from None
+
+
+def login_checker(users: dict):
+    """gradio's `auth` callable: the user exists and the password matches its hash."""
+    def check(name: str, password: str) -> bool:
+        user = users.get(name)
+        return user is not None and user.check(password)
+
+    return check
 
 
 def parse_args(argv: list[str] | None = None) -> Settings:
@@ -91,7 +114,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                         help="'embedded' (default), a Hugging Face id, a local model dir or a .gguf file")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=7860)
-    parser.add_argument("--auth-file", type=Path, help="file of user:password lines; enables login")
+    parser.add_argument("--auth-file", type=Path,
+                        help="logins and roles, written by `python -m labeling users add`; without it the app is "
+                             "one local admin and serves 127.0.0.1 only")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                         help="serving precision (auto = bf16, ~2x faster than fp32 on CPU)")
     parser.add_argument("--eval-prompts", type=Path,
@@ -107,15 +132,28 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     started = time.perf_counter()
-    try:
-        auth = read_auth_file(settings.auth_file) if settings.auth_file else None
-        services = create_services(settings)
-    except (ModelLoadError, ValueError, OSError) as exc:
+    try:  # everything that can refuse to start does so before the model loads
+        users = read_users(settings.auth_file) if settings.auth_file else None
+        check_exposure(settings.host, users)
+        store = open_store(settings.data_dir)
+    except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    for user in (users or {}).values():
+        if user.legacy:
+            print(f"warning: {settings.auth_file}: {user.name} has a plain-text password and the admin role; "
+                  "re-add them with `python -m labeling users add` to hash it and pick a role", file=sys.stderr)
+    try:
+        chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype)
+    except (ModelLoadError, ValueError, OSError) as exc:
+        store.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    services = Services(settings=settings, chat=chat, store=store, jobs=JobManager(settings), users=users)
     print(f"model ready in {time.perf_counter() - started:.1f} s", flush=True)
     demo = build_ui(settings, services)
-    demo.launch(server_name=settings.host, server_port=settings.port, auth=auth, show_error=True,
+    demo.launch(server_name=settings.host, server_port=settings.port, show_error=True,
+                auth=login_checker(users) if users else None,
                 head=arena.KEYBOARD_JS)  # gradio 6 takes page-level head/js at launch
     return 0
 

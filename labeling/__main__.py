@@ -1,4 +1,4 @@
-"""CLI: `python -m labeling export|import|stats --data-dir DIR ...`.
+"""CLI: `python -m labeling export|import|stats --data-dir DIR ...` and `users add --auth-file F ...`.
 
 DuckDB lets one read-write process own the file and the running app is that
 process, so export and stats open it read-only, and every command exits 2 with
@@ -15,6 +15,7 @@ from pathlib import Path
 from formats import load_prompt_file, write_rows
 from labeling import pairs
 from labeling.store import Store, StoreLocked
+from labeling.users import ROLES, add_user
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -31,6 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     stats = commands.add_parser("stats", help="counts, annotators, position bias, agreement")
     stats.add_argument("--data-dir", type=Path, required=True)
     stats.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    users = commands.add_parser("users", help="manage the app's logins (--auth-file)")
+    users_commands = users.add_subparsers(dest="users_command", required=True)
+    add = users_commands.add_parser("add", help="add a user, or replace one's role and password; the password "
+                                                "is read from stdin and stored hashed")
+    add.add_argument("--auth-file", type=Path, required=True)
+    add.add_argument("--user", required=True)
+    add.add_argument("--role", choices=ROLES, required=True)
     return parser
 
 
@@ -84,10 +92,21 @@ def _stats(args) -> None:
     print(json.dumps(result, indent=2) if args.json else _format_stats(result))
 
 
+def _users(args) -> None:
+    if sys.stdin.isatty():
+        import getpass
+
+        password = getpass.getpass(f"password for {args.user}: ")
+    else:
+        password = sys.stdin.readline().rstrip("\n")
+    add_user(args.auth_file, args.user, args.role, password)
+    print(f"{args.user} ({args.role}) saved in {args.auth_file}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"export": _export, "import": _import, "stats": _stats}[args.command](args)
+        {"export": _export, "import": _import, "stats": _stats, "users": _users}[args.command](args)
     except StoreLocked as e:
         hint = "use the app's export" if args.command == "export" else "use the app"
         print(f"error: {e}. Stop the app first, or {hint}.", file=sys.stderr)

@@ -63,6 +63,8 @@ def test_chat_stop_ends_the_turn_keeping_what_streamed(services):
     assert 5 <= steps < 20  # ended at the Stop, far short of the 400-token budget
     assert left[-1]["role"] == "assistant" and left[-1]["content"] and right[-1]["content"]
     assert services.stop_requests == {"theirs"}  # only this session's request was used up
+    services.request_stop(None)  # a Stop with no session (an API client) stops nobody
+    assert services.stop_requests == {"theirs"} and not services.take_stop_request(None)
 
 
 def test_chat_rejects_empty_and_huge_prompts(services):
@@ -201,17 +203,60 @@ def test_build_ui_registers_the_named_api_endpoints(services):
     assert {"arena_generate", "arena_vote"} <= names
 
 
-def test_cli_parsing_and_auth_file(tmp_path):
-    from app import parse_args, read_auth_file
+def test_cli_parsing_users_file_and_roles(tmp_path):
+    from app import check_exposure, login_checker, parse_args
+    from labeling.users import add_user, read_users
 
     settings = parse_args(["--data-dir", str(tmp_path), "--port", "7999"])
     assert settings.port == 7999 and settings.data_dir == tmp_path
     auth = tmp_path / "users.txt"
-    auth.write_text("# admins\nann:secret\nbob:pw\n")
-    assert read_auth_file(auth) == [("ann", "secret"), ("bob", "pw")]
+    add_user(auth, "ann", "annotator", "ann-password")
+    add_user(auth, "rita", "reviewer", "rita-password")
+    add_user(auth, "ann", "admin", "new-password")  # re-adding replaces role and password
+    assert "new-password" not in auth.read_text()  # stored hashed
+    users = read_users(auth)
+    assert {name: u.role for name, u in users.items()} == {"rita": "reviewer", "ann": "admin"}
+    check = login_checker(users)
+    assert check("ann", "new-password") and not check("ann", "ann-password") and not check("nobody", "x")
+    auth.write_text("legacy:plainpass\n")  # an old user:password file still logs in
+    assert read_users(auth)["legacy"].check("plainpass")
     auth.write_text("justaname\n")
-    with pytest.raises(ValueError, match="user:password"):
-        read_auth_file(auth)
+    with pytest.raises(ValueError, match="name:role:hash"):
+        read_users(auth)
+    with pytest.raises(ValueError, match="without --auth-file"):
+        check_exposure("0.0.0.0", None)
+    check_exposure("127.0.0.1", None)
+    check_exposure("0.0.0.0", users)
+
+
+def test_handlers_check_the_role_on_the_server(services, tmp_path):
+    from labeling.users import User
+    from ui import evals, train
+
+    services.users = {"ann": User("ann", "annotator", "x", legacy=True), "rita": User("rita", "reviewer", "x", legacy=True),
+                      "ada": User("ada", "admin", "x", legacy=True)}
+    ann, rita, ada = FakeRequest("ann"), FakeRequest("rita"), FakeRequest("ada")
+    queue_file = tmp_path / "prompts.jsonl"
+    queue_file.write_text('{"prompt": "queued one"}\n')
+    for request in (ann, rita):
+        with pytest.raises(gr.Error, match="needs the admin role"):
+            arena.import_prompts(services, str(queue_file), request=request)
+        with pytest.raises(gr.Error, match="needs the admin role"):
+            evals.promote(services, "r-trained", "because", request=request)
+        with pytest.raises(gr.Error, match="needs the admin role"):
+            train.export_data(services, "dpo", "jsonl", request=request)
+    with pytest.raises(gr.Error, match="needs the reviewer role"):
+        list(chat.send(services, "hi", [], [], "base", "r-trained", *SAMPLING, request=ann))
+    assert services.store.queue_size("ann") == 0 and services.store.current_candidate() is None  # nothing changed
+    # an annotator's choice of models and sampling is ignored: before a promotion it is base against base
+    state = run_arena(services, "pick my own models", user="ann", models=("r-trained", "r-trained"))
+    assert (state["model_a"], state["model_b"]) == ("base", "base")
+    assert arena.refresh_models(services, None, None, request=ann)[0]["choices"] == []  # no names for annotators
+    arena.import_prompts(services, str(queue_file), request=ada)
+    evals.promote(services, "r-trained", "not evaluated, on purpose", request=ada)
+    assert services.store.current_candidate() == "r-trained"
+    state = run_arena(services, "now with the candidate", user="ann", models=("base", "base"))
+    assert {state["model_a"], state["model_b"]} == {"base", "r-trained"}  # the server's pair, not the page's
 
 
 def test_evals_table_leads_noisy_checks_with_their_paired_evidence():

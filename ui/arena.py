@@ -18,7 +18,7 @@ from formats import load_prompt_file
 from models.loading import ModelLoadError
 from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
-    BASE_CHOICE, Services, annotator_of, check_context, check_prompt, for_display, sampling, sampling_controls,
+    BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
     session_of, stop,
 )
 
@@ -111,12 +111,18 @@ def vote_buttons(interactive: bool):
 
 
 def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args, request: gr.Request = None):
-    """UI handler: generate a new comparison. Outputs: state, view A, view B, prompt box, reveal, 4 buttons."""
+    """UI handler: generate a new comparison. Outputs: state, view A, view B, prompt box, reveal, 4 buttons.
+
+    Only an admin picks the models and the sampling; for everyone else the server uses the
+    default pair and a fresh seed, whatever the page sent, so nobody can unblind a comparison."""
+    annotator = services.require(request, "annotator")
     try:
         prompt = check_prompt(prompt)
     except ValueError as exc:
         raise gr.Error(str(exc)) from exc
-    annotator = annotator_of(request)
+    if services.role_of(request) != "admin":
+        model_x, model_y = default_pair(services)
+        sampling_args = (0.7, 0.9, 256, -1, "")  # the SamplingParams defaults, with a fresh seed
     history = []
     if keep_going and state and state.get("voted"):
         history = state["messages"] + [{"role": "assistant", "content": state["continue_with"]}]
@@ -141,7 +147,7 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
 
 def take_queued(services, request: gr.Request = None):
     """Fill the prompt box with the next queued prompt this annotator has not labeled."""
-    row = services.store.next_prompt(annotator_of(request))
+    row = services.store.next_prompt(services.require(request, "annotator"))
     if row is None:
         gr.Info("The prompt queue is empty for you: type your own prompt, or ask an admin to import prompts.")
         return gr.update(), {}
@@ -153,7 +159,7 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
     """UI handler for the four buttons. Outputs: state, reveal, progress, better box, 4 buttons."""
     if not state or not state.get("id"):
         raise gr.Error("There is nothing to vote on yet: generate a comparison first.")
-    annotator = annotator_of(request)
+    annotator = services.require(request, "annotator")
     better = (better_answer or "").strip() or None
     try:
         result = services.store.record_vote(
@@ -174,6 +180,7 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
 
 def import_prompts(services, upload, request: gr.Request = None):
     """Admins load a JSONL / CSV / MT-bench prompt file into the queue."""
+    services.require(request, "admin")
     if upload is None:
         raise gr.Error("Choose a .jsonl or .csv file first.")
     path = getattr(upload, "name", upload)
@@ -186,8 +193,11 @@ def import_prompts(services, upload, request: gr.Request = None):
     return progress_text(services, annotator_of(request))
 
 
-def refresh_models(services, model_x, model_y):
-    """New checkpoints show up without a restart; an unset side follows the current candidate."""
+def refresh_models(services, model_x, model_y, request: gr.Request = None):
+    """New checkpoints show up without a restart; an unset side follows the current candidate.
+    Only admins get the list: the names of the models compared would unblind an annotator."""
+    if services.role_of(request) != "admin":
+        return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
     choices = services.model_choices()
     base, candidate = default_pair(services)
     model_x = model_x if model_x in choices else base
@@ -205,6 +215,7 @@ API_MAX_NEW_TOKENS = 1024  # the Chat tab's slider tops out here too
 def api_generate(services: Services, prompt: str, request: gr.Request = None,
                  max_new_tokens: int = 256) -> tuple[str, str, str]:
     """/arena_generate: prompt -> (comparison_id, answer_a, answer_b), default model pair."""
+    services.require(request, "annotator")
     prompt = check_prompt(prompt)
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= API_MAX_NEW_TOKENS:
         raise ValueError(f"max_new_tokens must be an integer from 1 to {API_MAX_NEW_TOKENS}")
@@ -221,7 +232,7 @@ def api_generate(services: Services, prompt: str, request: gr.Request = None,
 def api_vote(services: Services, comparison_id: str, choice: str, better_answer: str = "",
              request: gr.Request = None) -> str:
     """/arena_vote: (comparison_id, a|b|tie|both_bad, optional better answer) -> status."""
-    annotator = annotator_of(request)
+    annotator = services.require(request, "annotator")
     result = services.store.record_vote(
         comparison_id, annotator, choice, better_answer=(better_answer or "").strip() or None,
         idempotency_key=f"{comparison_id}:{annotator}",
@@ -257,11 +268,12 @@ def arena_tab(services: Services) -> None:
         with gr.Row():
             from_a = gr.Button("Start from A", size="sm")
             from_b = gr.Button("Start from B", size="sm")
-    with gr.Accordion("Models compared (admins)", open=False):
-        base, candidate = default_pair(services)
+    # Shown to admins only, and filled per request: the page's static config reaches every user,
+    # so it must not carry a model name (refresh_models fills the pickers for admins).
+    with gr.Accordion("Models compared (admins)", open=False, visible=False, elem_id="arena-admin") as admin_panel:
         with gr.Row():
-            model_x = gr.Dropdown(services.model_choices(), value=base, label="Model 1")
-            model_y = gr.Dropdown(services.model_choices(), value=candidate, label="Model 2")
+            model_x = gr.Dropdown([], value=None, label="Model 1")
+            model_y = gr.Dropdown([], value=None, label="Model 2")
         controls = sampling_controls(seed=-1, prefix="arena")  # -1: a random seed per comparison, recorded with it
         with gr.Row():
             prompt_file = gr.File(label="Prompt file (.jsonl with prompt or MT-bench turns, or .csv)",
@@ -271,15 +283,15 @@ def arena_tab(services: Services) -> None:
     private = dict(api_visibility="private")
     start_outputs = [state, view_a, view_b, prompt, reveal, *buttons]
     start_inputs = [prompt, state, keep_going, model_x, model_y, *controls]
-    generate.click(partial(start, services), start_inputs, start_outputs, concurrency_id="model", **private)
-    stop_button.click(partial(stop, services), None, None, queue=False, **private)
-    queued.click(partial(take_queued, services), None, [prompt, state], **private)
-    import_button.click(partial(import_prompts, services), prompt_file, progress, **private)
+    generate.click(bind(start, services), start_inputs, start_outputs, concurrency_id="model", **private)
+    stop_button.click(bind(stop, services), None, None, **private)  # queued: only queued events know the session
+    queued.click(bind(take_queued, services), None, [prompt, state], **private)
+    import_button.click(bind(import_prompts, services), prompt_file, progress, **private)
     for key, button in zip(CHOICES, buttons):
         # Lock all four buttons in the browser first, so a double click cannot send twice;
         # the store's unique keys make a replay harmless anyway.
         button.click(lambda: vote_buttons(False), None, buttons, queue=False, **private).then(
-            partial(vote, services, key), [state, better], [state, reveal, progress, better, *buttons], **private
+            bind(vote, services, key), [state, better], [state, reveal, progress, better, *buttons], **private
         )
     from_a.click(partial(copy_answer, side="a"), state, better, **private)
     from_b.click(partial(copy_answer, side="b"), state, better, **private)
@@ -301,4 +313,4 @@ def arena_tab(services: Services) -> None:
 
     gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
     gr.api(arena_vote, api_name="arena_vote")
-    return progress, model_x, model_y
+    return progress, admin_panel, model_x, model_y

@@ -7,13 +7,12 @@ with per-row adapter names), so the pair costs barely more than one answer.
 from __future__ import annotations
 
 import time
-from functools import partial
 
 import gradio as gr
 
 from models.loading import ModelLoadError
 from ui.services import (
-    BASE_CHOICE, Services, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
+    BASE_CHOICE, Services, bind, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
 )
 
 
@@ -56,6 +55,7 @@ def send(services, message, left, right, model_left, model_right, *sampling_args
 
     Yields (left state, right state, left view, right view, textbox, stats).
     """
+    services.require(request, "reviewer")
     try:
         text = check_prompt(message)
     except ValueError as exc:
@@ -70,6 +70,7 @@ def send(services, message, left, right, model_left, model_right, *sampling_args
 
 def regenerate(services, left, right, model_left, model_right, *sampling_args, request: gr.Request = None):
     """Drop both last answers and answer the last user message again."""
+    services.require(request, "reviewer")
     left, right = list(left or []), list(right or [])
     while left and left[-1]["role"] == "assistant":
         left.pop()
@@ -86,7 +87,9 @@ def clear():
     return [], [], [], [], ""
 
 
-def refresh_pickers(services: Services, model_left: str, model_right: str):
+def refresh_pickers(services: Services, model_left: str, model_right: str, request: gr.Request = None):
+    if services.role_of(request) == "annotator":  # model names are for reviewers: the Arena is blind
+        return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
     choices = services.model_choices()
     keep = lambda value, default: value if value in choices else default  # noqa: E731
     return (
@@ -98,10 +101,9 @@ def refresh_pickers(services: Services, model_left: str, model_right: str):
 def chat_tab(services: Services) -> None:
     choices = services.model_choices()
     with gr.Row():
-        model_left = gr.Dropdown(choices, value=BASE_CHOICE, label="Left model", scale=3)
-        model_right = gr.Dropdown(
-            choices, value=choices[1] if len(choices) > 1 else BASE_CHOICE, label="Right model", scale=3
-        )
+        # filled per request by refresh_pickers: no checkpoint name in the page every user gets
+        model_left = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Left model", scale=3)
+        model_right = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Right model", scale=3)
         refresh = gr.Button("↻ Refresh checkpoints", scale=1, size="sm")
     with gr.Row():
         chat_options = dict(height=460, allow_tags=False, sanitize_html=True, buttons=["copy"])
@@ -123,15 +125,15 @@ def chat_tab(services: Services) -> None:
     inputs = [message, left, right, model_left, model_right, *controls]
     options = dict(concurrency_id="model", api_visibility="private")
     views = [left, right, left_view, right_view]
-    send_button.click(partial(send, services), inputs, [*views, message, stats], **options)
-    message.submit(partial(send, services), inputs, [*views, message, stats], **options)
+    send_button.click(bind(send, services), inputs, [*views, message, stats], **options)
+    message.submit(bind(send, services), inputs, [*views, message, stats], **options)
     regenerate_button.click(
-        partial(regenerate, services), [left, right, model_left, model_right, *controls], [*views, stats], **options
+        bind(regenerate, services), [left, right, model_left, model_right, *controls], [*views, stats], **options
     )
     # Not gradio's `cancels`: a cancelled event left the Send button dead in gradio 6.31. The
     # running turn sees the request at its next token and ends normally, keeping what streamed.
-    stop_button.click(partial(stop, services), None, None, api_visibility="private", queue=False)
+    stop_button.click(bind(stop, services), None, None, api_visibility="private")  # queued: it knows the session
     clear_button.click(clear, None, [*views, stats], api_visibility="private")
-    refresh.click(partial(refresh_pickers, services), [model_left, model_right], [model_left, model_right],
+    refresh.click(bind(refresh_pickers, services), [model_left, model_right], [model_left, model_right],
                   api_visibility="private")
     return model_left, model_right

@@ -4,14 +4,13 @@ gate, a trend over rounds, and human-vote win rates beside them."""
 from __future__ import annotations
 
 import json
-from functools import partial
 
 import gradio as gr
 import pandas as pd
 
 from evals import winrate
 from pipeline import JobBusy
-from ui.services import Services, annotator_of
+from ui.services import Services, bind
 
 CHECK_COLUMNS = ["check", "flag", "base", "candidate", "note"]
 
@@ -68,7 +67,7 @@ PAIRWISE_COLUMNS = ["model_a", "model_b", "n_votes", "a_wins", "b_wins", "ties",
 def trend_frame(services: Services) -> pd.DataFrame:
     """Candidate value of every share-valued check, one point per evaluated round."""
     points = []
-    for index, checkpoint in enumerate(services.checkpoints(), 1):
+    for index, checkpoint in enumerate(services.checkpoints() if services else [], 1):
         for name, check in ((checkpoint.eval or {}).get("checks") or {}).items():
             if name in TREND_COLORS and isinstance(check.get("candidate"), (int, float)):
                 points.append({"round": index, "value": float(check["candidate"]), "check": name,
@@ -99,13 +98,15 @@ def gate_text(services: Services, round_id: str | None) -> str:
     return head + "✅ **All checks pass**: this checkpoint can be promoted." + note
 
 
-def show_checkpoint(services: Services, round_id: str | None):
+def show_checkpoint(services: Services, round_id: str | None, request: gr.Request = None):
+    services.require(request, "reviewer")
     checkpoint = next((c for c in services.checkpoints() if c.round_id == round_id), None)
     report = checkpoint.eval if checkpoint else None
     return checks_frame(report), examples_markdown(report), gate_text(services, round_id)
 
 
 def promote(services: Services, round_id: str, reason: str, request: gr.Request = None):
+    promoter = services.require(request, "admin")
     checkpoint = next((c for c in services.checkpoints() if c.round_id == round_id), None)
     if checkpoint is None:
         raise gr.Error("Pick a checkpoint first.")
@@ -113,12 +114,13 @@ def promote(services: Services, round_id: str, reason: str, request: gr.Request 
     blocked = checkpoint.eval is None or checkpoint.regression
     if blocked and not reason:
         raise gr.Error("Promotion is blocked by the eval gate: write the reason for overriding it, then promote.")
-    services.store.record_promotion(round_id, annotator_of(request), reason, overridden=bool(blocked))
+    services.store.record_promotion(round_id, promoter, reason, overridden=bool(blocked))
     gr.Info(f"{round_id} is now the current candidate" + (" (gate overridden, reason recorded)." if blocked else "."))
     return gate_text(services, round_id), ""
 
 
-def run_evals(services: Services, round_id: str):
+def run_evals(services: Services, round_id: str, request: gr.Request = None):
+    services.require(request, "admin")
     if not round_id:
         raise gr.Error("Pick a checkpoint first.")
     try:
@@ -129,14 +131,16 @@ def run_evals(services: Services, round_id: str):
     return gate_text(services, round_id)
 
 
-def win_rates(services: Services):
-    votes = services.store.vote_pairs_by_model()
+def win_rates(services: Services | None):
+    votes = services.store.vote_pairs_by_model() if services else []
     board = winrate.leaderboard(votes) if votes else []
     pair_rows = winrate.pairwise(votes) if votes else []
     return pd.DataFrame(board, columns=LEADERBOARD_COLUMNS), pd.DataFrame(pair_rows, columns=PAIRWISE_COLUMNS)
 
 
-def refresh(services: Services, round_id: str | None):
+def refresh(services: Services, round_id: str | None, request: gr.Request = None):
+    if services.role_of(request) == "annotator":  # the Evals tab is for reviewers and admins
+        return (gr.update(choices=[], value=None), checks_frame(None), "", "", trend_frame(None), *win_rates(None))
     choices = [c.round_id for c in reversed(services.checkpoints())]
     round_id = round_id if round_id in choices else (choices[0] if choices else None)
     board, pair_rows = win_rates(services)
@@ -165,8 +169,8 @@ def evals_tab(services: Services):
 
     private = dict(api_visibility="private")
     outputs = [picker, table, examples, gate, trend, board, pairwise]
-    refresh_button.click(partial(refresh, services), picker, outputs, **private)
-    picker.change(partial(show_checkpoint, services), picker, [table, examples, gate], **private)
-    promote_button.click(partial(promote, services), [picker, reason], [gate, reason], **private)
-    rerun.click(partial(run_evals, services), picker, gate, **private)
+    refresh_button.click(bind(refresh, services), picker, outputs, **private)
+    picker.change(bind(show_checkpoint, services), picker, [table, examples, gate], **private)
+    promote_button.click(bind(promote, services), [picker, reason], [gate, reason], **private)
+    rerun.click(bind(run_evals, services), picker, gate, **private)
     return picker, outputs

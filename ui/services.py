@@ -3,7 +3,9 @@ sampling controls and input checks. Tabs import this module, never each other.""
 
 from __future__ import annotations
 
+import functools
 import html
+import inspect
 import random
 import re
 from dataclasses import dataclass, field
@@ -12,11 +14,13 @@ from pathlib import Path
 import gradio as gr
 
 from models.loading import EMBEDDED, ModelLoadError
+from labeling.users import at_least
 from models.chat import ChatModel, SamplingParams
 from training.registry import Checkpoint, get_checkpoint, list_checkpoints
 
 BASE_CHOICE = "base"  # the picker's name for the un-adapted base model
 MAX_PROMPT_CHARS = 8000  # longer than any real chat turn; bigger pastes are almost always mistakes
+MAX_STOP_REQUESTS = 10_000  # far more browsers than one app serves at once
 MAX_CONTEXT_TOKENS = 3072  # keeps one CPU decode step fast; SmolLM2 itself allows 8k
 
 
@@ -54,15 +58,36 @@ class Services:
     chat: ChatModel
     store: object | None = None  # labeling.store.Store
     jobs: object | None = None  # pipeline.JobManager
+    users: dict | None = None  # name -> labeling.users.User; None: no logins, one local admin
     # Browser sessions whose reviewer pressed Stop; the running generation checks it per token.
     stop_requests: set = field(default_factory=set)
 
+    def role_of(self, request: gr.Request | None) -> str:
+        """The asking user's role, from the server's own user list (never from anything the client sent)."""
+        if self.users is None:
+            return "admin"  # no --auth-file: the app serves loopback only, to the one person at this machine
+        user = self.users.get(getattr(request, "username", None) or "")
+        return user.role if user is not None else "annotator"
+
+    def require(self, request: gr.Request | None, role: str) -> str:
+        """The asking user's name, or gr.Error when their role does not include `role`."""
+        have = self.role_of(request)
+        if not at_least(have, role):
+            raise gr.Error(f"This needs the {role} role; {annotator_of(request)} is signed in as {have}.")
+        return annotator_of(request)
+
     def request_stop(self, session: str | None) -> None:
+        """Stop this browser session's running generation. A request without a session stops nothing
+        (it would otherwise match every caller that has none, such as API clients)."""
+        if not session:
+            return
+        if len(self.stop_requests) >= MAX_STOP_REQUESTS:  # Stops pressed while nothing ran pile up
+            self.stop_requests.clear()
         self.stop_requests.add(session)
 
     def take_stop_request(self, session: str | None) -> bool:
         """True once after Stop was pressed in this session (clears the request)."""
-        if session in self.stop_requests:
+        if session and session in self.stop_requests:
             self.stop_requests.discard(session)
             return True
         return False
@@ -128,6 +153,39 @@ def for_display(history: list[dict]) -> list[dict]:
 
 
 # ---------------------------------------------------------------- who is asking
+
+def bind(handler, *bound):
+    """`handler` with its first arguments filled in (the services, a vote's choice), as a function
+    gradio can read. functools.partial hides the signature, so gradio never passed `gr.Request` and
+    every user became "local" and every browser the same session. Gradio injects the request only
+    into a positional parameter before any `*args`, so the wrapper takes it first and hands it on
+    by keyword."""
+    signature = inspect.signature(handler)
+    rest = list(signature.parameters.values())[len(bound):]
+    wants_request = any(p.name == "request" for p in rest)
+    if wants_request:
+        request = inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=gr.Request)
+        rest = [request, *(p for p in rest if p.name != "request")]
+
+    def call(args, kwargs):
+        if wants_request:
+            kwargs = {**kwargs, "request": args[0]}
+            args = args[1:]
+        return handler(*bound, *args, **kwargs)
+
+    if inspect.isgeneratorfunction(handler):  # gradio streams only from generator functions
+        @functools.wraps(handler)
+        def bound_handler(*args, **kwargs):
+            yield from call(args, kwargs)
+    else:
+        @functools.wraps(handler)
+        def bound_handler(*args, **kwargs):
+            return call(args, kwargs)
+    bound_handler.__signature__ = signature.replace(parameters=rest)
+    bound_handler.__annotations__ = {"request": gr.Request} if wants_request else {}
+    del bound_handler.__wrapped__  # gradio and inspect must read the signature above, not the handler's
+    return bound_handler
+
 
 def session_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)

@@ -12,7 +12,6 @@ import html
 import shutil
 import tempfile
 import time
-from functools import partial
 from pathlib import Path
 
 import gradio as gr
@@ -24,7 +23,7 @@ from pipeline import JobBusy
 from training.config import (
     DPO_LOSSES, RECIPES_DIR, SFT_LOSSES, RoundConfig, default_recipe, field_type, knob_fields, load_recipe,
 )
-from ui.services import BASE_CHOICE, Services
+from ui.services import BASE_CHOICE, Services, bind
 
 LOSSES = {"dpo": list(DPO_LOSSES), "sft": list(SFT_LOSSES)}
 
@@ -76,12 +75,18 @@ def lint_table(services: Services) -> str:
             f"<th>prompt</th><th>answer</th></tr></thead><tbody>{body}</tbody></table>")
 
 
-def start_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False):
-    """The data summary, the lint table, the Start button (enabled only when a round can start) and why not."""
+def start_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False,
+               start_from: str | None = BASE_CHOICE, request: gr.Request = None):
+    """The data summary, the lint table, the Start button (enabled only when a round can start), why not,
+    and the checkpoints a round may start from."""
+    if services.role_of(request) != "admin":  # the Train tab, data included, is for admins
+        return "", "", gr.update(interactive=False), "Training is for admins.", gr.update(choices=[BASE_CHOICE])
     summary, reason = data_summary(services, method, include_flagged, include_cut_off)
     reason = services.jobs.busy() or reason
     note = "" if reason is None else f"⛔ **Cannot start:** {reason}"
-    return summary, lint_table(services), gr.update(interactive=reason is None), note
+    choices = services.model_choices()
+    starts = gr.update(choices=choices, value=start_from if start_from in choices else BASE_CHOICE)
+    return summary, lint_table(services), gr.update(interactive=reason is None), note, starts
 
 
 def recipe_values(name: str) -> list:
@@ -118,8 +123,10 @@ def knob_value(f, value):
     return value
 
 
-def start_round(services: Services, recipe, method, start_from, include_flagged, include_cut_off, *knob_values):
+def start_round(services: Services, recipe, method, start_from, include_flagged, include_cut_off, *knob_values,
+                request: gr.Request = None):
     """Write a snapshot (less what the lint leaves out) and launch `python -m training run` on it."""
+    services.require(request, "admin")
     _, reason = data_summary(services, method, include_flagged, include_cut_off)
     reason = services.jobs.busy() or reason
     if reason:
@@ -136,15 +143,18 @@ def start_round(services: Services, recipe, method, start_from, include_flagged,
     return status_and_gate(services, method, include_flagged, include_cut_off)
 
 
-def export_data(services: Services, kind: str, fmt: str) -> str:
+def export_data(services: Services, kind: str, fmt: str, request: gr.Request = None) -> str:
     """Write the export and hand gradio a copy in the temp dir (the data dir is never served)."""
+    services.require(request, "admin")
     snapshot = services.store.write_snapshot(kind, services.settings.snapshots_dir, fmt=fmt)
     target = Path(tempfile.mkdtemp(prefix="preference-export-")) / snapshot.name
     shutil.copyfile(snapshot, target)
     return str(target)
 
 
-def cancel_round(services: Services, method: str, include_flagged: bool, include_cut_off: bool):
+def cancel_round(services: Services, method: str, include_flagged: bool, include_cut_off: bool,
+                 request: gr.Request = None):
+    services.require(request, "admin")
     gr.Info(services.jobs.cancel())
     return status_and_gate(services, method, include_flagged, include_cut_off)
 
@@ -217,8 +227,11 @@ def plot_update(rows: list[dict]):
     return gr.update(value=frame, visible=not frame.empty)
 
 
-def status_and_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False):
+def status_and_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False,
+                    request: gr.Request = None):
     """Timer outputs: the round's status, and the Start button, which a running round disables."""
+    if services.role_of(request) != "admin":
+        return "", "", gr.update(visible=False), "", gr.update(interactive=False), ""
     _, reason = data_summary(services, method, include_flagged, include_cut_off)
     reason = services.jobs.busy() or reason
     note = "" if reason is None else f"⛔ **Cannot start:** {reason}"
@@ -238,7 +251,8 @@ def knob_component(f, value, method: str):
                      precision=0 if kind is int else None, min_width=160, elem_id=f"knob-{f.name}")
 
 
-def past_rounds(services: Services) -> pd.DataFrame:
+def past_rounds(services: Services, request: gr.Request = None) -> pd.DataFrame:
+    services.require(request, "admin")
     return pd.DataFrame(services.jobs.past_runs(), columns=["round", "state", "error", "log"])
 
 
@@ -248,7 +262,7 @@ def train_tab(services: Services):
     with gr.Row():
         method = gr.Radio(["dpo", "sft"], value="dpo", label="Method")
         recipe = gr.Dropdown(recipe_names(), value="dpo_qlora", label="Recipe preset")
-        start_from = gr.Dropdown(services.model_choices(), value=BASE_CHOICE, label="Start from")
+        start_from = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Start from")
     data = gr.Markdown(elem_id="train-data")
     with gr.Row():
         include_flagged = gr.Checkbox(label="Include rows the data lint flags as errors (canned, empty, sales talk)",
@@ -274,7 +288,7 @@ def train_tab(services: Services):
     log = gr.Textbox(label="Log (tail)", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(2.0)
     with gr.Accordion("Past rounds (failed and cancelled ones keep their logs)", open=False):
-        history = gr.Dataframe(past_rounds(services), interactive=False, wrap=True)
+        history = gr.Dataframe(pd.DataFrame(columns=["round", "state", "error", "log"]), interactive=False, wrap=True)
         refresh_history = gr.Button("↻ Refresh", size="sm")
     with gr.Accordion("Export the labeled data (TRL format; loads with `datasets`)", open=False):
         with gr.Row():
@@ -285,17 +299,17 @@ def train_tab(services: Services):
 
     private = dict(api_visibility="private")
     outputs = [progress, status, plot, log]
-    gate = [data, lint, start, reason]
+    gate = [data, lint, start, reason, start_from]
     choices = [method, include_flagged, include_cut_off]
     recipe.change(recipe_values, recipe, [method, *knobs], **private)
     # switching method by hand loads that method's recipe (a DPO loss type would be refused for SFT)
     method.input(default_recipe, method, recipe, **private)
     for trigger in (method.change, include_flagged.change, include_cut_off.change, refresh_data.click):
-        trigger(partial(start_gate, services), choices, gate, **private)
-    start.click(partial(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
+        trigger(bind(start_gate, services), [*choices, start_from], gate, **private)
+    start.click(bind(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
                 [*outputs, start, reason], **private)
-    cancel.click(partial(cancel_round, services), choices, [*outputs, start, reason], **private)
-    timer.tick(partial(status_and_gate, services), choices, [*outputs, start, reason], **private)
-    refresh_history.click(partial(past_rounds, services), None, history, **private)
-    export_button.click(partial(export_data, services), [export_kind, export_format], export_file, **private)
-    return choices, gate
+    cancel.click(bind(cancel_round, services), choices, [*outputs, start, reason], **private)
+    timer.tick(bind(status_and_gate, services), choices, [*outputs, start, reason], **private)
+    refresh_history.click(bind(past_rounds, services), None, history, **private)
+    export_button.click(bind(export_data, services), [export_kind, export_format], export_file, **private)
+    return [*choices, start_from], gate

@@ -1,0 +1,114 @@
+"""The auth file: who may log in, with which role, and their hashed password.
+
+One line per user, `name:role:pbkdf2_sha256$iterations$salt$hash`, written by
+`python -m labeling users add` (the password comes on stdin, never on the command line,
+and only its salted PBKDF2 hash is stored). Roles, from least to most:
+
+- annotator: the Arena only (votes; the server picks the models and the sampling)
+- reviewer:  also the Chat and Evals tabs, read-only
+- admin:     also import, export, train, cancel, evals, promote and the Arena's settings
+
+A legacy `name:password` line (plain text) still logs in, as an admin, so an existing
+deployment keeps working; the app warns about each such line at start.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import re
+import secrets
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+ROLES = ("annotator", "reviewer", "admin")
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
+ITERATIONS = 200_000  # PBKDF2-SHA256; about 0.1 s per login on one core
+
+
+@dataclass(frozen=True)
+class User:
+    name: str
+    role: str
+    secret: str  # "pbkdf2_sha256$<iterations>$<salt hex>$<hash hex>", or a legacy plain password
+    legacy: bool = False
+
+    def check(self, password: str) -> bool:
+        if self.legacy:
+            return hmac.compare_digest(self.secret.encode(), password.encode())
+        _, iterations, salt, digest = self.secret.split("$")
+        return hmac.compare_digest(_hash(password, bytes.fromhex(salt), int(iterations)), digest)
+
+
+def _hash(password: str, salt: bytes, iterations: int = ITERATIONS) -> str:
+    return hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations).hex()
+
+
+def hash_password(password: str) -> str:
+    salt = secrets.token_bytes(16)
+    return f"pbkdf2_sha256${ITERATIONS}${salt.hex()}${_hash(password, salt)}"
+
+
+def at_least(role: str, needed: str) -> bool:
+    """Whether `role` includes everything `needed` may do."""
+    return ROLES.index(role) >= ROLES.index(needed)
+
+
+def read_users(path: Path) -> dict[str, User]:
+    """Every user of the auth file; ValueError naming the line for anything malformed."""
+    path = Path(path)
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"cannot read auth file {path}: {exc}") from exc
+    users: dict[str, User] = {}
+    for number, line in enumerate(lines, 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(":", 2)
+        if len(parts) == 2 and parts[0].strip() and parts[1].strip():
+            user = User(parts[0].strip(), "admin", parts[1].strip(), legacy=True)
+        elif len(parts) == 3 and parts[1] in ROLES and parts[2].startswith("pbkdf2_sha256$") \
+                and parts[2].count("$") == 3:
+            user = User(parts[0], parts[1], parts[2])
+        else:
+            raise ValueError(f"{path}:{number}: expected 'name:role:hash' (python -m labeling users add) "
+                             "or a legacy 'name:password'")
+        if not NAME.match(user.name):
+            raise ValueError(f"{path}:{number}: user name {user.name!r} must be letters, digits, '_', '.', '@', '-'")
+        if user.name in users:
+            raise ValueError(f"{path}:{number}: user {user.name!r} appears twice")
+        users[user.name] = user
+    if not users:
+        raise ValueError(f"{path}: no users; add one with `python -m labeling users add --auth-file {path} ...`")
+    return users
+
+
+def add_user(path: Path, name: str, role: str, password: str) -> None:
+    """Add or replace `name` in the auth file (atomic rewrite; other lines are kept as they are)."""
+    if role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}, got {role!r}")
+    if not NAME.match(name or ""):
+        raise ValueError(f"user name {name!r} must be 1-64 letters, digits, '_', '.', '@' or '-'")
+    if len(password) < 8:
+        raise ValueError("the password must be at least 8 characters")
+    path = Path(path)
+    kept = []
+    if path.exists():
+        read_users(path) if path.read_text(encoding="utf-8").strip() else None  # refuse to rewrite a broken file
+        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
+                if line.split(":", 1)[0].strip() != name]
+    kept.append(f"{name}:{role}:{hash_password(password)}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write("\n".join(kept) + "\n")
+        os.chmod(tmp, 0o600)  # password hashes are still secrets
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,86 @@
+"""Who is asking reaches the handlers: two users log in to the real app (with --auth-file) in two
+browsers, vote in the Arena, and each vote is stored under its own user name, not "local".
+
+Runs the app on the tiny random model, so it needs only Chromium and a few seconds.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_browser import CHROMIUM, browser, free_port, wait_until_serving  # noqa: F401 (fixture)
+from tests.test_loop_browser import wait_text
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)"),
+]
+USERS = {"ann": "ann-secret", "bob": "bob-secret"}
+
+
+@pytest.fixture
+def login_app(tmp_path_factory, tiny_model_dir):
+    data_dir = tmp_path_factory.mktemp("login-data")
+    auth = data_dir / "users.txt"
+    auth.write_text("".join(f"{user}:{password}\n" for user, password in USERS.items()))
+    port = free_port()
+    log = data_dir / "app.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--auth-file", str(auth),
+             "--base-model", str(tiny_model_dir)],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, log)
+        yield url, data_dir, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def log_in(browser, url: str, user: str):
+    context = browser.new_context(viewport={"width": 1300, "height": 900})  # its own cookies: its own login
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(USERS[user])
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#arena-prompt")
+    return context, page
+
+
+def vote_once(page, prompt: str, key: str) -> None:
+    page.fill("#arena-prompt textarea", prompt)
+    page.click("#arena-generate")
+    page.wait_for_selector("#vote-a:not([disabled])", timeout=120_000)
+    page.keyboard.press(key)
+    wait_text(page, "#arena-reveal", "Vote saved")
+
+
+def test_each_logged_in_user_votes_under_their_own_name(browser, login_app):
+    url, data_dir, process = login_app
+    sessions = {user: log_in(browser, url, user) for user in USERS}
+    for user, (_, page) in sessions.items():
+        wait_text(page, "#arena-progress", f"{user} · labeled today: 0")  # the greeting names the user
+    vote_once(sessions["ann"][1], "hello from ann", "1")
+    vote_once(sessions["bob"][1], "hello from bob", "2")
+    vote_once(sessions["ann"][1], "ann again", "3")
+    wait_text(sessions["ann"][1], "#arena-progress", "ann · labeled today: 2")
+    wait_text(sessions["bob"][1], "#arena-progress", "bob · labeled today: 1")
+    for context, _ in sessions.values():
+        context.close()
+    process.terminate()  # DuckDB allows one process: read what was stored once the app let go
+    process.wait(timeout=30)
+    from labeling.store import Store
+
+    store = Store(data_dir)
+    by_user = sorted((row["annotator"], row["messages"][-1]["content"]) for row in store.labeled_rows())
+    store.close()
+    assert by_user == [("ann", "ann again"), ("ann", "hello from ann"), ("bob", "hello from bob")]
