@@ -52,10 +52,13 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             return arena.progress_text(services, annotator_of(request))
 
         def pages_for(request: gr.Request):
-            """Each role sees its tabs (the handlers check the role again: hiding is not a check)."""
+            """Each role sees its tabs (the handlers check the role again: hiding is not a check).
+            Only what must hide is updated; the rest is skipped: in gradio 6.31 any update to a tab,
+            even an empty gr.update(), re-mounted it later and threw away values typed into it (a
+            Train knob went back to the recipe's), which gr.skip() does not."""
             role = services.role_of(request)
             reviewer, admin = role in ("reviewer", "admin"), role == "admin"
-            return [gr.update(visible=v) for v in (reviewer, admin, reviewer, admin)]
+            return [gr.skip() if allowed else gr.update(visible=False) for allowed in (reviewer, admin, reviewer, admin)]
 
         demo.load(pages_for, None, [chat_page, train_page, evals_page, arena_admin], **private)
         demo.load(load_progress, None, arena_progress, **private)

@@ -268,9 +268,9 @@ def arena_tab(services: Services) -> None:
         with gr.Row():
             from_a = gr.Button("Start from A", size="sm")
             from_b = gr.Button("Start from B", size="sm")
-    # Shown to admins only, and filled per request: the page's static config reaches every user,
-    # so it must not carry a model name (refresh_models fills the pickers for admins).
-    with gr.Accordion("Models compared (admins)", open=False, visible=False, elem_id="arena-admin") as admin_panel:
+    # Hidden from non-admins on load, and filled per request: the page's static config reaches every
+    # user, so it must not carry a model name (refresh_models fills the pickers for admins only).
+    with gr.Accordion("Models compared (admins)", open=False, elem_id="arena-admin") as admin_panel:
         with gr.Row():
             model_x = gr.Dropdown([], value=None, label="Model 1")
             model_y = gr.Dropdown([], value=None, label="Model 2")

@@ -76,17 +76,14 @@ def lint_table(services: Services) -> str:
 
 
 def start_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False,
-               start_from: str | None = BASE_CHOICE, request: gr.Request = None):
-    """The data summary, the lint table, the Start button (enabled only when a round can start), why not,
-    and the checkpoints a round may start from."""
+               request: gr.Request = None):
+    """The data summary, the lint table, the Start button (enabled only when a round can start) and why not."""
     if services.role_of(request) != "admin":  # the Train tab, data included, is for admins
-        return "", "", gr.update(interactive=False), "Training is for admins.", gr.update(choices=[BASE_CHOICE])
+        return "", "", gr.update(interactive=False), "Training is for admins."
     summary, reason = data_summary(services, method, include_flagged, include_cut_off)
     reason = services.jobs.busy() or reason
     note = "" if reason is None else f"⛔ **Cannot start:** {reason}"
-    choices = services.model_choices()
-    starts = gr.update(choices=choices, value=start_from if start_from in choices else BASE_CHOICE)
-    return summary, lint_table(services), gr.update(interactive=reason is None), note, starts
+    return summary, lint_table(services), gr.update(interactive=reason is None), note
 
 
 def recipe_values(name: str) -> list:
@@ -262,7 +259,8 @@ def train_tab(services: Services):
     with gr.Row():
         method = gr.Radio(["dpo", "sft"], value="dpo", label="Method")
         recipe = gr.Dropdown(recipe_names(), value="dpo_qlora", label="Recipe preset")
-        start_from = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Start from")
+        # Not refreshed by events: in gradio 6.31 an update to it re-mounted the tab and reset typed knobs.
+        start_from = gr.Dropdown(services.model_choices(), value=BASE_CHOICE, label="Start from (reload for new rounds)")
     data = gr.Markdown(elem_id="train-data")
     with gr.Row():
         include_flagged = gr.Checkbox(label="Include rows the data lint flags as errors (canned, empty, sales talk)",
@@ -299,17 +297,17 @@ def train_tab(services: Services):
 
     private = dict(api_visibility="private")
     outputs = [progress, status, plot, log]
-    gate = [data, lint, start, reason, start_from]
+    gate = [data, lint, start, reason]
     choices = [method, include_flagged, include_cut_off]
     recipe.change(recipe_values, recipe, [method, *knobs], **private)
     # switching method by hand loads that method's recipe (a DPO loss type would be refused for SFT)
     method.input(default_recipe, method, recipe, **private)
     for trigger in (method.change, include_flagged.change, include_cut_off.change, refresh_data.click):
-        trigger(bind(start_gate, services), [*choices, start_from], gate, **private)
+        trigger(bind(start_gate, services), choices, gate, **private)
     start.click(bind(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
                 [*outputs, start, reason], **private)
     cancel.click(bind(cancel_round, services), choices, [*outputs, start, reason], **private)
     timer.tick(bind(status_and_gate, services), choices, [*outputs, start, reason], **private)
     refresh_history.click(bind(past_rounds, services), None, history, **private)
     export_button.click(bind(export_data, services), [export_kind, export_format], export_file, **private)
-    return [*choices, start_from], gate
+    return choices, gate
