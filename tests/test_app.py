@@ -271,3 +271,34 @@ def test_evals_table_leads_noisy_checks_with_their_paired_evidence():
     assert frame.loc["sales_talk", "note"].startswith("8 prompts newly flagged, 0 no longer (chance p = 0.00391)")  # 2^-8
     assert frame.loc["repetition", "flag"] == "ok" and "newly flagged" in frame.loc["repetition", "note"]
     assert "newly flagged" not in frame.loc["canned_reply", "note"]  # a set-level check has no paired test
+
+
+@pytest.mark.parametrize("case", ["open network", "second app", "corrupt database", "bad auth file"])
+def test_app_refuses_to_start_in_seconds_with_one_line(case, tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    args = ["--data-dir", str(data_dir), "--base-model", str(tmp_path / "never-loaded")]
+    holder = None
+    if case == "open network":
+        args += ["--host", "0.0.0.0"]
+    elif case == "second app":
+        holder = Store(data_dir)  # this process plays the running app
+    elif case == "corrupt database":
+        (data_dir / "preferences.duckdb").write_bytes(b"not a database" * 1000)
+    else:
+        (tmp_path / "users.txt").write_text("ann\n")
+        args += ["--auth-file", str(tmp_path / "users.txt")]
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    if holder is not None:
+        holder.close()
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert time.monotonic() - started < 15  # refused before any model loads (the base path does not even exist)
