@@ -143,32 +143,44 @@ def canonical_jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 
 
+def write_atomic(path, data: bytes, mode: int | None = None) -> Path:
+    """Write `data` so a reader sees the old file or the new one, never half of it: a temp file in the
+    same dir, fsync, then one rename. `mode` sets the file's permissions (0o600 for secrets)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
 def write_rows(rows: list[dict], path) -> Path:
-    """Write training rows to .jsonl or .parquet atomically (temp file + fsync + rename)."""
+    """Write training rows to .jsonl or .parquet atomically."""
     path = Path(path)
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".parquet"):
         raise ValueError(f"{path}: output must end in .jsonl or .parquet")
     if not rows:
         raise ValueError("no rows to write: label some comparisons first")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            if suffix == ".jsonl":
-                f.write(canonical_jsonl(rows))
-            else:
-                import pyarrow as pa
-                import pyarrow.parquet as pq
+    if suffix == ".jsonl":
+        return write_atomic(path, canonical_jsonl(rows))
+    import io
 
-                pq.write_table(pa.Table.from_pylist(rows), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    buffer = io.BytesIO()
+    pq.write_table(pa.Table.from_pylist(rows), buffer)
+    return write_atomic(path, buffer.getvalue())
 
 
 def manifest_path(snapshot_path) -> Path:
@@ -178,20 +190,8 @@ def manifest_path(snapshot_path) -> Path:
 
 
 def write_manifest(snapshot_path, data: dict) -> Path:
-    """Write the manifest beside a snapshot atomically (temp file + fsync + rename); returns its path."""
-    path = manifest_path(snapshot_path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(data, f, indent=1, ensure_ascii=False)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    """Write the manifest beside a snapshot atomically; returns its path."""
+    return write_atomic(manifest_path(snapshot_path), json.dumps(data, indent=1, ensure_ascii=False).encode())
 
 
 def read_manifest(snapshot_path) -> dict | None:

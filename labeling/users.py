@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
 import re
 import secrets
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+from formats import write_atomic
 
 ROLES = ("annotator", "reviewer", "admin")
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.@-]{0,63}$")
@@ -98,17 +98,9 @@ def add_user(path: Path, name: str, role: str, password: str) -> None:
     path = Path(path)
     kept = []
     if path.exists():
-        read_users(path) if path.read_text(encoding="utf-8").strip() else None  # refuse to rewrite a broken file
+        if path.read_text(encoding="utf-8").strip():
+            read_users(path)  # refuse to rewrite a broken file
         kept = [line for line in path.read_text(encoding="utf-8").splitlines()
                 if line.split(":", 1)[0].strip() != name]
     kept.append(f"{name}:{role}:{hash_password(password)}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write("\n".join(kept) + "\n")
-        os.chmod(tmp, 0o600)  # password hashes are still secrets
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, ("\n".join(kept) + "\n").encode(), mode=0o600)  # password hashes are still secrets

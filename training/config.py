@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import tempfile
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from formats import write_atomic
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
 METHODS = ("dpo", "sft")
@@ -206,26 +206,13 @@ def load_recipe(name_or_path: str) -> RoundConfig:
 
 
 def write_recipe(config: RoundConfig, path: Path) -> Path:
-    """Write the full config as a YAML recipe (temp file + rename), loadable by load_recipe / --recipe.
-
-    Refuses an invalid config with validate()'s ValueError, so a saved recipe always loads.
-    """
+    """Write the full config as a YAML recipe (atomically), loadable by load_recipe / --recipe."""
     import yaml
 
     path = Path(path)
     if path.suffix not in (".yaml", ".yml"):
         raise ValueError(f"{path}: a recipe file must end in .yaml")
-    text = yaml.safe_dump(config.validate().to_dict(), sort_keys=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return write_atomic(path, yaml.safe_dump(config.validate().to_dict(), sort_keys=False).encode())
 
 
 def default_recipe(method: str) -> str:
