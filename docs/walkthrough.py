@@ -64,9 +64,9 @@ def walk(url: str, data_dir: Path, labels: int, timings: dict) -> None:
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.goto(url)
 
-        def step(name: str, since: float) -> float:
+        def step(name: str, since: float, shot: str) -> float:
             timings[name] = time.perf_counter() - since
-            page.screenshot(path=str(OUT / f"{len(timings) - 1}-{name.split()[0]}.png"), full_page=True)
+            page.screenshot(path=str(OUT / f"{len(timings) - 1}-{shot}.png"), full_page=True)
             return time.perf_counter()
 
         t = time.perf_counter()
@@ -74,31 +74,31 @@ def walk(url: str, data_dir: Path, labels: int, timings: dict) -> None:
         page.set_input_files("input[type=file]", str(MT_BENCH))
         page.click("#arena-import")
         wait_text(page, "#arena-progress", "in the queue: 80")
-        t = step("import the MT-bench prompts", t)
+        t = step("import the MT-bench prompts", t, "import")
         page.get_by_text("Models compared (admins)").click()  # closed again: what an annotator sees
         label(page, labels)
-        t = step(f"label {labels} comparisons", t)
+        t = step(f"label {labels} comparisons", t, "label")
 
         page.get_by_role("tab", name="Train").click()
         wait_text(page, "#train-data", f"{labels} votes")
         page.wait_for_selector("#train-start:not([disabled])", timeout=30_000)
         page.click("#train-start")
         wait_text(page, "#train-status", "evals of", timeout=1_800_000)  # the round is done, its evals began
-        t = step("train a DPO round", t)
+        t = step("train a DPO round", t, "train")
         page.wait_for_function(
             "() => /evals of .*finished|failed/.test(document.querySelector('#train-status').innerText)",
             timeout=1_800_000)
-        t = step("evals (80 prompts)", t)
+        t = step("evals (80 prompts)", t, "evals")
 
         page.get_by_role("tab", name="Evals").click()
         page.get_by_role("button", name="↻ Refresh").click()
         wait_text(page, "#evals-gate", "Current candidate")
         if "blocked" in page.inner_text("#evals-gate"):
             page.get_by_label("Override reason (required only when the gate blocks)").fill("walkthrough")
-        page.screenshot(path=str(OUT / "4b-evals-report.png"), full_page=True)
+        page.screenshot(path=str(OUT / "4b-report.png"), full_page=True)
         page.click("#evals-promote")
         wait_text(page, "#evals-gate", "Current candidate: r-")
-        t = step("read the eval and promote", t)
+        t = step("read the eval and promote", t, "promote")
 
         page.get_by_role("tab", name="Arena").click()
         page.reload()
@@ -108,12 +108,12 @@ def walk(url: str, data_dir: Path, labels: int, timings: dict) -> None:
         page.wait_for_selector("#vote-a:not([disabled])", timeout=600_000)
         page.keyboard.press("1")
         wait_text(page, "#arena-reveal", "Vote saved")
-        t = step("arena: candidate vs base", t)
+        t = step("arena: candidate vs base", t, "arena")
         page.get_by_role("tab", name="Chat").click()
         page.fill("#chat-input textarea", "Give me three tips for writing clear emails.")
         page.click("#chat-send")
         wait_text(page, "#chat-stats", "tok/s", timeout=600_000)
-        step("chat: base and candidate side by side", t)
+        step("chat: base and candidate side by side", t, "chat")
         browser.close()
 
 
