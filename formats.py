@@ -20,6 +20,7 @@ import io
 import json
 import os
 import tempfile
+import unicodedata
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -49,8 +50,20 @@ def clean_messages(messages) -> list[dict]:
     return cleaned
 
 
+def canonical_text(text: str) -> str:
+    """Text as people read it: NFKC-normalised, without invisible format characters (zero-width
+    spaces and joiners, direction marks, BOMs), stripped. Used to compare and hash, never to store:
+    "a\u200b" and "a" are the same prompt and the same answer."""
+    text = unicodedata.normalize("NFKC", text)
+    return "".join(ch for ch in text if unicodedata.category(ch) != "Cf").strip()
+
+
 def content_hash(messages: list[dict]) -> str:
-    return hashlib.sha256(json.dumps(messages, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+    canonical = [{**m, "content": canonical_text(m["content"])} for m in messages]
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
+
+
+MAX_PROMPT_FILE_BYTES = 64 * 2**20  # far above any real prompt set; an upload past it is a mistake
 
 
 class PromptFileError(ValueError):
@@ -65,13 +78,21 @@ def read_records(path) -> list[tuple[int, dict]]:
     suffix = path.suffix.lower()
     if suffix not in (".jsonl", ".json", ".csv"):
         raise PromptFileError(f"{path}: unsupported file type {suffix or '(none)'!r}; use .jsonl or .csv")
+    size = path.stat().st_size
+    if size > MAX_PROMPT_FILE_BYTES:
+        raise PromptFileError(f"{path} is {size / 2**20:.0f} MiB; prompt files are capped at "
+                              f"{MAX_PROMPT_FILE_BYTES // 2**20} MiB: split it")
     try:
         text = path.read_text(encoding="utf-8-sig")  # spreadsheets often start a CSV with a BOM
     except UnicodeDecodeError as e:
-        raise PromptFileError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        hint = "; it looks like UTF-16: save it as UTF-8" if path.read_bytes()[:2] in (b"\xff\xfe", b"\xfe\xff") else ""
+        raise PromptFileError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start}){hint}") from None
     if suffix == ".csv":
         records = csv.DictReader(io.StringIO(text, newline=""))  # quoted fields may span lines
-        return list(enumerate(records, start=2))  # line 1 is the header
+        try:
+            return list(enumerate(records, start=2))  # line 1 is the header
+        except csv.Error as e:  # e.g. a field over the csv module's 128 KiB limit
+            raise PromptFileError(f"{path}:{records.line_num}: unreadable CSV ({e})") from None
     numbered = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():

@@ -26,6 +26,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from formats import canonical_text
 from labeling.lint import CUT_OFF, RULES, LintIssue, LintReport, is_cut_off, lint
 
 __all__ = ["CHOICES", "KINDS", "Decision", "LintIssue", "LintReport", "Snapshot", "TrainingDataReport", "build",
@@ -83,12 +84,14 @@ def resolve_votes(rows: list[dict]) -> tuple[list[Decision], dict]:
         if split:
             continue
         first = votes[0]
-        originals = {first["answer_a"].strip(), first["answer_b"].strip()}
-        edits = []
+        # compared as read: an "edit" that only adds a zero-width space is no edit
+        originals = {canonical_text(first["answer_a"]), canonical_text(first["answer_b"])}
+        edits, seen = [], set()
         for vote in votes:
             edit = (vote.get("better_answer") or "").strip()
-            if vote["choice"] == choice and edit and edit not in originals and edit not in edits:
+            if vote["choice"] == choice and canonical_text(edit) and canonical_text(edit) not in originals | seen:
                 edits.append(edit)
+                seen.add(canonical_text(edit))
         decisions.append(Decision(comparison_id, first["messages"], first["answer_a"], first["answer_b"],
                                   choice, tuple(edits), recorded_cut_off(first.get("params"))))
     report = {"votes": len(rows), "comparisons": len(groups), "used": len(decisions),

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import re
 import threading
 import uuid
 from collections import Counter
@@ -25,6 +26,7 @@ from labeling.db import Database, StoreLocked, utc_now as _now
 __all__ = ["DB_NAME", "MIGRATIONS", "Store", "StoreLocked", "VoteResult"]
 
 DB_NAME = "preferences.duckdb"
+COMPARISON_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")  # uuid4, as stored
 MAX_BETTER_ANSWER_CHARS = 20_000
 
 
@@ -148,6 +150,9 @@ class Store:
     def record_vote(self, comparison_id: str, annotator: str, choice: str, better_answer: str | None = None,
                     idempotency_key: str | None = None, time_spent_s: float | None = None) -> VoteResult:
         annotator = _required(annotator, "annotator")
+        if not isinstance(comparison_id, str) or not COMPARISON_ID.match(comparison_id):
+            shown = repr(comparison_id)[:40]  # never echo a huge or hostile id back whole
+            raise ValueError(f"comparison_id must be the id /arena_generate returned, got {shown}")
         if choice not in pairs.CHOICES:
             raise ValueError(f"choice must be one of {', '.join(pairs.CHOICES)}, got {choice!r}")
         if better_answer is not None and not isinstance(better_answer, str):

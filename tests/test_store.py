@@ -121,7 +121,10 @@ def test_replayed_idempotency_key_records_one_row(store):
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"comparison_id": "missing"}, "unknown comparison"),
+    ({"comparison_id": "missing"}, "must be the id /arena_generate returned, got 'missing'"),
+    ({"comparison_id": 5}, "must be the id /arena_generate returned, got 5"),  # DuckDB's own error named another id
+    ({"comparison_id": "1" * 100_000}, "got '1111"),
+    ({"comparison_id": "00000000-0000-4000-8000-000000000000"}, "unknown comparison"),
     ({"choice": "left"}, "choice must be one of"),
     ({"annotator": ""}, "annotator"),
     ({"better_answer": "x" * 20_001}, "20000"),
@@ -481,3 +484,32 @@ def test_training_data_report_counts_what_a_round_leaves_out(store):
     frame = report.lint.to_frame_rows()
     assert {r["comparison_id"] for r in frame} == set(cids.values()) - {cids["clean"]}
     assert all(r["prompt"] == "Name a primary colour." for r in frame)
+
+
+def test_invisible_characters_do_not_make_a_new_prompt_or_an_edit(store, tmp_path):
+    """A zero-width space, a direction mark or a compatibility form is the same text to a reader."""
+    from labeling import pairs
+
+    assert store.import_prompts([{"prompt": "What is DNS?"}], source="a") == 1
+    assert store.import_prompts([{"prompt": "What is\u200b DNS?\u200e"}, {"prompt": "What is DNS？"}], source="b") == 0
+    cid = store.add_comparison([{"role": "user", "content": "hi"}], "Hello there.", "Hi.", "base", "base",
+                               None, None, {}, "ann")
+    store.record_vote(cid, "ann", "a", better_answer="Hello\u200b there.")  # the original, plus U+200B
+    dpo_rows, _ = pairs.build("dpo", store.labeled_rows())
+    assert len(dpo_rows) == 1 and dpo_rows[0]["rejected"][0]["content"] == "Hi."  # no chosen≈rejected pair
+
+
+def test_malformed_prompt_files_get_one_clear_error(tmp_path):
+    from formats import PromptFileError, load_prompt_file
+
+    cases = {"list.jsonl": "[1]\n", "string.jsonl": '"x"\n', "number.jsonl": "5\n",
+             "huge-field.csv": "prompt\n" + "x" * 200_000 + "\n"}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+    (tmp_path / "utf16.jsonl").write_bytes('{"prompt": "hi"}\n'.encode("utf-16"))
+    (tmp_path / "bad.jsonl").write_bytes(b'{"prompt": "\xff\xfe hi"}\n')
+    for path in sorted(tmp_path.iterdir()):
+        with pytest.raises(PromptFileError, match=path.name):
+            load_prompt_file(path)
+    with pytest.raises(PromptFileError, match="UTF-16"):
+        load_prompt_file(tmp_path / "utf16.jsonl")
