@@ -63,6 +63,7 @@ def content_hash(messages: list[dict]) -> str:
     return hashlib.sha256(json.dumps(canonical, sort_keys=True, ensure_ascii=False).encode()).hexdigest()
 
 
+MAX_PROMPT_CHARS = 8000  # longer than any real chat turn; bigger pastes are almost always mistakes
 MAX_PROMPT_FILE_BYTES = 64 * 2**20  # far above any real prompt set; an upload past it is a mistake
 
 
@@ -137,6 +138,9 @@ def load_prompt_file(path) -> list[dict]:
         prompt = turns[0] if isinstance(turns, list) and turns else record.get("prompt")
         if not isinstance(prompt, str) or not prompt.strip():
             raise PromptFileError(f"{path}:{number}: no \"prompt\" text (or MT-bench \"turns\" list)")
+        if len(prompt) > MAX_PROMPT_CHARS:  # the Arena refuses it, so queued it would block the queue
+            raise PromptFileError(f"{path}:{number}: the prompt is {len(prompt):,} characters; the limit is "
+                                  f"{MAX_PROMPT_CHARS:,}")
         qid = next((record[k] for k in ("id", "question_id") if record.get(k) not in (None, "")), position)
         rows.append({"prompt": prompt.strip(), "id": str(qid), "category": record.get("category") or None,
                      "reference": reference_text(record)})

@@ -503,7 +503,8 @@ def test_malformed_prompt_files_get_one_clear_error(tmp_path):
     from formats import PromptFileError, load_prompt_file
 
     cases = {"list.jsonl": "[1]\n", "string.jsonl": '"x"\n', "number.jsonl": "5\n",
-             "huge-field.csv": "prompt\n" + "x" * 200_000 + "\n"}
+             "huge-field.csv": "prompt\n" + "x" * 200_000 + "\n",
+             "too-long.jsonl": '{"prompt": "' + "x" * 9000 + '"}\n'}  # would block the queue: the Arena refuses it
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
     (tmp_path / "utf16.jsonl").write_bytes('{"prompt": "hi"}\n'.encode("utf-16"))

@@ -14,12 +14,12 @@ from pathlib import Path
 import gradio as gr
 
 from models.loading import EMBEDDED, ModelLoadError
+from formats import MAX_PROMPT_CHARS
 from labeling.users import at_least
 from models.chat import ChatModel, SamplingParams
 from training.registry import Checkpoint, get_checkpoint, list_checkpoints
 
 BASE_CHOICE = "base"  # the picker's name for the un-adapted base model
-MAX_PROMPT_CHARS = 8000  # longer than any real chat turn; bigger pastes are almost always mistakes
 MAX_STOP_REQUESTS = 10_000  # far more browsers than one app serves at once
 MAX_CONTEXT_TOKENS = 3072  # keeps one CPU decode step fast; SmolLM2 itself allows 8k
 
