@@ -144,7 +144,7 @@ def refresh(services: Services, round_id: str | None, request: gr.Request = None
     choices = [c.round_id for c in reversed(services.checkpoints())]
     round_id = round_id if round_id in choices else (choices[0] if choices else None)
     board, pair_rows = win_rates(services)
-    return (gr.update(choices=choices, value=round_id), *show_checkpoint(services, round_id),
+    return (gr.update(choices=choices, value=round_id), *show_checkpoint(services, round_id, request),
             trend_frame(services), board, pair_rows)
 
 

@@ -1,0 +1,104 @@
+"""Roles hold in gradio's queue itself: a logged-in annotator who posts privileged events by
+fn_index (as any script can; `api_visibility="private"` only hides them from the API page) changes
+nothing, and an admin's identical calls work. Runs the real app on the tiny model, over HTTP.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import ROOT
+from tests.test_browser import free_port, wait_until_serving
+
+pytestmark = pytest.mark.slow
+PASSWORDS = {"ann": "ann-password", "ada": "ada-password"}
+
+
+@pytest.fixture
+def roles_app(tmp_path, tiny_model_dir, trained_checkpoint):
+    from labeling.users import add_user
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(trained_checkpoint, data_dir / "checkpoints" / trained_checkpoint.name)
+    auth = tmp_path / "users.txt"
+    add_user(auth, "ann", "annotator", PASSWORDS["ann"])
+    add_user(auth, "ada", "admin", PASSWORDS["ada"])
+    port = free_port()
+    log = tmp_path / "app.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--auth-file", str(auth),
+             "--base-model", str(tiny_model_dir)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_serving(url + "/", process, log)
+        yield url, data_dir, process
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def session(url: str, user: str) -> httpx.Client:
+    client = httpx.Client(base_url=url, timeout=60)
+    client.session_hash = uuid.uuid4().hex[:11]  # one browser session: gradio keeps its pickers' choices
+    response = client.post("/login", data={"username": user, "password": PASSWORDS[user]})
+    assert response.status_code == 200, response.text
+    # gradio marks its cookies Secure, which httpx will not send over plain http: send them by hand
+    client.headers["Cookie"] = "; ".join(f"{k}={v}" for k, v in response.cookies.items())
+    return client
+
+
+def call(client: httpx.Client, fn_index: int, data: list) -> dict:
+    """Post one event to the queue by fn_index and return its completion message."""
+    session_hash = client.session_hash
+    joined = client.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index,
+                                                         "session_hash": session_hash, "event_data": None})
+    assert joined.status_code == 200, joined.text
+    with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data:"):
+                message = json.loads(line[5:])
+                if message.get("msg") == "process_completed":
+                    return message
+    raise AssertionError("the event never completed")
+
+
+def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(roles_app):
+    url, data_dir, process = roles_app
+    ann, ada = session(url, "ann"), session(url, "ada")
+    fns = {dep.get("api_name"): dep["id"] for dep in ann.get("/config").json()["dependencies"]}
+    calls = {  # privileged event -> inputs as the page would send them
+        "promote": ["r-trained", "any reason at all"],
+        "run_evals": ["r-trained"],
+        "export_data": ["dpo", "jsonl"],
+        "cancel_round": ["dpo", False, False],
+        "past_rounds": [],
+    }
+    for client in (ann, ada):  # what the page does on load: fill the Evals picker for this session
+        call(client, fns["refresh"], [None])
+    for name, data in calls.items():
+        result = call(ann, fns[name], data)
+        assert result["success"] is False, (name, result)
+        # the picker an annotator gets is empty, so gradio itself refuses their promote / run_evals
+        assert "needs the admin role" in json.dumps(result) or name in ("promote", "run_evals"), (name, result)
+    assert not (data_dir / "runs").exists() and not (data_dir / "snapshots").exists()  # nothing started or written
+    result = call(ada, fns["promote"], calls["promote"])
+    assert result["success"] is True, result
+    exported = call(ada, fns["export_data"], calls["export_data"])  # past the role check, to the data
+    assert "no rows to write" in json.dumps(exported), exported
+    ann.close(), ada.close()
+    process.terminate()
+    process.wait(timeout=30)
+    from labeling.store import Store
+
+    with Store(data_dir) as store:
+        assert store.current_candidate() == "r-trained"
+        promoted_by = store._db.rows("SELECT promoted_by, reason FROM promotions")
+    assert promoted_by == [{"promoted_by": "ada", "reason": "any reason at all"}]  # the annotator's call left no row
