@@ -34,6 +34,7 @@ MAX_BETTER_ANSWER_CHARS = 20_000
 class VoteResult:
     vote_id: str
     created: bool  # False: a replay or double-click; vote_id is the vote recorded earlier
+    choice: str = ""  # the choice stored: a replay that sends another choice does not change it
 
 
 # ---- migrations: append only; each runs once, inside its own transaction ------
@@ -167,17 +168,17 @@ class Store:
         with self._db.write() as db:
             # replays are answered with the earlier vote; the single writer makes check-then-insert safe
             existing = db.execute(
-                "SELECT id FROM votes WHERE idempotency_key = ? OR (annotator = ? AND comparison_id = ?) LIMIT 1",
+                "SELECT id, choice FROM votes WHERE idempotency_key = ? OR (annotator = ? AND comparison_id = ?) LIMIT 1",
                 [idempotency_key, annotator, comparison_id]).fetchone()
             if existing:
-                return VoteResult(existing[0], created=False)
+                return VoteResult(existing[0], created=False, choice=existing[1])
             if not db.execute("SELECT 1 FROM comparisons WHERE id = ?", [comparison_id]).fetchone():
                 raise ValueError(f"unknown comparison id {comparison_id!r}")
             vote_id = str(uuid.uuid4())
             db.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                        [vote_id, comparison_id, annotator, choice, better_answer, idempotency_key,
                         time_spent_s, _now()])
-        return VoteResult(vote_id, created=True)
+        return VoteResult(vote_id, created=True, choice=choice)
 
     def annotator_progress(self, annotator: str) -> dict:
         midnight = _now().replace(hour=0, minute=0, second=0, microsecond=0)  # UTC day

@@ -114,8 +114,8 @@ def test_arena_vote_is_stored_once_and_reveals_models(services):
     assert services.store.get_comparison(state["id"])["answer_a"] == state["answer_a"]
     first = arena.vote(services, "a", state, "", request=FakeRequest("ann"))
     assert "Vote saved" in first[1] and "A was `base`" in first[1]
-    second = arena.vote(services, "a", state, "", request=FakeRequest("ann"))  # double click / replay
-    assert "Already recorded" in second[1]
+    second = arena.vote(services, "b", state, "", request=FakeRequest("ann"))  # a replay that changes the choice
+    assert "Already recorded" in second[1] and "**A is better**" in second[1]  # the reveal shows what is stored
     rows = services.store.labeled_rows()
     assert len(rows) == 1 and rows[0]["choice"] == "a" and rows[0]["annotator"] == "ann"
     assert services.store.annotator_progress("ann") == {"today": 1, "total": 1}

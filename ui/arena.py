@@ -168,6 +168,7 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
         )
     except ValueError as exc:
         raise gr.Error(str(exc)) from exc
+    choice = result.choice  # a replay keeps the first vote: show and continue with what is stored
     chosen = {"a": state["answer_a"], "b": state["answer_b"]}.get(choice, state["answer_a"])
     state = {**state, "voted": True, "continue_with": better or chosen}
     saved = "Vote saved" if result.created else "Already recorded (one vote per comparison)"
@@ -237,7 +238,7 @@ def api_vote(services: Services, comparison_id: str, choice: str, better_answer:
         comparison_id, annotator, choice, better_answer=(better_answer or "").strip() or None,
         idempotency_key=f"{comparison_id}:{annotator}",
     )
-    return f"{'saved' if result.created else 'already recorded'}: vote {result.vote_id}"
+    return f"{'saved' if result.created else 'already recorded'}: vote {result.vote_id} ({result.choice})"
 
 
 def arena_tab(services: Services) -> None:
