@@ -92,11 +92,21 @@ def resolve_votes(rows: list[dict]) -> tuple[list[Decision], dict]:
             if vote["choice"] == choice and canonical_text(edit) and canonical_text(edit) not in originals | seen:
                 edits.append(edit)
                 seen.add(canonical_text(edit))
-        decisions.append(Decision(comparison_id, first["messages"], first["answer_a"], first["answer_b"],
+        decisions.append(Decision(comparison_id, with_system_prompt(first), first["answer_a"], first["answer_b"],
                                   choice, tuple(edits), recorded_cut_off(first.get("params"))))
     report = {"votes": len(rows), "comparisons": len(groups), "used": len(decisions),
               "conflicts": conflicts, "dropped_split": sum(c["resolution"] == "dropped" for c in conflicts)}
     return decisions, report
+
+
+def with_system_prompt(row: dict) -> list[dict]:
+    """The prompt as the model saw it: a system prompt set in the sampling settings shaped both
+    answers, so the training row keeps it."""
+    messages = row["messages"]
+    system = ((row.get("params") or {}).get("system_prompt") or "").strip()
+    if system and not (messages and messages[0]["role"] == "system"):
+        return [{"role": "system", "content": system}, *messages]
+    return messages
 
 
 def _winner_loser(d: Decision) -> tuple[str, str] | None:

@@ -323,3 +323,13 @@ def test_agreement_and_position_bias_from_votes():
     assert result["cohen_kappa"][0]["annotators"] == ["x", "y"] and result["cohen_kappa"][0]["n"] == 3
     assert 0 < result["krippendorff_alpha"] < 1
     assert agreement.position_bias(votes) == {"decisive": 6, "left_wins": 4, "left_share": pytest.approx(4 / 6)}
+
+
+def test_a_system_prompt_that_shaped_the_answers_stays_in_the_rows():
+    row = {"comparison_id": "c1", "messages": [{"role": "user", "content": "hi"}], "answer_a": "Ahoy, matey.",
+           "answer_b": "Hello.", "choice": "a", "better_answer": None, "annotator": "ann",
+           "params": {"system_prompt": "Talk like a pirate."}}
+    for kind in ("dpo", "sft", "kto"):
+        rows, _ = pairs.build(kind, [row])
+        first = rows[0]["prompt"] if kind != "sft" else rows[0]["messages"]
+        assert first[0] == {"role": "system", "content": "Talk like a pirate."}, kind
