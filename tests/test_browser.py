@@ -209,3 +209,18 @@ def test_evals_tab_blocks_a_collapsed_checkpoint_until_an_override_reason(page, 
                            timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "evals.png"), full_page=True)
     assert "Current candidate: r-collapsed" in page.inner_text("#evals-gate").replace("`", "")
+
+
+def test_markdown_images_in_a_prompt_fetch_nothing(page):
+    fetched = []
+    page.on("request", lambda request: fetched.append(request.url) if "tracker.invalid" in request.url else None)
+    page.get_by_role("tab", name="Chat").click()
+    page.get_by_text("Sampling settings (apply to both sides)").locator("visible=true").first.click()
+    page.fill("#chat-max-tokens input[type=number]", "16")
+    page.press("#chat-max-tokens input[type=number]", "Enter")
+    page.fill("#chat-input textarea", "Describe ![pixel](http://tracker.invalid/p.png) and <img src='http://tracker.invalid/i.png'>")
+    page.click("#chat-send")
+    page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('tok/s')", timeout=180_000)
+    shown = page.inner_text("#chat-left")
+    assert "![pixel](http://tracker.invalid/p.png)" in shown and "<img" in shown  # shown as typed
+    assert fetched == []  # and nothing was requested from the image URLs

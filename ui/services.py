@@ -141,10 +141,13 @@ def as_display_text(text: str) -> str:
     The Chatbot sanitizes HTML (so a <script> can never run) but would still render
     or drop tags; escaping keeps what the user or model typed visible as typed.
     Code spans and fences are left alone because markdown shows them verbatim.
+    A markdown image would make every reader's browser fetch its URL the moment it is shown
+    (a tracking pixel in a prompt or an answer), so `![` is escaped and shows as typed;
+    links stay links, fetched only when someone clicks them.
     """
     parts = _CODE.split(text)
     return "".join(
-        part if index % 2 else html.escape(part, quote=False) for index, part in enumerate(parts)
+        part if index % 2 else html.escape(part, quote=False).replace("![", "!\\[") for index, part in enumerate(parts)
     )
 
 
