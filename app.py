@@ -29,6 +29,7 @@ from pipeline import JobManager  # noqa: E402
 from ui.services import Services, Settings, annotator_of, bind  # noqa: E402
 
 TITLE = "Preference loop"
+QUEUE_MAX_SIZE = 256  # waiting events across all users; a labeling team sends a few each
 
 
 def build_ui(settings: Settings, services: Services) -> gr.Blocks:
@@ -74,7 +75,9 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         demo.load(evals_refresh, evals_picker, evals_outputs, **private)
         evals_page.select(evals_refresh, evals_picker, evals_outputs, **private)
     # One generation at a time on the shared weights; others wait in gradio's queue.
-    demo.queue(default_concurrency_limit=1)
+    # max_size bounds the waiting line: past it a client is told the app is busy instead of
+    # piling up work that nobody will wait for
+    demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
     return demo
 
 
