@@ -221,7 +221,9 @@ def round_status(services: Services):
 def plot_update(rows: list[dict]):
     """The live plot, hidden until a round has logged a point (no empty axes before any round)."""
     frame = metric_frame(rows)
-    return gr.update(value=frame, visible=not frame.empty)
+    # Nothing to show: leave the plot alone. An update every tick, even one that keeps it hidden,
+    # made gradio 6.31 re-render the tab and drop a knob value being typed.
+    return gr.skip() if frame.empty else gr.update(value=frame, visible=True)
 
 
 def status_and_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False,
@@ -233,6 +235,21 @@ def status_and_gate(services: Services, method: str, include_flagged: bool = Fal
     reason = services.jobs.busy() or reason
     note = "" if reason is None else f"⛔ **Cannot start:** {reason}"
     return (*round_status(services), gr.update(interactive=reason is None), note)
+
+
+def config_summary(services: Services, recipe: str, method: str, start_from: str | None, *knob_values,
+                   request: gr.Request = None) -> str:
+    """What a round would run with, as the server received it: the fields that differ from the recipe,
+    or the one field out of bounds. Shown as the admin edits, so nobody starts a round on a surprise."""
+    if services.role_of(request) != "admin":
+        return ""
+    try:
+        config = round_config(services, recipe, method, start_from, *knob_values)
+    except ValueError as exc:
+        return f"⛔ {exc}"
+    base = load_recipe(recipe)
+    changed = [f"{f.name}: {getattr(config, f.name)}" for f in knob_fields() if getattr(config, f.name) != getattr(base, f.name)]
+    return f"This round: **{recipe}**" + (" with " + ", ".join(f"`{c}`" for c in changed) if changed else " as it is")
 
 
 def knob_component(f, value, method: str):
@@ -274,6 +291,7 @@ def train_tab(services: Services):
         defaults = load_recipe("dpo_qlora")
         with gr.Row():
             knobs = [knob_component(f, getattr(defaults, f.name), defaults.method) for f in knob_fields()]
+        summary = gr.Markdown("This round: **dpo_qlora** as it is", elem_id="train-config")
     with gr.Row():
         start = gr.Button("Start round", variant="primary", elem_id="train-start", interactive=False)
         cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
@@ -304,6 +322,8 @@ def train_tab(services: Services):
     method.input(default_recipe, method, recipe, **private)
     for trigger in (method.change, include_flagged.change, include_cut_off.change, refresh_data.click):
         trigger(bind(start_gate, services), choices, gate, **private)
+    for knob in (recipe, method, *knobs):
+        knob.change(bind(config_summary, services), [recipe, method, start_from, *knobs], summary, **private)
     start.click(bind(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
                 [*outputs, start, reason], **private)
     cancel.click(bind(cancel_round, services), choices, [*outputs, start, reason], **private)
