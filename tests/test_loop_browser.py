@@ -2,7 +2,7 @@
 import the MT-bench prompts, label comparisons with the keyboard, train a DPO round, let its
 evals run by themselves, promote it, and find the candidate in the Arena and the Chat.
 
-Settings are small so it fits CI (answers of 64 tokens, 2 training steps, evals on 4 prompts);
+Settings are small so it fits CI (answers of 48 tokens, 2 training steps, evals on 4 prompts);
 everything else is the app as `make run` starts it. Screenshots go to test-artifacts/loop-*.png.
 """
 
@@ -43,7 +43,7 @@ def loop_app(tmp_path_factory, embedded_model_dir):
     with log.open("wb") as out:
         process = subprocess.Popen(
             [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port),
-             "--eval-prompts", str(eval_prompts), "--eval-max-new-tokens", "24"],
+             "--eval-prompts", str(eval_prompts), "--eval-max-new-tokens", "16"],
             cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}/"
@@ -107,7 +107,7 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     assert "Cold start" in page.inner_text("#arena-progress")
     shot(page, "1-import")
     page.get_by_text("Sampling settings (apply to both sides)").locator("visible=true").first.click()
-    set_number(page, "#arena-max-tokens", 64)
+    set_number(page, "#arena-max-tokens", 48)
 
     # 2. label with the keyboard
     label(page, LABELS)
@@ -120,7 +120,7 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     set_number(page, "#knob-max_steps", 2)
     wait_text(page, "#train-config", "max_steps: 2")  # the server has the edited config
     if page.is_disabled("#train-start"):
-        # 64-token answers are often cut where no sentence end can save them, and such pairs are left
+        # 48-token answers are often cut where no sentence end can save them, and such pairs are left
         # out by default; the reason says so, and the admin's way on is to include them on purpose
         assert "include the rows left out" in text_of(page, "#train-reason"), text_of(page, "#train-reason")
         page.click("#train-include-cut-off input")
