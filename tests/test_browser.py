@@ -129,11 +129,16 @@ def bot_messages(page, pane: str) -> list[str]:
         " return [...els].map(e => e.innerText.trim()); }", pane)
 
 
-def test_chat_stop_keeps_the_partial_answer_and_the_chat_goes_on(page):
+def open_chat(page, max_new_tokens: int) -> None:
+    """The Chat tab, with its answer budget set in the sampling settings."""
     page.get_by_role("tab", name="Chat").click()
     page.get_by_text("Sampling settings (apply to both sides)").locator("visible=true").first.click()
-    page.fill("#chat-max-tokens input[type=number]", "1024")
+    page.fill("#chat-max-tokens input[type=number]", str(max_new_tokens))
     page.press("#chat-max-tokens input[type=number]", "Enter")
+
+
+def test_chat_stop_keeps_the_partial_answer_and_the_chat_goes_on(page):
+    open_chat(page, max_new_tokens=1024)
     page.fill("#chat-input textarea", "Tell me a very long story about a dragon and a lighthouse.")
     page.click("#chat-send")
     page.wait_for_function(  # some of the answer has streamed in
@@ -214,10 +219,7 @@ def test_evals_tab_blocks_a_collapsed_checkpoint_until_an_override_reason(page, 
 def test_markdown_images_in_a_prompt_fetch_nothing(page):
     fetched = []
     page.on("request", lambda request: fetched.append(request.url) if "tracker.invalid" in request.url else None)
-    page.get_by_role("tab", name="Chat").click()
-    page.get_by_text("Sampling settings (apply to both sides)").locator("visible=true").first.click()
-    page.fill("#chat-max-tokens input[type=number]", "16")
-    page.press("#chat-max-tokens input[type=number]", "Enter")
+    open_chat(page, max_new_tokens=16)
     page.fill("#chat-input textarea", "Describe ![pixel](http://tracker.invalid/p.png) and <img src='http://tracker.invalid/i.png'>")
     page.click("#chat-send")
     page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('tok/s')", timeout=180_000)

@@ -8,6 +8,7 @@ a timer, so a page refresh loses nothing. The knobs are RoundConfig's own fields
 
 from __future__ import annotations
 
+import functools
 import html
 import shutil
 import tempfile
@@ -46,7 +47,7 @@ def data_summary(services: Services, method: str, include_flagged: bool = False,
     left_out = (f": {len(excluded)} comparisons left out ({len(excluded) - cut} flagged by the data lint, "
                 f"{cut} with a cut-off answer; tick the boxes below to include them on purpose)") if excluded else ""
     lines.append(f"A {method.upper()} round would train on **{len(rows)} rows**{left_out}.")
-    min_rows = load_recipe(default_recipe(method)).min_pairs  # the trainer refuses fewer rows anyway
+    min_rows = recipe_min_rows(method)  # the trainer refuses fewer rows anyway
     reason = None
     if len(rows) < min_rows:
         reason = (f"{len(rows)} usable {method.upper()} rows; a round needs at least {min_rows}. "
@@ -75,15 +76,29 @@ def lint_table(services: Services) -> str:
             f"<th>prompt</th><th>answer</th></tr></thead><tbody>{body}</tbody></table>")
 
 
+@functools.lru_cache(maxsize=None)
+def recipe_min_rows(method: str) -> int:
+    """The default recipe's row minimum; recipes ship with the code, so read each once, not every tick."""
+    return load_recipe(default_recipe(method)).min_pairs
+
+
+def why_not_start(services: Services, method: str, include_flagged: bool, include_cut_off: bool):
+    """(data summary, why a round cannot start now, None when it can): a running job first, then the data."""
+    summary, reason = data_summary(services, method, include_flagged, include_cut_off)
+    return summary, services.jobs.busy() or reason
+
+
+def gate_note(reason: str | None) -> str:
+    return "" if reason is None else f"⛔ **Cannot start:** {reason}"
+
+
 def start_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False,
                request: gr.Request = None):
     """The data summary, the lint table, the Start button (enabled only when a round can start) and why not."""
     if services.role_of(request) != "admin":  # the Train tab, data included, is for admins
         return "", "", gr.update(interactive=False), "Training is for admins."
-    summary, reason = data_summary(services, method, include_flagged, include_cut_off)
-    reason = services.jobs.busy() or reason
-    note = "" if reason is None else f"⛔ **Cannot start:** {reason}"
-    return summary, lint_table(services), gr.update(interactive=reason is None), note
+    summary, reason = why_not_start(services, method, include_flagged, include_cut_off)
+    return summary, lint_table(services), gr.update(interactive=reason is None), gate_note(reason)
 
 
 def recipe_values(name: str) -> list:
@@ -124,8 +139,7 @@ def start_round(services: Services, recipe, method, start_from, include_flagged,
                 request: gr.Request = None):
     """Write a snapshot (less what the lint leaves out) and launch `python -m training run` on it."""
     services.require(request, "admin")
-    _, reason = data_summary(services, method, include_flagged, include_cut_off)
-    reason = services.jobs.busy() or reason
+    _, reason = why_not_start(services, method, include_flagged, include_cut_off)
     if reason:
         raise gr.Error(reason)
     try:
@@ -231,10 +245,8 @@ def status_and_gate(services: Services, method: str, include_flagged: bool = Fal
     """Timer outputs: the round's status, and the Start button, which a running round disables."""
     if services.role_of(request) != "admin":
         return "", "", gr.update(visible=False), "", gr.update(interactive=False), ""
-    _, reason = data_summary(services, method, include_flagged, include_cut_off)
-    reason = services.jobs.busy() or reason
-    note = "" if reason is None else f"⛔ **Cannot start:** {reason}"
-    return (*round_status(services), gr.update(interactive=reason is None), note)
+    _, reason = why_not_start(services, method, include_flagged, include_cut_off)
+    return (*round_status(services), gr.update(interactive=reason is None), gate_note(reason))
 
 
 def config_summary(services: Services, recipe: str, method: str, start_from: str | None, *knob_values,
