@@ -20,7 +20,7 @@ from models.loading import EMBEDDED, ModelLoadError  # noqa: E402
 from models.chat import ChatModel  # noqa: E402
 import duckdb  # noqa: E402
 
-from labeling.store import DB_NAME, StoreLocked  # noqa: E402
+from labeling.store import DB_NAME, StoreLocked, StoreWriteError  # noqa: E402
 from labeling.store import Store  # noqa: E402
 from labeling.users import read_users  # noqa: E402
 from ui import arena, evals, train  # noqa: E402
@@ -99,7 +99,7 @@ def open_store(data_dir: Path) -> Store:
         return Store(data_dir)
     except StoreLocked as exc:
         raise ValueError(f"{exc}: another app already serves this data dir; stop it or pass another --data-dir") from None
-    except duckdb.Error as exc:
+    except (duckdb.Error, StoreWriteError) as exc:
         raise ValueError(f"cannot open {data_dir / DB_NAME}: {str(exc).splitlines()[0]}; restore it from a backup "
                          "or move it away to start an empty one") from None
 

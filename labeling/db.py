@@ -24,6 +24,10 @@ class StoreLocked(RuntimeError):
     """Another process (the running app) holds the database file."""
 
 
+class StoreWriteError(RuntimeError):
+    """A write failed in DuckDB itself (disk full, I/O error, a failed COMMIT): nothing of it was saved."""
+
+
 def utc_now() -> datetime:
     return datetime.now(timezone.utc).replace(tzinfo=None)  # stored as naive UTC
 
@@ -80,11 +84,13 @@ class Database:
             try:
                 yield self._conn
                 self._conn.execute("COMMIT")
-            except BaseException:
+            except BaseException as exc:
                 try:
                     self._conn.execute("ROLLBACK")
                 except duckdb.Error:
                     pass  # a failed COMMIT has already ended the transaction
+                if isinstance(exc, duckdb.Error):
+                    raise StoreWriteError(f"the database could not save this: {str(exc).splitlines()[0]}") from exc
                 raise
             finally:
                 self.writes += 1  # under the lock; counting a rolled-back one too only costs a cache miss

@@ -21,9 +21,9 @@ from formats import (
     canonical_jsonl, clean_messages, content_hash as messages_hash, now_iso, write_manifest, write_rows,
 )
 from labeling import agreement, pairs
-from labeling.db import Database, StoreLocked, utc_now as _now
+from labeling.db import Database, StoreLocked, StoreWriteError, utc_now as _now
 
-__all__ = ["DB_NAME", "MIGRATIONS", "Store", "StoreLocked", "VoteResult"]
+__all__ = ["DB_NAME", "MIGRATIONS", "Store", "StoreLocked", "StoreWriteError", "VoteResult"]
 
 DB_NAME = "preferences.duckdb"
 COMPARISON_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")  # uuid4, as stored

@@ -15,6 +15,7 @@ from pathlib import Path
 import gradio as gr
 
 from formats import load_prompt_file
+from labeling.store import StoreWriteError
 from models.loading import ModelLoadError
 from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
@@ -123,6 +124,9 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
     if services.role_of(request) != "admin":
         model_x, model_y = default_pair(services)
         sampling_args = (0.7, 0.9, 256, -1, "")  # the SamplingParams defaults, with a fresh seed
+    elif not model_x or not model_y:  # an admin who generates before the pickers have loaded
+        default_x, default_y = default_pair(services)
+        model_x, model_y = model_x or default_x, model_y or default_y
     history = []
     if keep_going and state and state.get("voted"):
         history = state["messages"] + [{"role": "assistant", "content": state["continue_with"]}]
@@ -166,8 +170,12 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
             state["id"], annotator, choice, better_answer=better,
             idempotency_key=f"{state['id']}:{annotator}", time_spent_s=time.time() - state["started"],
         )
-    except ValueError as exc:
-        raise gr.Error(str(exc)) from exc
+    except (ValueError, StoreWriteError) as exc:
+        # Not saved, so not acknowledged: the buttons come back (the browser locked them on click)
+        # and the written answer stays, so voting again is one click.
+        gr.Warning(f"Vote not saved: {exc}")
+        return (state, f"⚠️ **Vote not saved**: {exc}. Nothing was recorded; vote again.",
+                progress_text(services, annotator), better_answer, *vote_buttons(True))
     choice = result.choice  # a replay keeps the first vote: show and continue with what is stored
     chosen = {"a": state["answer_a"], "b": state["answer_b"]}.get(choice, state["answer_a"])
     state = {**state, "voted": True, "continue_with": better or chosen}
@@ -309,8 +317,8 @@ def arena_tab(services: Services) -> None:
         """Vote on a comparison: choice is a, b, tie or both_bad; better_answer is optional."""
         try:
             return api_vote(services, comparison_id, choice, better_answer, request)
-        except ValueError as exc:
-            raise gr.Error(str(exc)) from exc
+        except (ValueError, StoreWriteError) as exc:
+            raise gr.Error(f"not saved: {exc}") from exc
 
     gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
     gr.api(arena_vote, api_name="arena_vote")
