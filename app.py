@@ -155,7 +155,11 @@ def main(argv: list[str] | None = None) -> int:
         store.close()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    services = Services(settings=settings, chat=chat, store=store, jobs=JobManager(settings), users=users)
+    jobs = JobManager(settings)
+    if jobs.adopted is not None:
+        print(f"adopted the {jobs.adopted.kind} job {jobs.adopted.round_id} (pid {jobs.adopted.process.pid}) that an "
+              "earlier app process started: it shows in the Train tab and can be cancelled there", flush=True)
+    services = Services(settings=settings, chat=chat, store=store, jobs=jobs, users=users)
     print(f"model ready in {time.perf_counter() - started:.1f} s", flush=True)
     demo = build_ui(settings, services)
     demo.launch(server_name=settings.host, server_port=settings.port, show_error=True,

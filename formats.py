@@ -272,8 +272,9 @@ class ProgressFiles:
         with open(self.log_path, "a") as f:
             f.write(line + "\n")
 
-    def status(self, state: str, error: str | None = None, checkpoint: str | None = None) -> None:
-        data = {"state": state, "pid": os.getpid(), "round_id": self.run_id, "error": error,
+    def status(self, state: str, error: str | None = None, checkpoint: str | None = None,
+               pid: int | None = None) -> None:
+        data = {"state": state, "pid": pid or os.getpid(), "round_id": self.run_id, "error": error,
                 "checkpoint": checkpoint, "updated_at": now_iso()}
         tmp = self.dir / f".{self.status_path.name}.{os.getpid()}"
         tmp.write_text(json.dumps(data, indent=1))

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 
-from formats import ProgressFiles
+from formats import PROGRESS_NAMES, ProgressFiles
 from training.config import RoundConfig, write_recipe
 
 ROOT = Path(__file__).resolve().parent  # the repo root: subprocesses run `python -m training` from here
@@ -32,15 +32,43 @@ class JobBusy(RuntimeError):
     """A second start while a round or eval is running."""
 
 
+class AdoptedProcess:
+    """A round or eval started by an earlier app process that is gone (restart, crash).
+
+    It is not our child, so there is no waitpid: it is watched by pid, and its result is what it
+    wrote to its status file. Duck-types the parts of subprocess.Popen that Job and cancel use."""
+
+    POLL_S = 0.5  # how often wait() looks; a round lasts minutes
+
+    def __init__(self, pid: int, status: ProgressFiles):
+        self.pid = pid
+        self.status = status
+        self.returncode: int | None = None
+
+    def poll(self) -> int | None:
+        if self.returncode is None and not _alive(self.pid):
+            self.returncode = 0 if self.status.read_status().get("state") == "done" else 1
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"pid {self.pid}", timeout)
+            time.sleep(self.POLL_S)
+        return self.returncode
+
+
 @dataclass
 class Job:
     kind: str  # "train" | "eval"
     round_id: str
     log_dir: Path
-    process: subprocess.Popen
+    process: subprocess.Popen | AdoptedProcess
     started: float = field(default_factory=time.time)
     returncode: int | None = None
     cancelled: bool = False
+    handled: threading.Event = field(default_factory=threading.Event)  # set once the watcher has acted on the end
 
     @property
     def running(self) -> bool:
@@ -76,7 +104,26 @@ class JobManager:
         self.on_finished = on_finished  # called with the Job once it ends (e.g. to refresh pickers)
         self.current: Job | None = None
         self.history: list[Job] = []
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # _watch holds it while it starts a round's evals
+        self.adopted = self._adopt_running()
+
+    def _adopt_running(self) -> Job | None:
+        """A round (or eval) that an earlier app process started and that still runs becomes the
+        current job again: shown, cancellable, evaluated when done, and a second start is refused.
+        Without this, a restarted app would start a second round beside the first."""
+        for kind, module in (("train", "training"), ("eval", "evals")):
+            for status_file in self.settings.runs_dir.glob(f"*/{PROGRESS_NAMES[kind][2]}"):
+                files = ProgressFiles(status_file.parent, status_file.parent.name, kind, fresh=False)
+                status = files.read_status()
+                pid = status.get("pid")
+                if status.get("state") != "running" or not _runs_module(pid, module):
+                    continue
+                job = Job(kind, files.run_id, files.dir, AdoptedProcess(int(pid), files))
+                self.current = job
+                self.history.append(job)
+                threading.Thread(target=self._watch, args=(job,), daemon=True).start()
+                return job  # one job runs at a time, so there is at most one to adopt
+        return None
 
     # ------------------------------------------------------------ starting
 
@@ -95,6 +142,11 @@ class JobManager:
                 start_new_session=True,  # cancel signals the whole group, not the app
             )
             output.close()
+            files = ProgressFiles(log_dir, round_id, kind, fresh=False)
+            if files.read_status().get("pid") != process.pid:
+                # "running" from the first moment, not only once the child has imported torch (seconds
+                # later), so an app restarted in between adopts it. Unless the child already wrote its own.
+                files.status("running", pid=process.pid)
             job = Job(kind, round_id, log_dir, process)
             self.current = job
             self.history.append(job)
@@ -139,14 +191,16 @@ class JobManager:
     # ------------------------------------------------------------ watching
 
     def _watch(self, job: Job) -> None:
-        job.returncode = job.process.wait()
-        if job.kind == "train" and job.returncode == 0 and not job.cancelled:
-            try:
-                self.start_eval(job.round_id)  # every finished round is evaluated before promotion
-            except JobBusy:
-                pass
-        if self.on_finished is not None:
-            self.on_finished(job)
+        returncode = job.process.wait()
+        try:
+            with self._lock:  # no gap between a round and its evals in which a second round could start
+                job.returncode = returncode
+                if job.kind == "train" and returncode == 0 and not job.cancelled:
+                    self.start_eval(job.round_id)  # every finished round is evaluated before promotion
+            if self.on_finished is not None:
+                self.on_finished(job)
+        finally:
+            job.handled.set()
 
     def cancel(self) -> str:
         job = self.current
@@ -206,4 +260,19 @@ def _alive(pid) -> bool:
         return False
     except PermissionError:
         return True  # exists, owned by someone else
-    return True
+    try:  # an exited process whose parent died may wait as a zombie for an init that never reaps it
+        stat = Path(f"/proc/{int(pid)}/stat").read_text()
+        return stat[stat.rindex(")") + 2] != "Z"
+    except (OSError, ValueError, IndexError):
+        return True  # no /proc (macOS): kill(0) is all we know
+
+
+def _runs_module(pid, module: str) -> bool:
+    """pid is alive and is `python -m <module>`: a pid in an old status file may have been reused."""
+    if not _alive(pid):
+        return False
+    try:
+        argv = Path(f"/proc/{int(pid)}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return True  # no /proc: trust the live pid
+    return b"-m" in argv and module.encode() in argv

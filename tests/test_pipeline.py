@@ -23,11 +23,8 @@ def dpo_rows(n: int) -> list[dict]:
 
 
 def wait_for(job, timeout=300):
-    deadline = time.monotonic() + timeout
-    while job.running and time.monotonic() < deadline:
-        job.process.wait(timeout=timeout)
-    while job.running:  # the watcher thread records the return code right after wait() returns
-        time.sleep(0.05)
+    """The job's exit code, once the manager has acted on it (a round's evals started)."""
+    assert job.handled.wait(timeout), f"{job.kind} {job.round_id} still running after {timeout} s"
     return job.returncode
 
 
@@ -77,3 +74,75 @@ def test_train_tab_knobs_become_a_checked_config(tiny_model_dir, data_dir):
     knobs[names.index("lora_r")] = None
     with pytest.raises(ValueError, match="LoRA rank is empty"):
         round_config(services, "sft_qlora", method, "base", *knobs)
+
+
+APP_THAT_STARTS_A_ROUND = """
+import sys, time
+from pathlib import Path
+from pipeline import JobManager
+from training.config import load_recipe
+from ui.services import Settings
+data_dir, base, snapshot, steps = sys.argv[1:]
+settings = Settings(data_dir=Path(data_dir), base_model=base, eval_max_new_tokens=4)
+config = load_recipe("dpo_qlora").with_overrides(base_model=base, max_steps=int(steps), lora_r=4,
+                                                 load_in_4bit=False, max_length=64).validate()
+print(JobManager(settings).start_round(config, Path(snapshot)).round_id, flush=True)
+time.sleep(600)
+"""
+
+
+def crashed_app_started_a_round(data_dir, base: str, steps: int):
+    """An app process that starts a round and is then killed with -9: the round runs on without it."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    snapshot = write_rows(dpo_rows(6), data_dir / "snapshots" / "dpo-test.jsonl")
+    app = subprocess.Popen([sys.executable, "-c", APP_THAT_STARTS_A_ROUND, str(data_dir), base, str(snapshot),
+                            str(steps)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    round_id = app.stdout.readline().strip()
+    status = data_dir / "runs" / round_id / "status.json"
+    deadline = time.monotonic() + 120
+    while not (status.exists() and json.loads(status.read_text())["state"] == "running"):
+        assert time.monotonic() < deadline and app.poll() is None, "the round never started"
+        time.sleep(0.2)
+    app.kill()
+    app.wait()
+    return round_id
+
+
+def test_a_restarted_app_adopts_the_running_round_evaluates_it_and_can_cancel(tiny_model_dir, data_dir):
+    round_id = crashed_app_started_a_round(data_dir, str(tiny_model_dir), steps=12)
+    prompts = data_dir / "eval.jsonl"
+    prompts.write_text("".join(json.dumps({"prompt": f"sea {i}"}) + "\n" for i in range(64)))
+    settings = Settings(data_dir=data_dir, base_model=str(tiny_model_dir), eval_prompts=prompts,
+                        eval_max_new_tokens=64)
+    restarted = JobManager(settings)
+    adopted = restarted.current
+    assert adopted is restarted.adopted and adopted.kind == "train" and adopted.round_id == round_id
+    assert adopted.running and "already running" in restarted.busy()
+    config = load_recipe("dpo_qlora").with_overrides(base_model=str(tiny_model_dir), max_steps=1, lora_r=4,
+                                                     load_in_4bit=False, max_length=64).validate()
+    with pytest.raises(JobBusy, match=round_id):
+        restarted.start_round(config, data_dir / "snapshots" / "dpo-test.jsonl")  # no second round beside it
+    assert wait_for(adopted) == 0
+    evals = restarted.current  # evaluated when done, as if this app had started it
+    assert evals.kind == "eval" and evals.round_id == round_id and evals.running
+    again = JobManager(settings)  # a second restart, during the evals: adopted, then cancelled
+    assert again.current.kind == "eval" and again.current.round_id == round_id
+    assert again.cancel() == f"Cancelled eval {round_id}."
+    assert wait_for(again.current) != 0 and not again.busy()
+    assert not (settings.checkpoints_dir / round_id / "eval.json").exists()
+    assert (settings.checkpoints_dir / round_id / "round.json").exists()
+
+
+def test_a_dead_or_reused_pid_in_an_old_status_file_is_not_adopted(tiny_model_dir, data_dir):
+    import os
+
+    settings = Settings(data_dir=data_dir, base_model=str(tiny_model_dir))
+    for round_id, pid in (("r-dead", 2**22 + 7), ("r-reused", os.getpid())):  # os.getpid(): alive, but not a trainer
+        (settings.runs_dir / round_id).mkdir(parents=True)
+        (settings.runs_dir / round_id / "status.json").write_text(json.dumps({"state": "running", "pid": pid}))
+    jobs = JobManager(settings)
+    assert jobs.current is None and jobs.busy() is None
