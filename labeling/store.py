@@ -73,7 +73,12 @@ def _create_promotions(db) -> None:
         reason VARCHAR NOT NULL, overridden BOOLEAN NOT NULL, created_at TIMESTAMP NOT NULL)""")
 
 
-MIGRATIONS = [_create_prompts, _create_comparisons_and_votes, _create_promotions]
+def _add_promotion_fingerprint(db) -> None:
+    # which adapter weights were promoted: a round's name can later point at other files
+    db.execute("ALTER TABLE promotions ADD COLUMN adapter_fingerprint VARCHAR")
+
+
+MIGRATIONS = [_create_prompts, _create_comparisons_and_votes, _create_promotions, _add_promotion_fingerprint]
 
 
 # ---- input helpers ----------------------------------------------------------------
@@ -298,14 +303,17 @@ class Store:
                               "excluded": excluded, "created_at": now_iso()})
         return pairs.Snapshot(path, len(rows), excluded)
 
-    def record_promotion(self, round_id: str, by: str, reason: str, overridden: bool) -> None:
+    def record_promotion(self, round_id: str, by: str, reason: str, overridden: bool,
+                         adapter_fingerprint: str | None = None) -> None:
         reason = (reason or "").strip()
         if overridden and not reason:
             raise ValueError("overriding a flagged regression needs a reason")
         with self._db.write() as db:
-            db.execute("""INSERT INTO promotions (round_id, action, promoted_by, reason, overridden, created_at)
-                          VALUES (?, 'promote', ?, ?, ?, ?)""",
-                       [_required(round_id, "round_id"), _required(by, "by"), reason, bool(overridden), _now()])
+            db.execute("""INSERT INTO promotions (round_id, action, promoted_by, reason, overridden, created_at,
+                                                  adapter_fingerprint)
+                          VALUES (?, 'promote', ?, ?, ?, ?, ?)""",
+                       [_required(round_id, "round_id"), _required(by, "by"), reason, bool(overridden), _now(),
+                        adapter_fingerprint])
 
     def promotions(self) -> list[dict]:
         """Promotion history, oldest first."""

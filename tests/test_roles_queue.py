@@ -26,7 +26,10 @@ def roles_app(tmp_path, tiny_model_dir, trained_checkpoint):
     from labeling.users import add_user
 
     data_dir = tmp_path / "data"
-    shutil.copytree(trained_checkpoint, data_dir / "checkpoints" / trained_checkpoint.name)
+    checkpoint = shutil.copytree(trained_checkpoint, data_dir / "checkpoints" / trained_checkpoint.name)
+    # a passing report, but made on other weights than the adapter now on disk: the gate must not count it
+    (checkpoint / "eval.json").write_text(json.dumps({"regression": False, "checks": {},
+                                                      "adapter_fingerprint": "0123456789abcdef"}))
     auth = tmp_path / "users.txt"
     add_user(auth, "ann", "annotator", PASSWORDS["ann"])
     add_user(auth, "ada", "admin", PASSWORDS["ada"])
@@ -89,6 +92,8 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
         # the picker an annotator gets is empty, so gradio itself refuses their promote / run_evals
         assert "needs the admin role" in json.dumps(result) or name in ("promote", "run_evals"), (name, result)
     assert not (data_dir / "runs").exists() and not (data_dir / "snapshots").exists()  # nothing started or written
+    stale = call(ada, fns["promote"], ["r-trained", ""])
+    assert "blocked by the eval gate" in json.dumps(stale), stale  # keyed on the fingerprint, not the name
     result = call(ada, fns["promote"], calls["promote"])
     assert result["success"] is True, result
     exported = call(ada, fns["export_data"], calls["export_data"])  # past the role check, to the data
@@ -100,5 +105,9 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
 
     with Store(data_dir) as store:
         assert store.current_candidate() == "r-trained"
-        promoted_by = store._db.rows("SELECT promoted_by, reason FROM promotions")
-    assert promoted_by == [{"promoted_by": "ada", "reason": "any reason at all"}]  # the annotator's call left no row
+        promoted_by = store._db.rows("SELECT promoted_by, reason, overridden, adapter_fingerprint FROM promotions")
+    from models.loading import adapter_fingerprint
+
+    # the annotator's call left no row; the admin's names the weights it promoted
+    assert promoted_by == [{"promoted_by": "ada", "reason": "any reason at all", "overridden": True,
+                            "adapter_fingerprint": adapter_fingerprint(data_dir / "checkpoints/r-trained/adapter")}]

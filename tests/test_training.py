@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -425,3 +426,18 @@ def test_embedded_model_4bit_dpo_round(embedded_model_dir, tmp_path):
     chat.ensure_adapter("e1", final / "adapter")
     texts = chat.generate([HELLO], ["e1"], SamplingParams(temperature=0, max_new_tokens=8))
     assert texts[0].strip()
+
+
+def test_an_eval_report_counts_only_for_the_adapter_weights_it_evaluated(trained_checkpoint, tmp_path):
+    out = tmp_path / "checkpoints"
+    checkpoint_dir = shutil.copytree(trained_checkpoint, out / "r-copy")
+    fingerprint = list_checkpoints(out)[0].fingerprint
+    (checkpoint_dir / "eval.json").write_text(json.dumps({"regression": False, "adapter_fingerprint": fingerprint}))
+    fresh = list_checkpoints(out)[0]
+    assert fresh.eval is not None and fresh.stale_eval is None and fresh.regression is False
+    weights = next((checkpoint_dir / "adapter").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")  # the same round name, other weights
+    replaced = list_checkpoints(out)[0]
+    assert replaced.fingerprint != fingerprint
+    assert replaced.eval is None and replaced.regression is None  # unevaluated: the gate blocks it again
+    assert replaced.stale_eval["adapter_fingerprint"] == fingerprint

@@ -20,7 +20,9 @@ class Checkpoint:
     round_id: str
     path: Path
     round: dict = field(default_factory=dict)  # round.json: base model, snapshot hash, recipe, metrics
-    eval: dict | None = None  # eval.json once the evals ran
+    eval: dict | None = None  # eval.json once the evals ran, and only if it was made on this adapter
+    stale_eval: dict | None = None  # an eval.json made on other adapter weights than the ones now on disk
+    fingerprint: str | None = None  # content hash of adapter/ (models.loading.adapter_fingerprint)
 
     @property
     def adapter_dir(self) -> Path:
@@ -54,8 +56,28 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Checkpoint]:
         round_info = _read_json(path / "round.json")
         if round_info is None or not (path / "adapter").is_dir():
             continue  # not a finished round
-        found.append(Checkpoint(path.name, path, round_info, _read_json(path / "eval.json")))
+        report, fingerprint = _read_json(path / "eval.json"), _fingerprint(path / "adapter")
+        if report is not None and report.get("adapter_fingerprint") not in (None, fingerprint):
+            # the gate's verdict belongs to the weights it evaluated, not to the round's name: an
+            # adapter replaced on disk after its evals is unevaluated again
+            found.append(Checkpoint(path.name, path, round_info, None, report, fingerprint))
+        else:
+            found.append(Checkpoint(path.name, path, round_info, report, None, fingerprint))
     return sorted(found, key=lambda c: (c.created_at, c.round_id))
+
+
+_FINGERPRINTS: dict[tuple, str] = {}  # (dir, file stats) -> fingerprint: listing runs every UI refresh
+
+
+def _fingerprint(adapter_dir: Path) -> str:
+    from models.loading import adapter_fingerprint
+
+    stats = tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in sorted(adapter_dir.rglob("*"))
+                  if f.is_file())
+    key = (str(adapter_dir.resolve()), stats)
+    if key not in _FINGERPRINTS:
+        _FINGERPRINTS[key] = adapter_fingerprint(adapter_dir)
+    return _FINGERPRINTS[key]
 
 
 def get_checkpoint(checkpoints_dir: Path, round_id: str) -> Checkpoint | None:

@@ -85,6 +85,10 @@ def gate_text(services: Services, round_id: str | None) -> str:
         return f"Checkpoint {round_id} not found."
     current = services.store.current_candidate()
     head = f"Current candidate: `{current or 'none (base only)'}`\n\n"
+    if checkpoint.eval is None and checkpoint.stale_eval is not None:
+        return head + (f"⚠️ **Not evaluated**: its eval report was made on other adapter weights "
+                       f"(`{checkpoint.stale_eval.get('adapter_fingerprint')}`, now `{checkpoint.fingerprint}`): "
+                       "run the evals again before promoting.")
     if checkpoint.eval is None:
         job = services.jobs.current
         running = job is not None and job.running and job.kind == "eval" and job.round_id == round_id
@@ -114,7 +118,8 @@ def promote(services: Services, round_id: str, reason: str, request: gr.Request 
     blocked = checkpoint.eval is None or checkpoint.regression
     if blocked and not reason:
         raise gr.Error("Promotion is blocked by the eval gate: write the reason for overriding it, then promote.")
-    services.store.record_promotion(round_id, promoter, reason, overridden=bool(blocked))
+    services.store.record_promotion(round_id, promoter, reason, overridden=bool(blocked),
+                                    adapter_fingerprint=checkpoint.fingerprint)
     gr.Info(f"{round_id} is now the current candidate" + (" (gate overridden, reason recorded)." if blocked else "."))
     return gate_text(services, round_id), ""
 
