@@ -33,7 +33,8 @@ QUEUE_MAX_SIZE = 256  # waiting events across all users; a labeling team sends a
 
 
 def build_ui(settings: Settings, services: Services) -> gr.Blocks:
-    with gr.Blocks(title=TITLE) as demo:
+    # delete_cache: gradio's copies of uploads and downloads older than a day go, checked hourly
+    with gr.Blocks(title=TITLE, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(
             f"## {TITLE}\nBase model: `{services.chat.base_name}` · data: `{settings.data_dir}`",
             elem_id="header",

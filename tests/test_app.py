@@ -5,6 +5,8 @@ from __future__ import annotations
 import random
 import shutil
 import threading
+import time
+from pathlib import Path
 
 import gradio as gr
 import pytest
@@ -257,6 +259,22 @@ def test_handlers_check_the_role_on_the_server(services, tmp_path):
     assert services.store.current_candidate() == "r-trained"
     state = run_arena(services, "now with the candidate", user="ann", models=("base", "base"))
     assert {state["model_a"], state["model_b"]} == {"base", "r-trained"}  # the server's pair, not the page's
+
+
+def test_export_copies_are_cleaned_up(services):
+    import os
+
+    from ui import train
+
+    state = run_arena(services, "export me")
+    arena.vote(services, "a", state, "Paris is the capital of France.", request=FakeRequest("local"))
+    first = Path(train.export_data(services, "sft", "jsonl", request=FakeRequest("local")))
+    second = Path(train.export_data(services, "sft", "jsonl", request=FakeRequest("local")))
+    assert first != second and first.parent == second.parent and first.read_text() == second.read_text()
+    old = time.time() - train.EXPORT_KEEP_S - 1
+    os.utime(first, (old, old))  # gradio took its copy long ago
+    third = Path(train.export_data(services, "sft", "jsonl", request=FakeRequest("local")))
+    assert sorted(third.parent.iterdir()) == sorted([second, third])
 
 
 def test_evals_table_leads_noisy_checks_with_their_paired_evidence():

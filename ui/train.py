@@ -8,6 +8,7 @@ a timer, so a page refresh loses nothing. The knobs are RoundConfig's own fields
 
 from __future__ import annotations
 
+import atexit
 import functools
 import html
 import shutil
@@ -154,11 +155,27 @@ def start_round(services: Services, recipe, method, start_from, include_flagged,
     return status_and_gate(services, method, include_flagged, include_cut_off)
 
 
+EXPORT_KEEP_S = 600  # gradio copies a returned file into its own cache within seconds; ours can go after
+
+
+@functools.lru_cache(maxsize=1)
+def export_dir() -> Path:
+    """One temp dir per app process for download copies (the data dir is never served), removed at exit."""
+    path = Path(tempfile.mkdtemp(prefix="preference-export-"))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
 def export_data(services: Services, kind: str, fmt: str, request: gr.Request = None) -> str:
-    """Write the export and hand gradio a copy in the temp dir (the data dir is never served)."""
+    """Write the export and hand gradio a copy; copies older than EXPORT_KEEP_S are deleted, so
+    exporting every day does not fill the temp disk."""
     services.require(request, "admin")
     snapshot = services.store.write_snapshot(kind, services.settings.snapshots_dir, fmt=fmt)
-    target = Path(tempfile.mkdtemp(prefix="preference-export-")) / snapshot.name
+    folder = export_dir()
+    for old in folder.iterdir():
+        if old.stat().st_mtime < time.time() - EXPORT_KEEP_S:
+            old.unlink(missing_ok=True)
+    target = folder / f"{time.time_ns()}-{snapshot.name}"  # unique: two admins may export at once
     shutil.copyfile(snapshot, target)
     return str(target)
 
