@@ -30,6 +30,7 @@ from ui.services import Services, Settings, annotator_of, bind  # noqa: E402
 
 TITLE = "Preference loop"
 QUEUE_MAX_SIZE = 256  # waiting events across all users; a labeling team sends a few each
+HANDLER_CONCURRENCY = 16  # per event kind; generation handlers sharing concurrency_id "model" count as one kind
 
 
 def build_ui(settings: Settings, services: Services) -> gr.Blocks:
@@ -75,10 +76,11 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         evals_refresh = bind(evals.refresh, services)
         demo.load(evals_refresh, evals_picker, evals_outputs, **private)
         evals_page.select(evals_refresh, evals_picker, evals_outputs, **private)
-    # One generation at a time on the shared weights; others wait in gradio's queue.
-    # max_size bounds the waiting line: past it a client is told the app is busy instead of
-    # piling up work that nobody will wait for
-    demo.queue(default_concurrency_limit=1, max_size=QUEUE_MAX_SIZE)
+    # Generation handlers only feed the shared decode loop (models/scheduler.py), which batches
+    # them, so many run at once; votes and page refreshes are short and thread-safe (the store
+    # serialises writes itself). max_size bounds the waiting line: past it a client is told the
+    # app is busy instead of piling up work that nobody will wait for.
+    demo.queue(default_concurrency_limit=HANDLER_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo
 
 

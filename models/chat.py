@@ -3,23 +3,23 @@
 One base model in memory serves every side of a comparison. Checkpoints are
 LoRA adapters attached with peft and picked per row of a batch with
 `adapter_names` (peft's mixed-batch inference), so base vs candidate costs one
-forward pass per token, not two models.
+forward pass per token, not two models. Streaming goes through one shared decode
+loop for all users (models/scheduler.py); `generate` is plain transformers for evals.
 """
 
 from __future__ import annotations
 
-import queue
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from models.scheduler import BASE, Scheduler
 from models.loading import (
     EMBEDDED, ModelLoadError, adapter_fingerprint, load_base, resolve_base_model, validate_adapter_dir,
 )
 
-BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
 
 
 @dataclass(frozen=True)
@@ -34,55 +34,6 @@ class SamplingParams:
         return dict(self.__dict__)
 
 
-class BatchTextStreamer:
-    """A `generate` streamer for batches: yields every row's text so far after each step.
-
-    transformers' TextIteratorStreamer only handles batch size 1; both arena
-    sides decode in one batch, so this keeps one token list per row.
-    """
-
-    def __init__(self, tokenizer, batch_size: int):
-        self.tokenizer = tokenizer
-        self.tokens: list[list[int]] = [[] for _ in range(batch_size)]
-        self.finished = [False] * batch_size
-        self.queue: queue.Queue = queue.Queue()
-        self._prompt_seen = False
-        self._stop_ids = {tokenizer.eos_token_id, tokenizer.pad_token_id} - {None}
-
-    def put(self, value) -> None:
-        if not self._prompt_seen:  # generate first hands over the prompt ids
-            self._prompt_seen = True
-            return
-        for row, token in enumerate(value.reshape(-1).tolist()):
-            if self.finished[row]:
-                continue
-            if token in self._stop_ids:
-                self.finished[row] = True
-            else:
-                self.tokens[row].append(token)
-        self.queue.put(self.texts())
-
-    def end(self) -> None:
-        self.complete = list(self.finished)  # rows that reached end-of-sequence, not the token limit
-        self.finished = [True] * len(self.finished)
-        self.queue.put(None)
-
-    def texts(self) -> list[str]:
-        return [self.tokenizer.decode(t, skip_special_tokens=True) for t in self.tokens]
-
-
-class StopWhenSet:
-    """A generate() stopping criterion that ends every row once `event` is set."""
-
-    def __init__(self, event: threading.Event):
-        self.event = event
-
-    def __call__(self, input_ids, scores, **kwargs):
-        import torch
-
-        return torch.full((input_ids.shape[0],), self.event.is_set(), dtype=torch.bool, device=input_ids.device)
-
-
 class ChatModel:
     """One loaded base plus any number of named LoRA adapters, served per batch row."""
 
@@ -91,7 +42,9 @@ class ChatModel:
         self.tokenizer = tokenizer
         self.base_name = base_name
         self.adapters: dict[str, str] = {}  # name -> fingerprint
-        self._lock = threading.Lock()  # one generate / adapter change at a time on shared weights
+        self._lock = threading.Lock()  # one forward pass / adapter change at a time on shared weights
+        self._scheduler = None
+        self._scheduler_lock = threading.Lock()
 
     @classmethod
     def load(cls, spec: str | None, cache_dir: Path, dtype: str = "auto") -> "ChatModel":
@@ -132,73 +85,36 @@ class ChatModel:
         """How many tokens a conversation takes as a prompt (to refuse oversized ones early)."""
         return int(self._encode([messages], system_prompt)["input_ids"].shape[1])
 
+    def prompt_ids(self, messages: list[dict], system_prompt: str = "") -> list[int]:
+        return self._encode([messages], system_prompt)["input_ids"][0].tolist()
+
+    @property
+    def scheduler(self) -> Scheduler:
+        """The shared decode loop (models/scheduler.py), started on first use."""
+        with self._scheduler_lock:
+            if self._scheduler is None:
+                self._scheduler = Scheduler(self)
+            return self._scheduler
+
     def stream(
         self,
         conversations: Sequence[list[dict]],
         adapters: Sequence[str | None],
         params: SamplingParams = SamplingParams(),
         complete: list[bool] | None = None,
+        user: str = "local",
     ) -> Iterator[list[str]]:
-        """Decode all conversations in one batch; yield every row's text after each token.
+        """Decode the conversations in the shared loop, batched with everyone else's; yield every
+        row's text as it grows. The last yield is final.
 
         `adapters[i]` is an adapter name from ensure_adapter, or None for the base. A list
         passed as `complete` is filled, once decoding ended, with whether each row reached
-        its end-of-sequence token (False: cut by max_new_tokens or stopped).
+        its end-of-sequence token (False: cut by max_new_tokens or stopped). Closing the
+        generator early (Stop, a closed tab) stops these rows at the next step, and only them.
+        Raises models.scheduler.SchedulerBusy when `user` already has their share of rows running.
         """
-        import torch
-
-        from transformers import StoppingCriteriaList
-
         self._check_adapters(conversations, adapters)
-        stop = threading.Event()  # set when the caller stops listening (Stop button, closed tab)
-        thread = None
-        self._lock.acquire()
-        try:
-            inputs = self._encode(conversations, params.system_prompt)
-            streamer = BatchTextStreamer(self.tokenizer, len(conversations))
-            kwargs = self._generate_kwargs(inputs, adapters, params, streamer=streamer)
-            kwargs["stopping_criteria"] = StoppingCriteriaList([StopWhenSet(stop)])
-            errors: list[BaseException] = []
-
-            def work():
-                try:
-                    with torch.inference_mode():
-                        torch.manual_seed(params.seed)
-                        self.model.generate(**kwargs)
-                except BaseException as exc:  # surfaced to the caller below
-                    errors.append(exc)
-                    streamer.end()
-
-            thread = threading.Thread(target=work, name="chat-generate", daemon=True)
-            thread.start()
-            while (texts := streamer.queue.get()) is not None:
-                # Coalesce: if the UI fell behind, skip to the newest texts instead of
-                # replaying every intermediate step (keeps a slow client from slowing decode).
-                while not streamer.queue.empty():
-                    newer = streamer.queue.get_nowait()
-                    if newer is None:
-                        break
-                    texts = newer
-                else:
-                    yield texts
-                    continue
-                yield texts
-                break
-            thread.join()
-            if errors:
-                raise errors[0]
-            if complete is not None:
-                complete[:] = streamer.complete
-            yield streamer.texts()
-        finally:
-            # A caller that closes this generator early (the Chat tab's Stop leaves its loop;
-            # gradio closes a handler whose client went away) must not leave generate()
-            # running on the shared weights after the lock is released: stop it at the
-            # next token and wait for it.
-            stop.set()
-            if thread is not None:
-                thread.join()
-            self._lock.release()
+        return self.scheduler.stream(conversations, adapters, params, complete=complete, user=user)
 
     def _check_adapters(self, conversations, adapters) -> None:
         if len(conversations) != len(adapters):

@@ -19,7 +19,7 @@ from labeling.store import StoreWriteError
 from models.loading import ModelLoadError
 from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
-    BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
+    busy_as_error, BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
     session_of, stop,
 )
 
@@ -86,10 +86,11 @@ def run_comparison(services, history, prompt, model_x, model_y, params, annotato
     except (ModelLoadError, ValueError) as exc:
         raise gr.Error(str(exc)) from exc
     texts, complete = ["", ""], []
-    for texts in services.chat.stream([messages, messages], adapters, params, complete=complete):
-        if services.take_stop_request(session):
-            return  # leaving the loop closes the stream, which stops decoding at the next token
-        yield texts[0], texts[1], None
+    with busy_as_error():
+        for texts in services.chat.stream([messages, messages], adapters, params, complete=complete, user=annotator):
+            if services.take_stop_request(session):
+                return  # leaving the loop closes the stream, which stops decoding at the next token
+            yield texts[0], texts[1], None
     # An answer cut by the token limit ends at its last complete sentence instead, so a chosen
     # answer never teaches stopping mid-sentence; `cut_off` records which sides were cut.
     trimmed = [end_at_last_sentence(text) if not done else (text, False) for text, done in zip(texts, complete)]

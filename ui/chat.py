@@ -12,12 +12,12 @@ import gradio as gr
 
 from models.loading import ModelLoadError
 from ui.services import (
-    BASE_CHOICE, Services, bind, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
+    annotator_of, busy_as_error, BASE_CHOICE, Services, bind, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
 )
 
 
 def stream_pair(services: Services, left: list, right: list, model_left: str, model_right: str, params,
-                session: str | None = None):
+                session: str | None = None, user: str = "local"):
     """Append an assistant turn to both histories and yield them as tokens arrive.
 
     Histories are raw role/content messages (kept in gr.State; the Chatbots show
@@ -34,19 +34,21 @@ def stream_pair(services: Services, left: list, right: list, model_left: str, mo
     left = left + [{"role": "assistant", "content": ""}]
     right = right + [{"role": "assistant", "content": ""}]
     started = time.perf_counter()
-    steps = 0
     stopped = False
-    for texts in services.chat.stream(conversations, adapters, params):
-        steps += 1
-        left[-1] = {"role": "assistant", "content": texts[0]}
-        right[-1] = {"role": "assistant", "content": texts[1]}
-        if services.take_stop_request(session):
-            # leaving the loop closes the stream, which stops decoding at the next token
-            stopped = True
-            break
-        yield left, right, ""
+    texts = ["", ""]
+    with busy_as_error():
+        for texts in services.chat.stream(conversations, adapters, params, user=user):
+            left[-1] = {"role": "assistant", "content": texts[0]}
+            right[-1] = {"role": "assistant", "content": texts[1]}
+            if services.take_stop_request(session):
+                # leaving the loop closes the stream, which stops decoding at the next token
+                stopped = True
+                break
+            yield left, right, ""
     elapsed = time.perf_counter() - started
-    stats = f"{steps} decode steps in {elapsed:.1f} s · {steps / max(elapsed, 1e-6):.1f} tok/s per side"
+    # tokens, not updates: the shared loop coalesces updates when the page falls behind
+    tokens = max(len(services.chat.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+    stats = f"{tokens} tokens in {elapsed:.1f} s · {tokens / max(elapsed, 1e-6):.1f} tok/s per side"
     yield left, right, ("stopped · " if stopped else "") + stats
 
 
@@ -64,7 +66,8 @@ def send(services, message, left, right, model_left, model_right, *sampling_args
     left, right = (left or []) + [user], (right or []) + [user]
     yield left, right, for_display(left), for_display(right), "", "generating…"
     params = sampling(*sampling_args)
-    for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request)):
+    for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request),
+                                         annotator_of(request)):
         yield left, right, for_display(left), for_display(right), "", stats
 
 
@@ -79,7 +82,8 @@ def regenerate(services, left, right, model_left, model_right, *sampling_args, r
     if not left or not right:
         raise gr.Error("Nothing to regenerate yet: send a message first.")
     params = sampling(*sampling_args)
-    for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request)):
+    for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request),
+                                         annotator_of(request)):
         yield left, right, for_display(left), for_display(right), stats
 
 

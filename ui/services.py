@@ -3,6 +3,7 @@ sampling controls and input checks. Tabs import this module, never each other.""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import html
 import inspect
@@ -17,11 +18,21 @@ from models.loading import EMBEDDED, ModelLoadError
 from formats import MAX_PROMPT_CHARS
 from labeling.users import at_least
 from models.chat import ChatModel, SamplingParams
+from models.scheduler import SchedulerBusy
 from training.registry import Checkpoint, get_checkpoint, list_checkpoints
 
 BASE_CHOICE = "base"  # the picker's name for the un-adapted base model
 MAX_STOP_REQUESTS = 10_000  # far more browsers than one app serves at once
 MAX_CONTEXT_TOKENS = 3072  # keeps one CPU decode step fast; SmolLM2 itself allows 8k
+
+
+@contextlib.contextmanager
+def busy_as_error():
+    """A user over their share of the shared decode loop gets a clear message, not a traceback."""
+    try:
+        yield
+    except SchedulerBusy as exc:
+        raise gr.Error(str(exc)) from exc
 
 
 @dataclass(frozen=True)

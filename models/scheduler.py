@@ -1,0 +1,280 @@
+"""Continuous batching: every user's generation decoded in one shared loop.
+
+Chat turns, Arena comparisons and API calls submit rows; one worker thread owns the
+weights and runs one forward pass per step for every active row. A new row joins at the
+next step boundary: the newcomers' prompts are prefilled together and their KV cache is
+merged into the running batch (left-padded to a common length), so nobody waits for
+someone else's answer to finish. A row leaves when it reaches end-of-sequence, its token
+limit, or its own Stop; columns of padding nobody needs any more are cropped away.
+
+Each row samples with its own temperature, top-p and seeded generator, so a batch neighbour
+does not change which tokens a row draws (only float rounding of its logits can differ).
+Rows pick their LoRA adapter per row, as peft's mixed batches allow.
+
+Fairness: when more rows wait than fit, the users with the fewest rows in the batch go
+first, and one user may have at most `max_rows_per_user` rows waiting or running.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
+TOP_K = 50  # transformers' generate() default when sampling; kept so answers read the same as before
+GATHER_S = 0.02  # an idle loop waits this long after the first request for others to arrive with it
+
+
+class SchedulerBusy(RuntimeError):
+    """A user asked for more concurrent rows than their share."""
+
+
+@dataclass(eq=False)
+class Row:
+    prompt_ids: list[int]
+    adapter: str | None
+    temperature: float
+    top_p: float
+    max_new_tokens: int
+    seed: int
+    user: str
+    listener: queue.Queue  # shared by the rows of one request: told after every step that touched them
+    tokens: list[int] = field(default_factory=list)
+    complete: bool = False  # reached end-of-sequence (not the token limit, not a Stop)
+    done: bool = False
+    error: BaseException | None = None
+    stopped: threading.Event = field(default_factory=threading.Event)
+    generator: object = None  # torch.Generator, seeded on the worker
+
+
+@dataclass
+class Batch:
+    """The KV cache of the active rows, and which of its columns each row may attend to."""
+
+    cache: object  # transformers.DynamicCache, rows in the order of Scheduler._active
+    mask: object  # LongTensor [rows, columns]: 0 for left padding
+
+
+class Scheduler:
+    """Owns decoding for a ChatModel: `stream()` is what ChatModel.stream calls."""
+
+    def __init__(self, chat, max_rows: int = 16, max_rows_per_user: int = 4):
+        self.chat = chat
+        self.max_rows = max_rows
+        self.max_rows_per_user = max_rows_per_user
+        self._pending: list[Row] = []
+        self._active: list[Row] = []
+        self._cond = threading.Condition()
+        self._thread: threading.Thread | None = None
+        self.stats = {"steps": 0, "rows": 0, "widest": 0}  # for the bench and the curious
+
+    # ------------------------------------------------------------ the callers' side
+
+    def stream(self, conversations: Sequence[list[dict]], adapters: Sequence[str | None], params,
+               complete: list[bool] | None = None, user: str = "local") -> Iterator[list[str]]:
+        """Yield every row's text so far as the shared loop advances; the last yield is final.
+
+        Row i draws with seed `params.seed + i`, so two rows of one request (an Arena pair on the
+        same model) do not draw the same tokens. Closing the generator stops its rows only."""
+        tokenizer = self.chat.tokenizer
+        listener: queue.Queue = queue.Queue()
+        rows = [Row(self.chat.prompt_ids(messages, params.system_prompt), adapter, params.temperature,
+                    params.top_p, params.max_new_tokens, params.seed + i, user, listener)
+                for i, (messages, adapter) in enumerate(zip(conversations, adapters))]
+        self._submit(rows)
+        try:
+            while not all(row.done for row in rows):
+                listener.get()
+                while not listener.empty():  # coalesce: a slow client skips to the newest text
+                    listener.get_nowait()
+                failed = next((row.error for row in rows if row.error is not None), None)
+                if failed is not None:
+                    raise failed
+                yield [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]
+            if complete is not None:
+                complete[:] = [row.complete for row in rows]
+            yield [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]
+        finally:
+            for row in rows:  # a Stop, a closed tab or an error: these rows leave at the next step
+                row.stopped.set()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Block until no row runs or waits (True), or timeout (False)."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._active and not self._pending, timeout)
+
+    def _submit(self, rows: list[Row]) -> None:
+        with self._cond:
+            mine = sum(1 for row in self._pending + self._active if row.user == rows[0].user and not row.done)
+            if mine + len(rows) > self.max_rows_per_user:
+                raise SchedulerBusy(f"{rows[0].user} already has {mine} answers generating (at most "
+                                    f"{self.max_rows_per_user} at once): wait for them or stop them first")
+            self._pending.extend(rows)
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="decode-loop", daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    # ------------------------------------------------------------ the worker
+
+    def _take_pending(self) -> list[Row]:
+        """Rows that join now: as many as fit, fewest-rows-in-the-batch users first, then arrival order.
+        A request's rows join together, so both sides of a comparison start on the same step."""
+        with self._cond:
+            if not self._active:
+                deadline = time.monotonic() + GATHER_S
+                while not self._pending:
+                    self._cond.wait()
+                while (left := deadline - time.monotonic()) > 0:  # let the others of a burst arrive too
+                    self._cond.wait(left)
+            self._pending = [row for row in self._pending if not row.stopped.is_set() or self._drop(row)]
+            room = self.max_rows - len(self._active)
+            in_batch: dict[str, int] = {}
+            for row in self._active:
+                in_batch[row.user] = in_batch.get(row.user, 0) + 1
+            requests: dict[int, list[Row]] = {}
+            for row in self._pending:
+                requests.setdefault(id(row.listener), []).append(row)
+            order = sorted(requests.values(), key=lambda rows: in_batch.get(rows[0].user, 0))  # stable sort
+            joining = []
+            for rows in order:
+                if len(rows) <= room - len(joining):
+                    joining += rows
+                    in_batch[rows[0].user] = in_batch.get(rows[0].user, 0) + len(rows)
+            self._pending = [row for row in self._pending if row not in joining]
+            return joining
+
+    @staticmethod
+    def _drop(row: Row) -> bool:
+        row.done = True
+        row.listener.put(None)
+        return False
+
+    def _loop(self) -> None:
+        import torch
+
+        batch: Batch | None = None
+        while True:
+            joining = self._take_pending()
+            try:
+                with torch.inference_mode(), self.chat._lock:  # adapters attach between steps, never during
+                    logits = []
+                    if self._active:
+                        logits.append(self._decode_step(batch))
+                    if joining:
+                        new_logits, new_batch = self._prefill(joining)
+                        logits.append(new_logits)
+                        batch = merge(batch, new_batch) if self._active else new_batch
+                        for row in joining:
+                            row.generator = torch.Generator().manual_seed(row.seed)
+                        with self._cond:
+                            self._active += joining
+                    self._advance(torch.cat(logits))
+                    batch = self._retire(batch)
+            except BaseException as exc:  # every row in the batch fails with it; the loop goes on
+                with self._cond:
+                    failed, self._active = self._active + [r for r in joining if r not in self._active], []
+                for row in failed:
+                    row.error, row.done = exc, True
+                    row.listener.put(None)
+                batch = None
+
+    def _forward(self, input_ids, attention_mask, position_ids, cache, adapters):
+        model = self.chat.model
+        kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
+                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+        if self.chat.adapters:  # peft mixed batch: "__base__" rows skip every adapter
+            kwargs["adapter_names"] = [a or BASE for a in adapters]
+        return model(**kwargs).logits[:, -1, :]
+
+    def _prefill(self, rows: list[Row]) -> tuple[object, Batch]:
+        import torch
+        from transformers import DynamicCache
+
+        width = max(len(row.prompt_ids) for row in rows)
+        pad = self.chat.tokenizer.pad_token_id
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
+        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)
+        cache = DynamicCache()
+        logits = self._forward(ids, mask, positions, cache, [r.adapter for r in rows])
+        return logits, Batch(cache, mask)
+
+    def _decode_step(self, batch: Batch):
+        """Feed every active row its last token; the cache and mask grow by one column."""
+        import torch
+
+        rows = self._active
+        batch.mask = torch.cat([batch.mask, torch.ones((len(rows), 1), dtype=batch.mask.dtype)], dim=1)
+        ids = torch.tensor([[row.tokens[-1]] for row in rows])
+        positions = batch.mask.sum(-1, keepdim=True) - 1
+        return self._forward(ids, batch.mask, positions, batch.cache, [r.adapter for r in rows])
+
+    def _advance(self, logits) -> None:
+        stop_ids = {self.chat.tokenizer.eos_token_id, self.chat.tokenizer.pad_token_id} - {None}
+        self.stats["steps"] += 1
+        self.stats["widest"] = max(self.stats["widest"], len(self._active))
+        for row, row_logits in zip(self._active, logits):
+            token = sample(row_logits, row)
+            if token in stop_ids:
+                row.complete = row.done = True
+            else:
+                row.tokens.append(token)
+                row.done = len(row.tokens) >= row.max_new_tokens or row.stopped.is_set()
+        # tell each request once, after all its rows moved: a listener woken between two rows of
+        # one request could see the first done and the second not yet, and wait for a step that never comes
+        for listener in {id(row.listener): row.listener for row in self._active}.values():
+            listener.put(None)
+
+    def _retire(self, batch: Batch) -> Batch | None:
+        """Drop finished rows from the batch, and the padding columns no remaining row uses."""
+        import torch
+
+        keep = [i for i, row in enumerate(self._active) if not row.done]
+        with self._cond:
+            self.stats["rows"] += len(self._active) - len(keep)
+            self._active = [self._active[i] for i in keep]
+            self._cond.notify_all()  # wake wait_idle
+        if not keep:
+            return None
+        index = torch.tensor(keep)
+        mask = batch.mask[index]
+        first = int((mask.sum(0) > 0).nonzero()[0])
+        for layer in batch.cache.layers:
+            layer.keys = layer.keys[index, :, first:]
+            layer.values = layer.values[index, :, first:]
+        return Batch(batch.cache, mask[:, first:])
+
+
+def merge(batch: Batch, new: Batch) -> Batch:
+    """One batch from two: left-pad the shorter cache and mask to the longer, then stack the rows."""
+    import torch
+    import torch.nn.functional as F
+
+    width = max(batch.mask.shape[1], new.mask.shape[1])
+    for layer, new_layer in zip(batch.cache.layers, new.cache.layers):
+        for name in ("keys", "values"):
+            old_part, new_part = getattr(layer, name), getattr(new_layer, name)
+            setattr(layer, name, torch.cat([F.pad(old_part, (0, 0, width - old_part.shape[2], 0)),
+                                            F.pad(new_part, (0, 0, width - new_part.shape[2], 0))]))
+    mask = torch.cat([F.pad(batch.mask, (width - batch.mask.shape[1], 0)),
+                      F.pad(new.mask, (width - new.mask.shape[1], 0))])
+    return Batch(batch.cache, mask)
+
+
+def sample(logits, row: Row) -> int:
+    """The next token of one row: greedy at temperature 0, else temperature, top-k 50, top-p, with the row's
+    own generator (the same order of filters as transformers' generate)."""
+    import torch
+
+    if row.temperature <= 0:
+        return int(logits.argmax())
+    scores = logits.float() / row.temperature
+    values, indices = scores.topk(min(TOP_K, scores.shape[-1]))
+    probs = values.softmax(-1)
+    outside = probs.cumsum(-1) - probs > row.top_p  # tokens past the nucleus (the first always stays)
+    probs = probs.masked_fill(outside, 0)
+    return int(indices[torch.multinomial(probs, 1, generator=row.generator)])
