@@ -16,7 +16,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import gradio as gr  # noqa: E402
 
-from models.loading import EMBEDDED, ModelLoadError  # noqa: E402
+from models.loading import EMBEDDED, ModelLoadError, resolve_device  # noqa: E402
 from models.chat import ChatModel  # noqa: E402
 import duckdb  # noqa: E402
 
@@ -42,7 +42,7 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         )
         with gr.Tabs():
             with gr.Tab("Arena", id="arena") as arena_page:
-                arena_progress, arena_admin, *arena_models = arena.arena_tab(services)
+                arena_progress, arena_admin, *arena_models, arena_sampling = arena.arena_tab(services)
             with gr.Tab("Chat", id="chat") as chat_page:
                 chat_models = chat_tab(services)
             with gr.Tab("Train", id="train") as train_page:
@@ -64,6 +64,7 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             return [gr.skip() if allowed else gr.update(visible=False) for allowed in (reviewer, admin, reviewer, admin)]
 
         demo.load(pages_for, None, [chat_page, train_page, evals_page, arena_admin], **private)
+        demo.load(bind(arena.team_sampling_for, services), None, arena_sampling, **private)
         demo.load(load_progress, None, arena_progress, **private)
         # checkpoints finished since the page loaded appear when a tab is opened again
         for event in (demo.load, arena_page.select):
@@ -128,6 +129,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                              "one local admin and serves 127.0.0.1 only")
     parser.add_argument("--dtype", default="auto", choices=["auto", "bf16", "fp32"],
                         help="serving precision (auto = bf16, ~2x faster than fp32 on CPU)")
+    parser.add_argument("--device", default="auto",
+                        help="where the served model runs: auto (a CUDA GPU when torch sees one, else the CPU), "
+                             "cpu, cuda or cuda:N; asking for cuda without one stops with an error")
     parser.add_argument("--eval-prompts", type=Path,
                         help="prompt file the promotion gate evaluates every round on (default: the bundled 80)")
     parser.add_argument("--eval-max-new-tokens", type=int, help="answer length in those evals (default 128)")
@@ -135,7 +139,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     if args.eval_prompts is not None and not args.eval_prompts.is_file():
         parser.error(f"--eval-prompts: file not found: {args.eval_prompts}")
     return Settings(args.data_dir, args.base_model, args.host, args.port, args.auth_file, args.dtype,
-                    args.eval_prompts and args.eval_prompts.resolve(), args.eval_max_new_tokens)
+                    args.eval_prompts and args.eval_prompts.resolve(), args.eval_max_new_tokens, args.device)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -144,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     try:  # everything that can refuse to start does so before the model loads
         users = read_users(settings.auth_file) if settings.auth_file else None
         check_exposure(settings.host, users)
+        resolve_device(settings.device)
         store = open_store(settings.data_dir)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     for user in (users or {}).values():
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {settings.auth_file}: {user.name} has a plain-text password and the admin role; "
                   "re-add them with `python -m labeling users add` to hash it and pick a role", file=sys.stderr)
     try:
-        chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype)
+        chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype, device=settings.device)
     except (ModelLoadError, ValueError, OSError) as exc:
         store.close()
         print(f"error: {exc}", file=sys.stderr)

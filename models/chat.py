@@ -47,9 +47,9 @@ class ChatModel:
         self._scheduler_lock = threading.Lock()
 
     @classmethod
-    def load(cls, spec: str | None, cache_dir: Path, dtype: str = "auto") -> "ChatModel":
+    def load(cls, spec: str | None, cache_dir: Path, dtype: str = "auto", device: str = "cpu") -> "ChatModel":
         path = resolve_base_model(spec, cache_dir)
-        model, tokenizer = load_base(path, dtype=dtype)
+        model, tokenizer = load_base(path, dtype=dtype, device=device)
         return cls(model, tokenizer, base_name=spec or EMBEDDED)
 
     def ensure_adapter(self, name: str, adapter_dir: Path) -> str:

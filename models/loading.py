@@ -116,6 +116,21 @@ def pick_dtype(name: str = "auto"):
     return {"bf16": torch.bfloat16, "fp32": torch.float32, "fp16": torch.float16}[name]
 
 
+def resolve_device(name: str = "auto") -> str:
+    """'auto' is the GPU when torch sees one, else the CPU; asking for CUDA without one is an error,
+    never a quiet fall back to the CPU."""
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ModelLoadError(f"--device {name}: torch sees no CUDA GPU here (CPU-only build or no driver); "
+                             "use --device cpu")
+    if name != "cpu" and not name.startswith("cuda"):
+        raise ModelLoadError(f"--device {name}: use auto, cpu, cuda or cuda:N")
+    return name
+
+
 def load_tokenizer(path: str):
     from transformers import AutoTokenizer
 
@@ -126,14 +141,19 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
-def load_base(path: str, *, dtype: str = "auto", load_in_4bit: bool = False, for_training: bool = False):
-    """Load a resolved base (see resolve_base_model) as (model, tokenizer), in eval mode.
+def load_base(path: str, *, dtype: str = "auto", load_in_4bit: bool = False, for_training: bool = False,
+              device: str = "cpu"):
+    """Load a resolved base (see resolve_base_model) as (model, tokenizer), in eval mode, on `device`
+    (see resolve_device; training leaves placement to its Trainer and keeps the default).
 
     for_training: keep 4-bit weights in the layout autograd can go through (see keep_4bit_trainable).
     """
     from transformers import AutoModelForCausalLM, BitsAndBytesConfig
 
+    device = resolve_device(device)
     kwargs: dict = {"dtype": pick_dtype(dtype)}
+    if device != "cpu":
+        kwargs["device_map"] = {"": device}  # straight onto the GPU, 4-bit included
     if load_in_4bit:
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True,

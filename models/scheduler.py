@@ -172,7 +172,7 @@ class Scheduler:
                             row.generator = torch.Generator().manual_seed(row.seed)
                         with self._cond:
                             self._active += joining
-                    self._advance(torch.cat(logits))
+                    self._advance(torch.cat(logits).float().cpu())  # sampling runs on the CPU generators
                     batch = self._retire(batch)
             except BaseException as exc:  # every row in the batch fails with it; the loop goes on
                 with self._cond:
@@ -195,9 +195,10 @@ class Scheduler:
         from transformers import DynamicCache
 
         width = max(len(row.prompt_ids) for row in rows)
-        pad = self.chat.tokenizer.pad_token_id
-        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows])
-        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows])
+        pad, device = self.chat.tokenizer.pad_token_id, self.chat.model.device
+        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=device)
+        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
+                            device=device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)
         cache = DynamicCache()
         logits = self._forward(ids, mask, positions, cache, [r.adapter for r in rows])
@@ -208,8 +209,9 @@ class Scheduler:
         import torch
 
         rows = self._active
-        batch.mask = torch.cat([batch.mask, torch.ones((len(rows), 1), dtype=batch.mask.dtype)], dim=1)
-        ids = torch.tensor([[row.tokens[-1]] for row in rows])
+        device = batch.mask.device
+        batch.mask = torch.cat([batch.mask, torch.ones((len(rows), 1), dtype=batch.mask.dtype, device=device)], dim=1)
+        ids = torch.tensor([[row.tokens[-1]] for row in rows], device=device)
         positions = batch.mask.sum(-1, keepdim=True) - 1
         return self._forward(ids, batch.mask, positions, batch.cache, [r.adapter for r in rows])
 
@@ -240,7 +242,7 @@ class Scheduler:
             self._cond.notify_all()  # wake wait_idle
         if not keep:
             return None
-        index = torch.tensor(keep)
+        index = torch.tensor(keep, device=batch.mask.device)
         mask = batch.mask[index]
         first = int((mask.sum(0) > 0).nonzero()[0])
         for layer in batch.cache.layers:

@@ -291,7 +291,9 @@ def test_evals_table_leads_noisy_checks_with_their_paired_evidence():
     assert "newly flagged" not in frame.loc["canned_reply", "note"]  # a set-level check has no paired test
 
 
-@pytest.mark.parametrize("case", ["open network", "second app", "corrupt database", "bad auth file"])
+@pytest.mark.parametrize("case", ["open network", "second app", "corrupt database", "bad auth file",
+                                  pytest.param("cuda without a GPU", marks=pytest.mark.skipif(
+                                      __import__("torch").cuda.is_available(), reason="this machine has a GPU"))])
 def test_app_refuses_to_start_in_seconds_with_one_line(case, tmp_path):
     import subprocess
     import sys
@@ -309,6 +311,8 @@ def test_app_refuses_to_start_in_seconds_with_one_line(case, tmp_path):
         holder = Store(data_dir)  # this process plays the running app
     elif case == "corrupt database":
         (data_dir / "preferences.duckdb").write_bytes(b"not a database" * 1000)
+    elif case == "cuda without a GPU":
+        args += ["--device", "cuda"]
     else:
         (tmp_path / "users.txt").write_text("ann\n")
         args += ["--auth-file", str(tmp_path / "users.txt")]

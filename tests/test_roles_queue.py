@@ -98,6 +98,12 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
     assert result["success"] is True, result
     exported = call(ada, fns["export_data"], calls["export_data"])  # past the role check, to the data
     assert "no rows to write" in json.dumps(exported), exported
+    # the Arena's sampling: what the admin generates with is what annotators get, whatever they send
+    call(ada, fns["refresh_models"], [None, None])
+    admin_run = call(ada, fns["start"], ["admin sets the pace", {}, False, "base", "base", 0.0, 1.0, 16, 5, ""])
+    assert admin_run["success"] is True, admin_run
+    ann_run = call(ann, fns["start"], ["annotator asks", {}, False, None, None, 1.5, 0.5, 64, 7, "be rude"])
+    assert ann_run["success"] is True, ann_run
     ann.close(), ada.close()
     process.terminate()
     process.wait(timeout=30)
@@ -105,6 +111,13 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
 
     with Store(data_dir) as store:
         assert store.current_candidate() == "r-trained"
+        asked = {json.loads(row["messages"])[-1]["content"]: row for row in store._db.rows("SELECT * FROM comparisons")}
+    annotators = json.loads(asked["annotator asks"]["params"])
+    assert {k: annotators[k] for k in ("temperature", "top_p", "max_new_tokens", "system_prompt")} == \
+        {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16, "system_prompt": ""}
+    assert annotators["seed"] != 7  # a fresh seed, not the page's
+    assert {asked["annotator asks"]["model_a"], asked["annotator asks"]["model_b"]} == {"base", "r-trained"}
+    with Store(data_dir) as store:
         promoted_by = store._db.rows("SELECT promoted_by, reason, overridden, adapter_fingerprint FROM promotions")
     from models.loading import adapter_fingerprint
 

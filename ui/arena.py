@@ -20,7 +20,7 @@ from models.loading import ModelLoadError
 from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
     busy_as_error, BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
-    session_of, stop,
+    save_team_arena_sampling, session_of, stop, team_arena_sampling,
 )
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -122,9 +122,10 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
         prompt = check_prompt(prompt)
     except ValueError as exc:
         raise gr.Error(str(exc)) from exc
-    if services.role_of(request) != "admin":
+    admin = services.role_of(request) == "admin"
+    if not admin:
         model_x, model_y = default_pair(services)
-        sampling_args = (0.7, 0.9, 256, -1, "")  # the SamplingParams defaults, with a fresh seed
+        sampling_args = team_arena_sampling(services.settings)  # the admin's settings, a fresh seed
     elif not model_x or not model_y:  # an admin who generates before the pickers have loaded
         default_x, default_y = default_pair(services)
         model_x, model_y = model_x or default_x, model_y or default_y
@@ -132,6 +133,8 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
     if keep_going and state and state.get("voted"):
         history = state["messages"] + [{"role": "assistant", "content": state["continue_with"]}]
     params = sampling(*sampling_args)
+    if admin:  # what an admin generates with becomes what every annotator gets (their seed stays fresh)
+        save_team_arena_sampling(services.settings, params)
     prompt_id = state.get("queued_prompt_id") if state and state.get("queued_prompt") == prompt else None
     shown = for_display(history + [{"role": "user", "content": prompt}])
     yield None, shown, shown, "", "Generating both answers…", *vote_buttons(False)
@@ -213,6 +216,15 @@ def refresh_models(services, model_x, model_y, request: gr.Request = None):
     model_x = model_x if model_x in choices else base
     model_y = model_y if model_y in choices and model_y != BASE_CHOICE else candidate
     return gr.update(choices=choices, value=model_x), gr.update(choices=choices, value=model_y)
+
+
+def team_sampling_for(services, request: gr.Request = None):
+    """On page load: an admin's Arena controls show the team's saved settings (not the slider
+    defaults, which generating would then save over); nobody else gets anything."""
+    if services.role_of(request) != "admin":
+        return [gr.skip()] * 4
+    temperature, top_p, max_new_tokens, _, system_prompt = team_arena_sampling(services.settings)
+    return temperature, top_p, max_new_tokens, system_prompt
 
 
 def copy_answer(state, side):
@@ -323,4 +335,4 @@ def arena_tab(services: Services) -> None:
 
     gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
     gr.api(arena_vote, api_name="arena_vote")
-    return progress, admin_panel, model_x, model_y
+    return progress, admin_panel, model_x, model_y, [controls[0], controls[1], controls[2], controls[4]]

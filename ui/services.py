@@ -7,6 +7,7 @@ import contextlib
 import functools
 import html
 import inspect
+import json
 import random
 import re
 from dataclasses import dataclass, field
@@ -15,7 +16,7 @@ from pathlib import Path
 import gradio as gr
 
 from models.loading import EMBEDDED, ModelLoadError
-from formats import MAX_PROMPT_CHARS
+from formats import MAX_PROMPT_CHARS, write_atomic
 from labeling.users import at_least
 from models.chat import ChatModel, SamplingParams
 from models.scheduler import SchedulerBusy
@@ -45,6 +46,7 @@ class Settings:
     dtype: str = "auto"
     eval_prompts: Path | None = None  # the gate's prompt set; None = the bundled 80 prompts
     eval_max_new_tokens: int | None = None  # None = the evals' default answer length
+    device: str = "auto"  # serving: models.loading.resolve_device
 
     @property
     def checkpoints_dir(self) -> Path:
@@ -215,6 +217,30 @@ def stop(services: Services, request: gr.Request = None) -> None:
 
 
 # ---------------------------------------------------------------- sampling (Chat and Arena)
+
+ARENA_SAMPLING_DEFAULTS = {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 256, "system_prompt": ""}
+
+
+def arena_sampling_file(settings: Settings) -> Path:
+    return settings.data_dir / "arena_sampling.json"
+
+
+def team_arena_sampling(settings: Settings) -> tuple:
+    """The sampling every annotator's comparison uses: the last an admin generated with (temperature,
+    top-p, length, system prompt), kept across restarts; the seed is always fresh (-1)."""
+    try:
+        saved = json.loads(arena_sampling_file(settings).read_text())
+    except (OSError, ValueError):
+        saved = {}
+    values = {**ARENA_SAMPLING_DEFAULTS, **{k: v for k, v in saved.items() if k in ARENA_SAMPLING_DEFAULTS}}
+    return values["temperature"], values["top_p"], values["max_new_tokens"], -1, values["system_prompt"]
+
+
+def save_team_arena_sampling(settings: Settings, params: SamplingParams) -> None:
+    values = {"temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens,
+              "system_prompt": params.system_prompt}
+    write_atomic(arena_sampling_file(settings), json.dumps(values, indent=1).encode())
+
 
 def sampling(temperature, top_p, max_new_tokens, seed, system_prompt) -> SamplingParams:
     """UI values -> SamplingParams; seed -1 draws a fresh seed (recorded, so still reproducible)."""

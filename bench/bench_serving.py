@@ -1,0 +1,84 @@
+"""Serving a team: N annotators ask for a comparison at the same moment. Baseline, measured in the
+same run: the comparisons served one after another (how the app served before the shared decode
+loop: one generation event at a time). Then the same comparisons through the shared loop
+(models/scheduler.py), all at once. Embedded model, greedy, bf16 unless told otherwise.
+
+    python bench/bench_serving.py [--users 8] [--tokens 128] [--dtype bf16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from models.chat import ChatModel, SamplingParams  # noqa: E402
+
+TOPICS = ["rainbows", "clear emails", "tide pools", "compound interest", "sourdough", "bicycle gears",
+          "volcanoes", "jet lag", "chess openings", "solar panels", "honey bees", "glaciers"]
+
+
+def comparison(chat, topic: str, params, user: str, asked: float | None = None) -> tuple[float, float, int]:
+    """One Arena comparison (two rows); returns (seconds to first text, seconds until complete, tokens),
+    counted from `asked`: when the annotator clicked, which for the baseline is when everyone did."""
+    messages = [{"role": "user", "content": f"Explain {topic} in a short paragraph."}]
+    started, first = asked or time.perf_counter(), None
+    for texts in chat.stream([messages, messages], [None, None], params, user=user):
+        if first is None and any(texts):
+            first = time.perf_counter() - started
+    tokens = sum(len(chat.tokenizer(t, add_special_tokens=False)["input_ids"]) for t in texts)
+    return first or 0.0, time.perf_counter() - started, tokens
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--users", type=int, default=8)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
+    parser.add_argument("--cache-dir", type=Path, default=Path("data/cache/models"))
+    args = parser.parse_args()
+    chat = ChatModel.load(None, args.cache_dir, dtype=args.dtype)
+    params = SamplingParams(temperature=0, max_new_tokens=args.tokens)
+    topics = [TOPICS[i % len(TOPICS)] for i in range(args.users)]
+    comparison(chat, "warm-up", SamplingParams(temperature=0, max_new_tokens=8), "warm")
+
+    started = time.perf_counter()
+    one_by_one = [comparison(chat, topic, params, f"user{i}", asked=started) for i, topic in enumerate(topics)]
+    sequential_s = time.perf_counter() - started
+
+    results: list = [None] * args.users
+    gate = threading.Barrier(args.users)
+
+    def user(i: int) -> None:
+        gate.wait()
+        results[i] = comparison(chat, topics[i], params, f"user{i}")
+
+    threads = [threading.Thread(target=user, args=(i,)) for i in range(args.users)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    shared_s = time.perf_counter() - started
+
+    def row(name, seconds, runs):
+        tokens = sum(r[2] for r in runs)
+        waits = sorted(r[1] for r in runs)
+        print(f"{name:<38}{seconds:>8.1f}{tokens / seconds:>9.1f}{statistics.median(r[0] for r in runs):>11.2f}"
+              f"{waits[-1]:>11.1f}{sequential_s / seconds:>9.2f}x")
+
+    print(f"{args.users} comparisons (2 rows each), {args.tokens} new tokens, {args.dtype}, greedy")
+    print(f"{'variant':<38}{'seconds':>8}{'tok/s':>9}{'1st text':>11}{'slowest':>11}{'speed-up':>10}")
+    row("one after another (baseline)", sequential_s, one_by_one)
+    row("all at once, shared decode loop", shared_s, results)
+    print(f"widest batch {chat.scheduler.stats['widest']} rows; 1st text = median seconds until a comparison"
+          " shows text; slowest = seconds until the last comparison is complete")
+
+
+if __name__ == "__main__":
+    main()
