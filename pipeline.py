@@ -175,7 +175,7 @@ class JobManager:
         ]
         return self._spawn("training", round_id, args)
 
-    def start_eval(self, round_id: str) -> Job:
+    def start_eval(self, round_id: str, baseline_system_prompt: str | None = None) -> Job:
         checkpoint = self.settings.checkpoints_dir / round_id
         args = [
             "run", "--adapter", str(checkpoint / "adapter"), "--out", str(checkpoint / "eval.json"),
@@ -186,6 +186,8 @@ class JobManager:
             args += ["--prompts", str(self.settings.eval_prompts)]
         if self.settings.eval_max_new_tokens:
             args += ["--max-new-tokens", str(self.settings.eval_max_new_tokens)]
+        if baseline_system_prompt:
+            args += ["--baseline-system-prompt", baseline_system_prompt]
         return self._spawn("evals", round_id, args)
 
     # ------------------------------------------------------------ watching

@@ -50,6 +50,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, help="prompts per batch")
     run.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["fp32", "bf16", "auto"],
                      help="weights dtype for generation (fp32 batches fastest on CPU)")
+    run.add_argument("--baseline-system-prompt", metavar="TEXT",
+                     help="also answer every prompt with the base and this system prompt, and add a prompted_base "
+                          "column to each check: did the fine-tune beat a prompt?")
     run.add_argument("--log-dir", type=Path, help="write progress files here: eval.metrics.jsonl, eval.log, "
                      "eval.status.json (pipeline.py passes runs/<round-id>/)")
     return parser.parse_args(argv)
@@ -63,15 +66,20 @@ def _fmt(value) -> str:
 
 def format_table(report: dict) -> str:
     """The checks as a fixed-width table, flagged rows marked."""
-    lines = [f"{'check':<14} {'base':>8} {'candidate':>10}  flag", "-" * 40]
+    prompted = report.get("prompted_base")
+    extra = f" {'prompted':>9}" if prompted else ""
+    lines = [f"{'check':<14} {'base':>8} {'candidate':>10}{extra}  flag", "-" * (40 + len(extra))]
     for name, check in report["checks"].items():
         mark = ("FLAGGED" if check["flagged"] else "warning" if check.get("warning")
                 else "skipped" if check.get("skipped") else "ok")
-        lines.append(f"{name:<14} {_fmt(check['base']):>8} {_fmt(check['candidate']):>10}  {mark}")
+        column = f" {_fmt(check.get('prompted_base')):>9}" if prompted else ""
+        lines.append(f"{name:<14} {_fmt(check['base']):>8} {_fmt(check['candidate']):>10}{column}  {mark}")
     verdict = "REGRESSION: " + ", ".join(report["flagged"]) if report["regression"] else "no regression"
     warnings = report.get("warnings") or []  # shown, not failing (a length shift without a quality drop)
     lines += ["-" * 40, f"{report['n_prompts']} prompts; {verdict}"
               + (f"; warnings (not failing): {', '.join(warnings)}" if warnings else "")]
+    if prompted:
+        lines.append(f"prompted base ({prompted['system_prompt'][:40]!r}): {prompted['summary']}")
     for name in report["flagged"]:
         for example in report["checks"][name]["examples"][:1]:
             lines.append(f"  {name}: {example['prompt'][:60]!r} -> {example['candidate'][:80]!r}")
@@ -162,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
             args.adapter, prompts_file=args.prompts, base_model=args.base_model,
             references_file=args.references, cache_dir=args.cache_dir,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=progress,
-            dtype=args.dtype,
+            dtype=args.dtype, baseline_system_prompt=args.baseline_system_prompt,
         )
         out = write_report(report, args.out or args.adapter.parent / "eval.json")
         progress.done(report, out)

@@ -55,6 +55,46 @@ def attach_references(rows: list[dict], refs: dict[str, str]) -> list[dict]:
 
 # ---------------------------------------------------------------- the report
 
+# Which way is better for each check's figure, to say whether the candidate beats the prompted base.
+# length_shift has no better direction: longer is neither better nor worse by itself.
+LOWER_IS_BETTER = {"canned_reply", "sales_talk", "repetition", "empty_answers", "refusal_rate"}
+HIGHER_IS_BETTER = {"rouge_l"}
+
+
+def beats(name: str, candidate: float | None, other: float | None) -> bool | None:
+    """Whether the candidate's figure is strictly better than `other`'s; None where there is no direction
+    or no figure. A tie is not a win: a fine-tune that only matches a prompt did not pay for itself."""
+    if candidate is None or other is None or name not in LOWER_IS_BETTER | HIGHER_IS_BETTER:
+        return None
+    return candidate < other if name in LOWER_IS_BETTER else candidate > other
+
+
+def add_prompted_base(report: dict, prompts: list[str], base_answers: list[str], prompted_answers: list[str],
+                      system_prompt: str, references: list[str | None] | None,
+                      thresholds: Thresholds = DEFAULT_THRESHOLDS) -> dict:
+    """Add the `prompted_base` column: the base with a system prompt, measured by the same checks.
+
+    Try a prompt before fine-tuning: if the base with a good system prompt already does what the
+    candidate does, the round did not pay. Each check runs again with the prompted answers in the
+    candidate's place (against the same base), and its candidate figure becomes the column."""
+    prompted = build_report(prompts, base_answers, prompted_answers, references, thresholds)
+    wins = {}
+    for name, check in report["checks"].items():
+        other = prompted["checks"][name]
+        check["prompted_base"] = other["candidate"]
+        check["beats_prompted_base"] = wins[name] = beats(name, check["candidate"], other["candidate"])
+    decided = {name: won for name, won in wins.items() if won is not None}
+    report["prompted_base"] = {
+        "system_prompt": system_prompt,
+        "beats": wins,
+        "summary": f"the candidate beats the prompted base on {sum(decided.values())} of {len(decided)} checks"
+                   + ("" if "rouge_l" not in decided else
+                      f"; ROUGE-L {'beats' if decided['rouge_l'] else 'does not beat'} it"),
+        "flagged_against_base": prompted["flagged"],  # what the gate would say of the prompt itself
+    }
+    return report
+
+
 def build_report(
     prompts: list[str],
     base_answers: list[str],
@@ -136,6 +176,22 @@ def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, m
     return base, candidate
 
 
+def generate_prompted(chat, prompts: list[str], system_prompt: str, *, batch_size: int,
+                      max_new_tokens: int) -> list[str]:
+    """Greedy base answers with `system_prompt` (the prompted-base baseline), `batch_size` x 2 rows a batch."""
+    from models.chat import SamplingParams
+
+    params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, system_prompt=system_prompt)
+    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
+    answers = [""] * len(prompts)
+    for start in range(0, len(order), batch_size * 2):
+        chunk = order[start : start + batch_size * 2]
+        texts = chat.generate([[{"role": "user", "content": prompts[i]}] for i in chunk], [None] * len(chunk), params)
+        for i, text in zip(chunk, texts):
+            answers[i] = text.strip()
+    return answers
+
+
 def base_cache_file(cache_dir: Path, base_name: str, prompts: list[str], max_new_tokens: int,
                     dtype: str = DEFAULT_DTYPE) -> Path:
     """Where greedy base answers for this base + prompt set + length + dtype are kept between evals.
@@ -167,6 +223,7 @@ def run_eval(
     chat=None,
     use_base_cache: bool = True,
     dtype: str = DEFAULT_DTYPE,
+    baseline_system_prompt: str | None = None,
 ) -> dict:
     """Evaluate the adapter at `adapter_dir` against its base on a prompt set.
 
@@ -205,10 +262,17 @@ def run_eval(
     )
     if use_base_cache and cached is None:
         write_report(base, cache_file)  # atomic JSON write; the next round's eval skips the base half
+    prompted = None
+    if baseline_system_prompt:
+        prompted = generate_prompted(chat, prompts, baseline_system_prompt, batch_size=batch_size,
+                                     max_new_tokens=max_new_tokens)
     generated = time.perf_counter()
 
     references = [r["reference"] for r in rows]
-    report = build_report(prompts, base, candidate, references if any(references) else None, thresholds)
+    references = references if any(references) else None
+    report = build_report(prompts, base, candidate, references, thresholds)
+    if prompted is not None:
+        add_prompted_base(report, prompts, base, prompted, baseline_system_prompt, references, thresholds)
     report["timings"].update(
         load_s=round(loaded - started, 3), generate_s=round(generated - loaded, 3),
         total_s=round(time.perf_counter() - started, 3),
@@ -222,8 +286,9 @@ def run_eval(
                     "dtype": weights_dtype,
                     "base_answers_cached": cached is not None},
         samples=[
-            {"id": r["id"], "prompt": r["prompt"], "base": b, "candidate": c, "reference": r["reference"]}
-            for r, b, c in zip(rows, base, candidate)
+            {"id": r["id"], "prompt": r["prompt"], "base": b, "candidate": c, "reference": r["reference"],
+             **({"prompted_base": prompted[i]} if prompted is not None else {})}
+            for i, (r, b, c) in enumerate(zip(rows, base, candidate))
         ],
     )
     return report

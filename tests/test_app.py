@@ -69,6 +69,23 @@ def test_chat_stop_ends_the_turn_keeping_what_streamed(services):
     assert services.stop_requests == {"theirs"} and not services.take_stop_request(None)
 
 
+def test_chat_sides_can_each_have_their_own_system_prompt(services):
+    seen, stream = [], services.chat.stream
+
+    def spy(conversations, *args, **kwargs):  # records what each side's model is given, then decodes for real
+        seen.append(conversations)
+        return stream(conversations, *args, **kwargs)
+
+    services.chat.stream = spy
+    *_, (left, right, *_) = chat.send(services, "hello", [], [], "base", "base", *SAMPLING[:4], "shared prompt",
+                                      "You are a pirate.", "")
+    assert seen[0][0][0] == {"role": "system", "content": "You are a pirate."}  # the side's own prompt wins
+    assert seen[0][1][0] == {"role": "system", "content": "shared prompt"}  # the other keeps the shared one
+    assert [m["role"] for m in left] == ["user", "assistant"]  # the history itself stays without it
+    list(chat.regenerate(services, left, right, "base", "base", *SAMPLING, "", "Be brief."))
+    assert seen[1][0][0]["role"] == "user" and seen[1][1][0] == {"role": "system", "content": "Be brief."}
+
+
 def test_chat_rejects_empty_and_huge_prompts(services):
     for bad in ["", "   ", "x" * 9000]:
         with pytest.raises(gr.Error):

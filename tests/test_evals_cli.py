@@ -230,3 +230,56 @@ def test_embedded_model_base_answers_are_varied_and_collapse_is_caught(embedded_
     assert report["checks"]["canned_reply"]["base"] == 0.0 and all(base)
     collapsed = build_report([s["prompt"] for s in report["samples"]], base, [CANNED] * len(base))
     assert collapsed["checks"]["canned_reply"]["flagged"]
+
+
+def test_baseline_system_prompt_adds_a_prompted_base_column(gate_base, collapsed_adapter, prompts_file, tmp_path,
+                                                            capsys):
+    out = tmp_path / "report.json"
+    code = run_cli("--adapter", collapsed_adapter, "--prompts", prompts_file, "--base-model", gate_base,
+                   "--cache-dir", tmp_path / "cache", "--max-new-tokens", 16, "--out", out,
+                   "--baseline-system-prompt", "You are a terse pirate. Answer in one line.")
+    assert code == 1
+    report = json.loads(out.read_text())
+    assert set(report["prompted_base"]["beats"]) == set(report["checks"])
+    canned = report["checks"]["canned_reply"]
+    assert canned["prompted_base"] == 0.0 and canned["beats_prompted_base"] is False  # a prompt did not collapse
+    assert report["checks"]["length_shift"]["beats_prompted_base"] is None  # no better direction
+    samples = report["samples"]
+    assert all(isinstance(s["prompted_base"], str) for s in samples)
+    printed = capsys.readouterr().out
+    assert f"prompted base ('You are a terse pirate. Answer in one li'): {report['prompted_base']['summary']}" in printed
+    assert report["prompted_base"]["summary"].startswith("the candidate beats the prompted base on ")
+
+
+def test_prompted_base_verdicts_follow_each_checks_direction():
+    from evals.report import add_prompted_base, build_report
+
+    prompts = [f"What is the capital of country {i}?" for i in range(8)]
+    references = [f"The capital of country {i} is City{i}." for i in range(8)]
+    base = ["I am not sure about that one." for _ in prompts]
+    candidate = [f"The capital of country {i} is City{i}." for i in range(8)]  # the references: best ROUGE-L
+    prompted = [f"Country {i} has a capital." for i in range(8)]
+    report = build_report(prompts, base, candidate, references)
+    add_prompted_base(report, prompts, base, prompted, "be helpful", references)
+    assert report["checks"]["rouge_l"]["beats_prompted_base"] is True
+    assert report["prompted_base"]["summary"].endswith("ROUGE-L beats it")
+    worse = build_report(prompts, base, prompted, references)
+    add_prompted_base(worse, prompts, base, candidate, "be helpful", references)  # roles swapped
+    assert worse["checks"]["rouge_l"]["beats_prompted_base"] is False
+
+
+def test_the_baseline_system_prompt_reaches_the_model(tiny_model_dir):
+    from evals.report import generate_prompted
+    from models.chat import ChatModel
+    from models.loading import load_base
+
+    chat = ChatModel(*load_base(str(tiny_model_dir), dtype="fp32"), base_name=str(tiny_model_dir))
+    seen, generate = [], chat.generate
+
+    def spy(conversations, adapters, params):  # records, then generates for real
+        seen.append((len(conversations), params.system_prompt, params.temperature))
+        return generate(conversations, adapters, params)
+
+    chat.generate = spy
+    answers = generate_prompted(chat, EVAL_PROMPTS[:5], "You are a terse pirate.", batch_size=1, max_new_tokens=4)
+    assert len(answers) == 5 and seen == [(2, "You are a terse pirate.", 0.0)] * 2 + [(1, "You are a terse pirate.", 0.0)]

@@ -16,8 +16,19 @@ from ui.services import (
 )
 
 
+def with_system(messages: list[dict], system_prompt: str) -> list[dict]:
+    """The conversation a side's model sees: its own system prompt first, when it has one."""
+    return [{"role": "system", "content": system_prompt}, *messages] if system_prompt else messages
+
+
+def split_inputs(inputs: tuple) -> tuple:
+    """The Chat tab sends the 5 shared sampling values, then each side's own system prompt."""
+    sides = tuple((value or "").strip()[:4000] for value in inputs[5:7]) + ("", "")
+    return sampling(*inputs[:5]), sides[:2]
+
+
 def stream_pair(services: Services, left: list, right: list, model_left: str, model_right: str, params,
-                session: str | None = None, user: str = "local"):
+                session: str | None = None, user: str = "local", side_prompts: tuple = ("", "")):
     """Append an assistant turn to both histories and yield them as tokens arrive.
 
     Histories are raw role/content messages (kept in gr.State; the Chatbots show
@@ -27,8 +38,10 @@ def stream_pair(services: Services, left: list, right: list, model_left: str, mo
     services.take_stop_request(session)  # a Stop pressed before this turn does not count
     try:
         adapters = [services.adapter_for(model_left), services.adapter_for(model_right)]
-        conversations = [left, right]
-        check_context(services.chat, conversations, params.system_prompt)
+        # a side's own system prompt replaces the shared one: "base + a prompt" against a fine-tune
+        conversations = [with_system(left, side_prompts[0] or params.system_prompt),
+                         with_system(right, side_prompts[1] or params.system_prompt)]
+        check_context(services.chat, conversations, "")
     except (ModelLoadError, ValueError) as exc:
         raise gr.Error(str(exc)) from exc
     left = left + [{"role": "assistant", "content": ""}]
@@ -65,9 +78,9 @@ def send(services, message, left, right, model_left, model_right, *sampling_args
     user = {"role": "user", "content": text}
     left, right = (left or []) + [user], (right or []) + [user]
     yield left, right, for_display(left), for_display(right), "", "generating…"
-    params = sampling(*sampling_args)
+    params, side_prompts = split_inputs(sampling_args)
     for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request),
-                                         annotator_of(request)):
+                                         annotator_of(request), side_prompts):
         yield left, right, for_display(left), for_display(right), "", stats
 
 
@@ -81,9 +94,9 @@ def regenerate(services, left, right, model_left, model_right, *sampling_args, r
         right.pop()
     if not left or not right:
         raise gr.Error("Nothing to regenerate yet: send a message first.")
-    params = sampling(*sampling_args)
+    params, side_prompts = split_inputs(sampling_args)
     for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request),
-                                         annotator_of(request)):
+                                         annotator_of(request), side_prompts):
         yield left, right, for_display(left), for_display(right), stats
 
 
@@ -109,6 +122,12 @@ def chat_tab(services: Services) -> None:
         model_left = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Left model", scale=3)
         model_right = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Right model", scale=3)
         refresh = gr.Button("↻ Refresh checkpoints", scale=1, size="sm")
+    with gr.Accordion("System prompt per side (compare a prompt with a fine-tune)", open=False):
+        with gr.Row():
+            system_left = gr.Textbox(label="Left system prompt (replaces the shared one)", lines=2,
+                                     max_length=4000, elem_id="chat-left-system")
+            system_right = gr.Textbox(label="Right system prompt (replaces the shared one)", lines=2,
+                                      max_length=4000, elem_id="chat-right-system")
     with gr.Row():
         chat_options = dict(height=460, allow_tags=False, sanitize_html=True, buttons=["copy"])
         left_view = gr.Chatbot(label="Left", elem_id="chat-left", **chat_options)
@@ -126,13 +145,14 @@ def chat_tab(services: Services) -> None:
         stats = gr.Markdown(elem_id="chat-stats")
     controls = sampling_controls()
 
-    inputs = [message, left, right, model_left, model_right, *controls]
+    inputs = [message, left, right, model_left, model_right, *controls, system_left, system_right]
     options = dict(concurrency_id="model", api_visibility="private")
     views = [left, right, left_view, right_view]
     send_button.click(bind(send, services), inputs, [*views, message, stats], **options)
     message.submit(bind(send, services), inputs, [*views, message, stats], **options)
     regenerate_button.click(
-        bind(regenerate, services), [left, right, model_left, model_right, *controls], [*views, stats], **options
+        bind(regenerate, services), [left, right, model_left, model_right, *controls, system_left, system_right],
+        [*views, stats], **options
     )
     # Not gradio's `cancels`: a cancelled event left the Send button dead in gradio 6.31. The
     # running turn sees the request at its next token and ends normally, keeping what streamed.

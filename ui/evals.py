@@ -28,20 +28,29 @@ def note(check: dict) -> str:
     return text
 
 
+BEATS = {True: "✅ beats it", False: "❌ does not beat it", None: "–"}
+
+
 def checks_frame(report: dict | None) -> pd.DataFrame:
+    """One row per check; with a prompted-base baseline in the report, its figure and whether the
+    candidate beats it join as two columns."""
+    prompted = bool(report and report.get("prompted_base"))
+    columns = CHECK_COLUMNS[:4] + (["prompted base", "vs prompted base"] if prompted else []) + CHECK_COLUMNS[4:]
     if not report:
-        return pd.DataFrame(columns=CHECK_COLUMNS)
+        return pd.DataFrame(columns=columns)
     rows = [
         {
             "check": name,
             "flag": "🚩 REGRESSION" if check.get("flagged") else "⚠️ warning" if check.get("warning") else "ok",
             "base": number(check.get("base")),
             "candidate": number(check.get("candidate")),
+            "prompted base": number(check.get("prompted_base")),
+            "vs prompted base": BEATS[check.get("beats_prompted_base")],
             "note": note(check),
         }
         for name, check in report.get("checks", {}).items()
     ]
-    return pd.DataFrame(rows, columns=CHECK_COLUMNS)
+    return pd.DataFrame(rows, columns=columns)
 
 
 def examples_markdown(report: dict | None) -> str:
@@ -99,6 +108,9 @@ def gate_text(services: Services, round_id: str | None) -> str:
         return head + f"🚩 **Promotion blocked**: flagged {', '.join(flagged)}. An admin may override with a written reason."
     warnings = checkpoint.eval.get("warnings") or []
     note = f" Warning: {', '.join(warnings)} changed, with no quality drop (a change of style, not a regression)." if warnings else ""
+    prompted = checkpoint.eval.get("prompted_base")
+    if prompted:
+        note += f"\n\nAgainst the base with the system prompt “{prompted['system_prompt'][:80]}”: {prompted['summary']}."
     return head + "✅ **All checks pass**: this checkpoint can be promoted." + note
 
 
@@ -124,12 +136,15 @@ def promote(services: Services, round_id: str, reason: str, request: gr.Request 
     return gate_text(services, round_id), ""
 
 
-def run_evals(services: Services, round_id: str, request: gr.Request = None):
+def run_evals(services: Services, round_id: str, baseline_system_prompt: str = "", request: gr.Request = None):
     services.require(request, "admin")
     if not round_id:
         raise gr.Error("Pick a checkpoint first.")
+    baseline = (baseline_system_prompt or "").strip()
+    if len(baseline) > 4000:
+        raise gr.Error("The baseline system prompt is over 4000 characters.")
     try:
-        services.jobs.start_eval(round_id)
+        services.jobs.start_eval(round_id, baseline_system_prompt=baseline or None)
     except JobBusy as exc:
         raise gr.Error(str(exc)) from exc
     gr.Info(f"Evals started for {round_id}; the report appears here when done (a few minutes).")
@@ -158,6 +173,9 @@ def evals_tab(services: Services):
         picker = gr.Dropdown([], label="Checkpoint", scale=3, elem_id="evals-picker")
         refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
         rerun = gr.Button("Run evals again", size="sm", scale=1)
+    baseline = gr.Textbox(label="Baseline system prompt (optional): evals run again also answer with the base and "
+                               "this system prompt, so you see whether the fine-tune beats a prompt",
+                          lines=2, max_length=4000, elem_id="evals-baseline")
     gate = gr.Markdown(elem_id="evals-gate")
     table = gr.Dataframe(headers=CHECK_COLUMNS, interactive=False, wrap=True, elem_id="evals-table")
     with gr.Row():
@@ -177,5 +195,5 @@ def evals_tab(services: Services):
     refresh_button.click(bind(refresh, services), picker, outputs, **private)
     picker.change(bind(show_checkpoint, services), picker, [table, examples, gate], **private)
     promote_button.click(bind(promote, services), [picker, reason], [gate, reason], **private)
-    rerun.click(bind(run_evals, services), picker, gate, **private)
+    rerun.click(bind(run_evals, services), [picker, baseline], gate, **private)
     return picker, outputs
