@@ -1,6 +1,6 @@
 """The preference loop app: chat, label, train and gate, in one Gradio page.
 
-    python app.py [--data-dir DIR] [--base-model M] [--host H] [--port P] [--auth-file F]
+    python app.py [--data-dir DIR] [--base-model M] [--host H] [--port P] [--auth-file F] [--sync-dir DIR]
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from models.loading import EMBEDDED, ModelLoadError, resolve_device  # noqa: E40
 from models.chat import ChatModel  # noqa: E402
 import duckdb  # noqa: E402
 
+from labeling import journal  # noqa: E402
 from labeling.store import DB_NAME, StoreLocked, StoreWriteError  # noqa: E402
 from labeling.store import Store  # noqa: E402
 from labeling.users import read_users  # noqa: E402
@@ -96,16 +97,27 @@ def check_exposure(host: str, users: dict | None) -> None:
                          "and pass --auth-file F, or serve on 127.0.0.1")
 
 
-def open_store(data_dir: Path) -> Store:
+def open_store(data_dir: Path, journal_dir: Path | None = None) -> Store:
     """The votes DB, opened before the model loads, so a second app or a broken file fails in seconds."""
     data_dir.mkdir(parents=True, exist_ok=True)
     try:
-        return Store(data_dir)
+        return Store(data_dir, journal_dir=journal_dir)
     except StoreLocked as exc:
         raise ValueError(f"{exc}: another app already serves this data dir; stop it or pass another --data-dir") from None
     except (duckdb.Error, StoreWriteError) as exc:
         raise ValueError(f"cannot open {data_dir / DB_NAME}: {str(exc).splitlines()[0]}; restore it from a backup "
                          "or move it away to start an empty one") from None
+
+
+def sync_journal(store: Store, journal_dir: Path) -> None:
+    """An empty DB (new, or lost with a Space's disk) is rebuilt from the journal; then the journal gets
+    every row it lacks (votes from before it existed), so it alone can rebuild this DB from now on."""
+    if store.is_empty() and journal.segments(journal_dir):
+        found = store.restore_from_journal(journal_dir)
+        print(f"restored {journal.describe(found)} from the journal in {journal_dir}", flush=True)
+    added = store.journal_missing()
+    if added:
+        print(f"journaled {sum(added.values())} existing rows into {journal_dir}", flush=True)
 
 
 def login_checker(users: dict):
@@ -135,11 +147,15 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--eval-prompts", type=Path,
                         help="prompt file the promotion gate evaluates every round on (default: the bundled 80)")
     parser.add_argument("--eval-max-new-tokens", type=int, help="answer length in those evals (default 128)")
+    parser.add_argument("--sync-dir", type=Path,
+                        help="the append-only vote journal (default: DATA_DIR/journal); a folder on another disk "
+                             "makes it a backup. An empty DB is restored from it at start")
     args = parser.parse_args(argv)
     if args.eval_prompts is not None and not args.eval_prompts.is_file():
         parser.error(f"--eval-prompts: file not found: {args.eval_prompts}")
     return Settings(args.data_dir, args.base_model, args.host, args.port, args.auth_file, args.dtype,
-                    args.eval_prompts and args.eval_prompts.resolve(), args.eval_max_new_tokens, args.device)
+                    args.eval_prompts and args.eval_prompts.resolve(), args.eval_max_new_tokens, args.device,
+                    args.sync_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,9 +165,15 @@ def main(argv: list[str] | None = None) -> int:
         users = read_users(settings.auth_file) if settings.auth_file else None
         check_exposure(settings.host, users)
         resolve_device(settings.device)
-        store = open_store(settings.data_dir)
+        store = open_store(settings.data_dir, settings.journal_dir)
     except (ValueError, OSError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
+        return 2
+    try:
+        sync_journal(store, settings.journal_dir)
+    except (OSError, StoreWriteError) as exc:
+        store.close()
+        print(f"error: the journal in {settings.journal_dir}: {exc}", file=sys.stderr)
         return 2
     for user in (users or {}).values():
         if user.legacy:

@@ -1,8 +1,10 @@
-"""CLI: `python -m labeling export|import|stats --data-dir DIR ...` and `users add --auth-file F ...`.
+"""CLI: `python -m labeling export|import|stats|restore --data-dir DIR ...` and `users add --auth-file F ...`.
 
 DuckDB lets one read-write process own the file and the running app is that
-process, so export and stats open it read-only, and every command exits 2 with
-one line when the app holds the lock. Exit codes: 0 ok, 2 bad input.
+process. So export and stats open it read-only, and while the app holds it they
+read the journal instead (rebuilt in memory, labeling/journal.py) and say on
+stderr how fresh it is; import and restore write, so they exit 2 with one line
+while the app runs. Exit codes: 0 ok, 2 bad input.
 """
 
 from __future__ import annotations
@@ -10,28 +12,39 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from contextlib import contextmanager
+from datetime import datetime, timezone
 from pathlib import Path
 
 from formats import load_prompt_file, write_rows
-from labeling import pairs
+from labeling import journal, pairs
 from labeling.store import Store, StoreLocked
 from labeling.users import ROLES, add_user
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m labeling", description="Preference data: export, import, stats.")
+    parser = argparse.ArgumentParser(prog="python -m labeling",
+                                     description="Preference data: export, import, stats, restore.")
     commands = parser.add_subparsers(dest="command", required=True)
+    sync_help = "the app's journal dir, its --sync-dir (default: DATA_DIR/journal)"
     export = commands.add_parser("export", help="write labeled votes as TRL training rows")
     export.add_argument("--data-dir", type=Path, required=True)
+    export.add_argument("--sync-dir", type=Path, help=sync_help + "; read while the app holds the DB")
     export.add_argument("--format", choices=pairs.KINDS, required=True)
     export.add_argument("--out", type=Path, required=True, help="FILE.parquet or FILE.jsonl")
     load = commands.add_parser("import", help="queue prompts from a .jsonl (prompt / MT-bench) or .csv file")
     load.add_argument("--data-dir", type=Path, required=True)
     load.add_argument("--file", type=Path, required=True)
     load.add_argument("--source", help="label stored with the prompts (default: the file name)")
+    load.add_argument("--sync-dir", type=Path, help=sync_help + "; the new prompts are journaled there")
     stats = commands.add_parser("stats", help="counts, annotators, position bias, agreement")
     stats.add_argument("--data-dir", type=Path, required=True)
+    stats.add_argument("--sync-dir", type=Path, help=sync_help + "; read while the app holds the DB")
     stats.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    restore = commands.add_parser("restore", help="rebuild the DB from journal segments (idempotent)")
+    restore.add_argument("--from", dest="source", type=Path, required=True, help="a journal dir (a --sync-dir)")
+    restore.add_argument("--data-dir", type=Path, required=True)
+    restore.add_argument("--sync-dir", type=Path, help=sync_help + "; the restored rows are journaled there too")
     users = commands.add_parser("users", help="manage the app's logins (--auth-file)")
     users_commands = users.add_subparsers(dest="users_command", required=True)
     add = users_commands.add_parser("add", help="add a user, or replace one's role and password; the password "
@@ -42,11 +55,41 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _journal_dir(args) -> Path:
+    return args.sync_dir or journal.default_dir(args.data_dir)
+
+
+@contextmanager
+def _reading(args):
+    """The store to read: the DB file, or the journal rebuilt in memory while the app holds the file."""
+    try:
+        store = Store(args.data_dir, read_only=True)
+    except (StoreLocked, FileNotFoundError) as exc:
+        directory = _journal_dir(args)
+        if not journal.segments(directory):
+            raise type(exc)(f"{exc}; and no journal in {directory} to read instead (pass the app's --sync-dir)") \
+                from None
+        store, found = Store.from_journal(directory)
+        newest = found["newest"]
+        age = "" if newest is None else \
+            f", newest record {newest:%Y-%m-%d %H:%M:%S} UTC, {_ago(newest)} ago"
+        print(f"note: {str(exc).split(' (')[0]}: read the journal in {directory} instead "
+              f"({found.get('votes', 0)} votes{age})", file=sys.stderr)
+    with store:
+        yield store
+
+
+def _ago(when: datetime) -> str:
+    seconds = max(0, (datetime.now(timezone.utc).replace(tzinfo=None) - when).total_seconds())
+    return f"{seconds:.0f} s" if seconds < 120 else f"{seconds / 60:.0f} min" if seconds < 7200 \
+        else f"{seconds / 3600:.1f} h"
+
+
 def _export(args) -> None:
     """Every row the votes give; the lint says what a training round would leave out of them."""
     if args.out.suffix.lower() not in (".parquet", ".jsonl"):
         raise ValueError(f"--out must end in .parquet or .jsonl, got {args.out.name}")
-    with Store(args.data_dir, read_only=True) as store:
+    with _reading(args) as store:
         labeled = store.labeled_rows()
     rows, report = pairs.build(args.format, labeled)
     write_rows(rows, args.out)
@@ -64,7 +107,7 @@ def _export(args) -> None:
 
 def _import(args) -> None:
     prompts = load_prompt_file(args.file)
-    with Store(args.data_dir) as store:
+    with Store(args.data_dir, journal_dir=_journal_dir(args)) as store:
         added = store.import_prompts(prompts, source=args.source or args.file.name)
         queued = store.queue_size()
     print(f"added {added} of {len(prompts)} prompts ({queued} not yet labeled)")
@@ -87,9 +130,21 @@ def _format_stats(s: dict) -> str:
 
 
 def _stats(args) -> None:
-    with Store(args.data_dir, read_only=True) as store:
+    with _reading(args) as store:
         result = store.stats()
     print(json.dumps(result, indent=2) if args.json else _format_stats(result))
+
+
+def _restore(args) -> None:
+    if not journal.segments(args.source):
+        raise FileNotFoundError(f"no journal segments (segment-*.jsonl) in {args.source}")
+    with Store(args.data_dir, journal_dir=_journal_dir(args)) as store:
+        found = store.restore_from_journal(args.source)
+        copied = store.journal_missing()  # the data dir's own journal can rebuild it from now on
+        stats = store.stats()
+    print(f"restored {journal.describe(found)} from {args.source}; {args.data_dir} now holds {stats['votes']} votes on "
+          f"{stats['comparisons']} comparisons" + (f"; journaled {sum(copied.values())} rows into "
+                                                   f"{_journal_dir(args)}" if copied else ""))
 
 
 def _users(args) -> None:
@@ -106,7 +161,8 @@ def _users(args) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        {"export": _export, "import": _import, "stats": _stats, "users": _users}[args.command](args)
+        {"export": _export, "import": _import, "stats": _stats, "restore": _restore,
+         "users": _users}[args.command](args)
     except StoreLocked as e:
         hint = "use the app's export" if args.command == "export" else "use the app"
         print(f"error: {e}. Stop the app first, or {hint}.", file=sys.stderr)

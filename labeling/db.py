@@ -75,8 +75,11 @@ class Database:
                                [version, migration.__name__, utc_now()])
 
     @contextmanager
-    def write(self):
-        """The connection inside BEGIN ... COMMIT, under the writer lock; any exception rolls back."""
+    def write(self, then: Callable[[], None] | None = None):
+        """The connection inside BEGIN ... COMMIT, under the writer lock; any exception rolls back.
+
+        `then` runs after the COMMIT returned, still under the lock, so what it does (the journal)
+        happens in commit order; if it raises, the data is committed all the same."""
         if self.read_only:
             raise RuntimeError("store was opened read-only")
         with self._lock:
@@ -94,6 +97,8 @@ class Database:
                 raise
             finally:
                 self.writes += 1  # under the lock; counting a rolled-back one too only costs a cache miss
+            if then is not None:
+                then()
 
     def cursor(self):
         """This thread's cursor: DuckDB connections must not be shared across threads."""

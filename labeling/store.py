@@ -14,13 +14,15 @@ import re
 import threading
 import uuid
 from collections import Counter
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 from formats import (
     canonical_jsonl, clean_messages, content_hash as messages_hash, now_iso, write_manifest, write_rows,
 )
-from labeling import agreement, pairs
+from labeling import agreement, journal, pairs
 from labeling.db import Database, StoreLocked, StoreWriteError, utc_now as _now
 
 __all__ = ["DB_NAME", "MIGRATIONS", "Store", "StoreLocked", "StoreWriteError", "VoteResult"]
@@ -28,6 +30,7 @@ __all__ = ["DB_NAME", "MIGRATIONS", "Store", "StoreLocked", "StoreWriteError", "
 DB_NAME = "preferences.duckdb"
 COMPARISON_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")  # uuid4, as stored
 MAX_BETTER_ANSWER_CHARS = 20_000
+UNDO_WINDOW_S = 300  # an annotator may take back their own vote this long after casting it
 
 
 @dataclass(frozen=True)
@@ -80,6 +83,35 @@ def _add_promotion_fingerprint(db) -> None:
 
 MIGRATIONS = [_create_prompts, _create_comparisons_and_votes, _create_promotions, _add_promotion_fingerprint]
 
+# What a journal record's row holds per type: the columns as stored (ids from sequences are left out:
+# a prompt is known by its content hash, a promotion by round, author and time).
+JOURNALED = {
+    "prompt": ("prompts", ("content_hash", "messages", "source", "category", "reference", "created_at")),
+    "comparison": ("comparisons", ("id", "messages", "answer_a", "answer_b", "model_a", "model_b", "adapter_a",
+                                   "adapter_b", "params", "annotator", "prompt_id", "created_at")),
+    "vote": ("votes", ("id", "comparison_id", "annotator", "choice", "better_answer", "idempotency_key",
+                       "time_spent_s", "created_at")),
+    "promotion": ("promotions", ("round_id", "action", "promoted_by", "reason", "overridden", "created_at",
+                                 "adapter_fingerprint")),
+}
+
+
+def _journal_record(kind: str, row_id, values) -> dict:
+    return journal.record(kind, row_id, dict(zip(JOURNALED[kind][1], values)))
+
+
+def _journal_key(kind: str, row_id, row: dict):
+    """What makes two records the same row: restore inserts each key once."""
+    if kind == "prompt":
+        return row["content_hash"]
+    if kind == "promotion":
+        return row["round_id"], row["promoted_by"], str(row["created_at"]).replace(" ", "T")
+    return row_id
+
+
+def _stored(column: str, value):
+    return datetime.fromisoformat(value) if column == "created_at" and isinstance(value, str) else value
+
 
 # ---- input helpers ----------------------------------------------------------------
 
@@ -107,18 +139,53 @@ def _write_content_named(kind: str, rows: list[dict], out_dir, fmt: str) -> Path
 
 
 class Store:
-    def __init__(self, data_dir, read_only: bool = False):
+    def __init__(self, data_dir, read_only: bool = False, journal_dir=None, *, in_memory: bool = False):
+        """`journal_dir`: also append every data write there (labeling/journal.py); `in_memory`: no file
+        at all (the CLI's view of a journal while the app holds the file)."""
         self.data_dir = Path(data_dir)
-        self.path = self.data_dir / DB_NAME
+        self.path = Path(":memory:") if in_memory else self.data_dir / DB_NAME
         self.read_only = read_only
         if read_only and not self.path.exists():
             raise FileNotFoundError(f"no preferences database at {self.path}")
         self._db = Database(self.path, MIGRATIONS, read_only)
+        self.journal = journal.Journal(journal_dir) if journal_dir is not None else None
         self._report_lock = threading.Lock()  # two page loads at once compute the report once
         self._report: tuple[tuple[int, int], pairs.TrainingDataReport] | None = None
 
+    @classmethod
+    def from_journal(cls, journal_dir) -> tuple[Store, dict]:
+        """An in-memory store rebuilt from a journal, and what the restore found."""
+        store = cls(journal_dir, in_memory=True)
+        return store, store.restore_from_journal(journal_dir)
+
     def close(self) -> None:
         self._db.close()
+        if self.journal is not None:
+            self.journal.close()
+
+    @contextmanager
+    def _write(self):
+        """A write transaction, as (connection, list of journal records to append once it committed).
+
+        The order is COMMIT, then the journal (fsynced), then the caller acknowledges. A crash in
+        between leaves a committed row out of the journal, but nobody was told it was saved, and
+        the next start journals whatever the journal lacks (`journal_missing`). The other order
+        would let a record whose COMMIT then failed come back on restore as a row that never was.
+        A journal that cannot be written fails the write though its row is committed: a retry
+        finds the row and journals it again, and restore keys rows by id, so duplicates are harmless.
+        """
+        records: list[dict] = []
+
+        def append() -> None:
+            if self.journal is not None and records:
+                try:
+                    self.journal.append(records)
+                except OSError as exc:
+                    raise StoreWriteError(f"saved in the database but not in the journal {self.journal.directory} "
+                                          f"({exc}); try again once it is writable") from exc
+
+        with self._db.write(then=append) as db:
+            yield db, records
 
     def __enter__(self):
         return self
@@ -139,10 +206,11 @@ class Store:
         row = [str(uuid.uuid4()), json.dumps(messages, ensure_ascii=False), answer_a, answer_b,
                _required(model_a, "model_a"), _required(model_b, "model_b"), adapter_a, adapter_b,
                json.dumps(params, sort_keys=True), _required(annotator, "annotator"), prompt_id, _now()]
-        with self._db.write() as db:
+        with self._write() as (db, journaled):
             if prompt_id is not None and not db.execute("SELECT 1 FROM prompts WHERE id = ?", [prompt_id]).fetchone():
                 raise ValueError(f"unknown prompt id {prompt_id}")
             db.execute("INSERT INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+            journaled.append(_journal_record("comparison", row[0], row))
         return row[0]
 
     def get_comparison(self, comparison_id: str) -> dict | None:
@@ -170,20 +238,41 @@ class Store:
         if time_spent_s is not None and not (isinstance(time_spent_s, (int, float)) and math.isfinite(time_spent_s)
                                              and time_spent_s >= 0):
             raise ValueError("time_spent_s must be a non-negative number")
-        with self._db.write() as db:
+        columns = ", ".join(JOURNALED["vote"][1])
+        with self._write() as (db, journaled):
             # replays are answered with the earlier vote; the single writer makes check-then-insert safe
             existing = db.execute(
-                "SELECT id, choice FROM votes WHERE idempotency_key = ? OR (annotator = ? AND comparison_id = ?) LIMIT 1",
+                f"SELECT {columns} FROM votes WHERE idempotency_key = ? OR (annotator = ? AND comparison_id = ?) LIMIT 1",
                 [idempotency_key, annotator, comparison_id]).fetchone()
-            if existing:
-                return VoteResult(existing[0], created=False, choice=existing[1])
+            if existing:  # journaled again: the first try may have committed and then failed to journal
+                journaled.append(_journal_record("vote", existing[0], existing))
+                return VoteResult(existing[0], created=False, choice=existing[3])
             if not db.execute("SELECT 1 FROM comparisons WHERE id = ?", [comparison_id]).fetchone():
                 raise ValueError(f"unknown comparison id {comparison_id!r}")
             vote_id = str(uuid.uuid4())
-            db.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                       [vote_id, comparison_id, annotator, choice, better_answer, idempotency_key,
-                        time_spent_s, _now()])
+            row = [vote_id, comparison_id, annotator, choice, better_answer, idempotency_key, time_spent_s, _now()]
+            db.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+            journaled.append(_journal_record("vote", vote_id, row))
         return VoteResult(vote_id, created=True, choice=choice)
+
+    def undo_vote(self, comparison_id: str, annotator: str, within_s: float = UNDO_WINDOW_S) -> str:
+        """Take back `annotator`'s own vote on the comparison, cast less than `within_s` ago; its id."""
+        annotator = _required(annotator, "annotator")
+        if not isinstance(comparison_id, str) or not COMPARISON_ID.match(comparison_id):
+            raise ValueError(f"comparison_id must be the id /arena_generate returned, got {repr(comparison_id)[:40]}")
+        with self._write() as (db, journaled):
+            found = db.execute("SELECT id, created_at FROM votes WHERE annotator = ? AND comparison_id = ?",
+                               [annotator, comparison_id]).fetchone()
+            if found is None:
+                raise ValueError(f"{annotator} has no vote on comparison {comparison_id} to undo")
+            vote_id, age = found[0], (_now() - found[1]).total_seconds()
+            if age > within_s:
+                raise ValueError(f"a vote can be undone only within {within_s / 60:g} minutes of casting it; "
+                                 f"this one was cast {age / 60:.0f} minutes ago")
+            db.execute("DELETE FROM votes WHERE id = ?", [vote_id])
+            journaled.append(journal.record("undo", vote_id, {"vote_id": vote_id, "comparison_id": comparison_id,
+                                                              "annotator": annotator, "undone_at": _now()}))
+        return vote_id
 
     def annotator_progress(self, annotator: str) -> dict:
         midnight = _now().replace(hour=0, minute=0, second=0, microsecond=0)  # UTC day
@@ -216,14 +305,14 @@ class Store:
             messages = row.get("messages") or [{"role": "user", "content": _required(row.get("prompt"), "prompt")}]
             messages = clean_messages(messages)
             fresh.setdefault(messages_hash(messages), (messages, row.get("category"), row.get("reference")))
-        with self._db.write() as db:
+        with self._write() as (db, journaled):
             known = {r[0] for r in db.execute("SELECT content_hash FROM prompts").fetchall()}
             new = [(h, m, c, r) for h, (m, c, r) in fresh.items() if h not in known]
             for content_hash, messages, category, reference in new:
-                db.execute("""INSERT INTO prompts (content_hash, messages, source, category, reference, created_at)
-                              VALUES (?, ?, ?, ?, ?, ?)""",
-                           [content_hash, json.dumps(messages, ensure_ascii=False), source, category, reference,
-                            _now()])
+                row = [content_hash, json.dumps(messages, ensure_ascii=False), source, category, reference, _now()]
+                prompt_id = db.execute("""INSERT INTO prompts (content_hash, messages, source, category, reference,
+                                          created_at) VALUES (?, ?, ?, ?, ?, ?) RETURNING id""", row).fetchone()[0]
+                journaled.append(_journal_record("prompt", prompt_id, row))
         return len(new)
 
     # Prompts the annotator has neither voted on nor been served (a comparison they
@@ -308,12 +397,13 @@ class Store:
         reason = (reason or "").strip()
         if overridden and not reason:
             raise ValueError("overriding a flagged regression needs a reason")
-        with self._db.write() as db:
-            db.execute("""INSERT INTO promotions (round_id, action, promoted_by, reason, overridden, created_at,
-                                                  adapter_fingerprint)
-                          VALUES (?, 'promote', ?, ?, ?, ?, ?)""",
-                       [_required(round_id, "round_id"), _required(by, "by"), reason, bool(overridden), _now(),
-                        adapter_fingerprint])
+        row = [_required(round_id, "round_id"), "promote", _required(by, "by"), reason, bool(overridden), _now(),
+               adapter_fingerprint]
+        with self._write() as (db, journaled):
+            promotion_id = db.execute("""INSERT INTO promotions (round_id, action, promoted_by, reason, overridden,
+                                             created_at, adapter_fingerprint)
+                                         VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id""", row).fetchone()[0]
+            journaled.append(_journal_record("promotion", promotion_id, row))
 
     def promotions(self) -> list[dict]:
         """Promotion history, oldest first."""
@@ -334,3 +424,73 @@ class Store:
             "position_bias": agreement.position_bias(rows),
             "agreement": agreement.agreement(rows),
         }
+
+    # ---- the journal (labeling/journal.py): rebuild the DB from it, and fill in what it lacks ----
+
+    def is_empty(self) -> bool:
+        """No comparison and no vote: a new or lost database, which a journal may fill."""
+        return not self._db.scalar("SELECT (SELECT count(*) FROM comparisons) + (SELECT count(*) FROM votes)")
+
+    def restore_from_journal(self, directory) -> dict:
+        """Insert every row the journal in `directory` has and this DB lacks, and take undone votes out.
+
+        Idempotent: each row is inserted once, by its key (ids; prompts by content hash, promotions
+        by round, author and time), so a second restore, or one into a DB that has some of the rows,
+        changes nothing. A prompt gets a fresh id; its comparisons follow it. Nothing is journaled:
+        the rows are in a journal already (`journal_missing` copies them into this store's own).
+        Returns what was added, how many records were read, and when the newest was written."""
+        records, unreadable = journal.read(directory)
+        added = Counter({"records": len(records), "unreadable": unreadable})
+        undone = [r["id"] for r in records if r["type"] == "undo"]
+        if undone:  # its own transaction: a vote cast again must not meet its undone twin in one
+            with self._db.write() as db:
+                added["undone"] = db.execute("DELETE FROM votes WHERE list_contains(?, id)", [undone]).fetchone()[0]
+        cursor = self._db.cursor()
+        prompt_ids = dict(cursor.execute("SELECT content_hash, id FROM prompts").fetchall())
+        known = {kind: {_journal_key(kind, values[0], dict(zip(columns, values[1:])))
+                        for values in cursor.execute(f"SELECT id, {', '.join(columns)} FROM {table}").fetchall()}
+                 for kind, (table, columns) in JOURNALED.items()}
+        vote_slots = set(cursor.execute("SELECT annotator, comparison_id FROM votes").fetchall())
+        journal_prompts, undone = {}, set(undone)
+        with self._db.write() as db:
+            for rec in sorted(records, key=lambda r: journal.TYPES.index(r["type"])):  # prompts before comparisons
+                kind, row = rec["type"], rec["row"]
+                key = kind != "undo" and _journal_key(kind, rec["id"], row)
+                if kind == "undo" or rec["id"] in undone or key in known[kind]:
+                    if kind == "prompt" and key in prompt_ids:
+                        journal_prompts[rec["id"]] = prompt_ids[key]
+                    continue
+                table, columns = JOURNALED[kind]
+                values = {c: _stored(c, row.get(c)) for c in columns}
+                if kind == "comparison":
+                    values["prompt_id"] = journal_prompts.get(values["prompt_id"])
+                if kind == "vote":
+                    slot = (values["annotator"], values["comparison_id"])
+                    if slot in vote_slots or values["comparison_id"] not in known["comparison"]:
+                        added["skipped"] += 1  # another vote holds its place, or its comparison was never journaled
+                        continue
+                    vote_slots.add(slot)
+                inserted = db.execute(f"INSERT INTO {table} ({', '.join(values)}) VALUES "
+                                      f"({', '.join('?' * len(values))}) RETURNING id", list(values.values())).fetchone()
+                if kind == "prompt":
+                    journal_prompts[rec["id"]] = prompt_ids[key] = inserted[0]
+                known[kind].add(key)
+                added[kind + "s"] += 1
+        return {**added, "newest": journal.newest(records)}
+
+    def journal_missing(self) -> Counter:
+        """Append to this store's journal every row it lacks (rows from before there was a journal, from a
+        store without one, or restored from another folder), so that the journal alone rebuilds this DB."""
+        if self.journal is None:
+            return Counter()
+        records, _ = journal.read(self.journal.directory)
+        have = {(r["type"], _journal_key(r["type"], r["id"], r["row"])) for r in records if r["type"] != "undo"}
+        missing = []
+        for kind, (table, columns) in JOURNALED.items():
+            query = f"SELECT id, {', '.join(columns)} FROM {table} ORDER BY created_at, id"
+            for values in self._db.cursor().execute(query).fetchall():
+                rec = _journal_record(kind, values[0], values[1:])
+                if (kind, _journal_key(kind, rec["id"], rec["row"])) not in have:
+                    missing.append(rec)
+        self.journal.append(missing)
+        return Counter(r["type"] for r in missing)

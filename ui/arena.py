@@ -191,6 +191,21 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
     return state, reveal, progress_text(services, annotator), "", *vote_buttons(False)
 
 
+def undo(services, state, request: gr.Request = None):
+    """UI handler: take back this annotator's vote on the comparison shown (within 5 minutes), so it
+    can be cast again. Outputs: state, reveal, progress, 4 buttons."""
+    annotator = services.require(request, "annotator")
+    if not state or not state.get("voted"):
+        raise gr.Error("There is no vote of yours on this comparison to undo.")
+    try:
+        services.store.undo_vote(state["id"], annotator)
+    except (ValueError, StoreWriteError) as exc:
+        raise gr.Error(f"Not undone: {exc}") from exc
+    state = {key: value for key, value in state.items() if key != "continue_with"} | {"voted": False}
+    return (state, "↩️ Vote undone: nothing is recorded for this comparison now. Vote again.",
+            progress_text(services, annotator), *vote_buttons(True))
+
+
 def import_prompts(services, upload, request: gr.Request = None):
     """Admins load a JSONL / CSV / MT-bench prompt file into the queue."""
     services.require(request, "admin")
@@ -262,6 +277,12 @@ def api_vote(services: Services, comparison_id: str, choice: str, better_answer:
     return f"{'saved' if result.created else 'already recorded'}: vote {result.vote_id} ({result.choice})"
 
 
+def api_undo(services: Services, comparison_id: str, request: gr.Request = None) -> str:
+    """/arena_undo: comparison_id -> status; only the caller's own vote, within 5 minutes of casting it."""
+    vote_id = services.store.undo_vote(comparison_id, services.require(request, "annotator"))
+    return f"undone: vote {vote_id}"
+
+
 def arena_tab(services: Services) -> None:
     state = gr.State({})
     progress = gr.Markdown(elem_id="arena-progress")
@@ -283,7 +304,9 @@ def arena_tab(services: Services) -> None:
                       variant="primary" if key in ("a", "b") else "secondary")
             for key, label in CHOICES.items()
         ]
-    reveal = gr.Markdown(elem_id="arena-reveal")
+    with gr.Row():
+        reveal = gr.Markdown(elem_id="arena-reveal")
+        undo_button = gr.Button("Undo my last vote", size="sm", scale=0, min_width=160, elem_id="arena-undo")
     with gr.Accordion("Write a better answer (optional, saved with your vote)", open=False):
         better = gr.Textbox(lines=5, show_label=False, max_length=20000, elem_id="arena-better",
                             placeholder="Start from A or B, edit it, then vote for the side you started from")
@@ -315,6 +338,7 @@ def arena_tab(services: Services) -> None:
         button.click(lambda: vote_buttons(False), None, buttons, queue=False, **private).then(
             bind(vote, services, key), [state, better], [state, reveal, progress, better, *buttons], **private
         )
+    undo_button.click(bind(undo, services), state, [state, reveal, progress, *buttons], **private)
     from_a.click(partial(copy_answer, side="a"), state, better, **private)
     from_b.click(partial(copy_answer, side="b"), state, better, **private)
 
@@ -333,6 +357,14 @@ def arena_tab(services: Services) -> None:
         except (ValueError, StoreWriteError) as exc:
             raise gr.Error(f"not saved: {exc}") from exc
 
+    def arena_undo(comparison_id: str, request: gr.Request = None) -> str:
+        """Undo your own vote on a comparison, within 5 minutes of casting it."""
+        try:
+            return api_undo(services, comparison_id, request)
+        except (ValueError, StoreWriteError) as exc:
+            raise gr.Error(f"not undone: {exc}") from exc
+
     gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
     gr.api(arena_vote, api_name="arena_vote")
+    gr.api(arena_undo, api_name="arena_undo")
     return progress, admin_panel, model_x, model_y, [controls[0], controls[1], controls[2], controls[4]]

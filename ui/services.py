@@ -17,6 +17,7 @@ import gradio as gr
 
 from models.loading import EMBEDDED, ModelLoadError
 from formats import MAX_PROMPT_CHARS, write_atomic
+from labeling.journal import default_dir as default_journal_dir
 from labeling.users import at_least
 from models.chat import ChatModel, SamplingParams
 from models.scheduler import SchedulerBusy
@@ -47,6 +48,11 @@ class Settings:
     eval_prompts: Path | None = None  # the gate's prompt set; None = the bundled 80 prompts
     eval_max_new_tokens: int | None = None  # None = the evals' default answer length
     device: str = "auto"  # serving: models.loading.resolve_device
+    sync_dir: Path | None = None  # the vote journal's folder (--sync-dir); None = data_dir/journal
+
+    @property
+    def journal_dir(self) -> Path:
+        return self.sync_dir or default_journal_dir(self.data_dir)
 
     @property
     def checkpoints_dir(self) -> Path:

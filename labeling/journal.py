@@ -1,0 +1,121 @@
+"""The vote journal: every write that matters for the data, also appended as JSON lines to segment files.
+
+DuckDB keeps the one file only the app may open; the journal is the copy anyone may read, and the
+one that survives losing that file (a Space without persistent disk, a dead disk):
+- one segment per process, `segment-<utc start>-<pid>-<uuid8>.jsonl`, so two processes, or an
+  uploader copying the folder away, never write to the same file;
+- a segment is only ever appended to: one JSON line per record, flushed and fsynced before the
+  write is acknowledged, so a vote the app acknowledged is in the journal;
+- a record is `{"type": prompt|comparison|vote|undo|promotion, "id": ..., "at": UTC ISO time,
+  "row": {column: value}}`, the row whole, so rows can be rebuilt without the database.
+
+labeling/store.py decides what to journal and rebuilds rows from it (`Store.restore_from_journal`):
+the SQL stays there. Restore is keyed by ids, so a record read twice changes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import uuid
+from datetime import date, datetime, timezone
+from pathlib import Path
+
+TYPES = ("prompt", "comparison", "vote", "undo", "promotion")
+SEGMENT_GLOB = "segment-*.jsonl"
+
+
+def default_dir(data_dir) -> Path:
+    """Where the journal goes without --sync-dir."""
+    return Path(data_dir) / "journal"
+
+
+def _plain(value):
+    return value.isoformat() if isinstance(value, (datetime, date)) else value
+
+
+def record(kind: str, row_id, row: dict) -> dict:
+    if kind not in TYPES:
+        raise ValueError(f"unknown journal record type {kind!r}")
+    at = datetime.now(timezone.utc).replace(tzinfo=None).isoformat()
+    return {"type": kind, "id": row_id, "at": at, "row": {k: _plain(v) for k, v in row.items()}}
+
+
+class Journal:
+    """This process's segment in `directory`; the file is created on the first record."""
+
+    def __init__(self, directory):
+        self.directory = Path(directory)
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+        self.path = self.directory / f"segment-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
+        self._file = None
+        self._lock = threading.Lock()
+
+    def append(self, records: list[dict]) -> None:
+        """Write `records` and fsync them: when this returns they survive a crash or power loss."""
+        if not records:
+            return
+        data = "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in records).encode()
+        with self._lock:
+            if self._file is None:
+                self.directory.mkdir(parents=True, exist_ok=True)
+                self._file = open(self.path, "ab")
+                _fsync_dir(self.directory)  # the new file's name must be durable too, not only its bytes
+            self._file.write(data)
+            self._file.flush()
+            os.fsync(self._file.fileno())
+
+    def close(self) -> None:
+        with self._lock:
+            if self._file is not None:
+                self._file.close()
+                self._file = None
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def segments(directory) -> list[Path]:
+    directory = Path(directory)
+    return sorted(directory.glob(SEGMENT_GLOB)) if directory.is_dir() else []
+
+
+def read(directory) -> tuple[list[dict], int]:
+    """Every record of every segment, oldest first, and how many lines could not be read.
+
+    A process killed mid-write leaves at most a torn last line in its own segment (later
+    processes write other segments); such lines are skipped and counted, never guessed at.
+    """
+    found, unreadable = [], 0
+    for order, path in enumerate(segments(directory)):
+        for line_no, line in enumerate(path.read_bytes().splitlines()):
+            try:
+                rec = json.loads(line)
+                if rec["type"] not in TYPES or not isinstance(rec["row"], dict):
+                    raise ValueError(rec["type"])
+                datetime.fromisoformat(rec["at"])
+            except (ValueError, KeyError, TypeError):
+                unreadable += 1
+                continue
+            found.append((rec["at"], order, line_no, rec))
+    found.sort(key=lambda item: item[:3])  # time, then segment, then line: commit order within a process
+    return [rec for *_, rec in found], unreadable
+
+
+def newest(records: list[dict]) -> datetime | None:
+    """When the newest record was written (naive UTC), or None for an empty journal."""
+    return max((datetime.fromisoformat(r["at"]) for r in records), default=None)
+
+
+def describe(found: dict) -> str:
+    """What a restore (`Store.restore_from_journal`) added, in one phrase."""
+    parts = [f"{found.get(k, 0)} {k}" for k in ("prompts", "comparisons", "votes", "promotions")]
+    parts += [f"{found[k]} {label}" for k, label in (("undone", "undone votes removed"), ("skipped", "votes skipped"),
+                                                     ("unreadable", "unreadable lines")) if found.get(k)]
+    return ", ".join(parts) + f" (of {found.get('records', 0)} records)"

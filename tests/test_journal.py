@@ -1,0 +1,248 @@
+"""The vote journal: a lost database comes back from it once, undo is journaled, and the CLI reads it
+while the app holds the database (labeling/journal.py, Store.restore_from_journal)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from labeling import journal
+from labeling.__main__ import main as labeling_cli
+from labeling.store import DB_NAME, Store
+from tests.conftest import ROOT
+
+QUESTIONS = [f"question {i}: what is {i} plus {i}?" for i in range(6)]
+
+
+def fill(store: Store) -> list[str]:
+    """Prompts, comparisons (half from the queue), a vote on each, a replayed vote and a promotion."""
+    store.import_prompts([{"prompt": q} for q in QUESTIONS[:3]], source="queue")
+    ids = []
+    for i, question in enumerate(QUESTIONS):
+        prompt = store.next_prompt("ann") if i < 3 else None
+        ids.append(store.add_comparison([{"role": "user", "content": question}], f"good {i}", f"bad {i}", "base",
+                                        "r1", None, "fp", {"seed": i}, "ann", prompt_id=prompt and prompt["id"]))
+        store.record_vote(ids[-1], "ann" if i % 2 else "bob", "a", idempotency_key=f"{ids[-1]}:x")
+    assert not store.record_vote(ids[0], "bob", "b", idempotency_key=f"{ids[0]}:x").created  # journaled twice
+    store.record_promotion("r1", "admin", "", False, adapter_fingerprint="fp")
+    return ids
+
+
+def content(store: Store) -> dict:
+    """Everything a restore must bring back, by value (prompt ids are allowed to change)."""
+    votes = sorted((r["vote_id"], r["comparison_id"], r["annotator"], r["choice"], r["messages"][0]["content"],
+                    r["created_at"]) for r in store.labeled_rows())
+    comparisons = store._db.rows("""SELECT c.id, p.content_hash FROM comparisons c
+                                    LEFT JOIN prompts p ON p.id = c.prompt_id ORDER BY c.id""")
+    promotions = [(p["round_id"], p["promoted_by"], p["created_at"]) for p in store.promotions()]
+    return {"votes": votes, "comparisons": comparisons, "promotions": promotions,
+            "prompts": store.stats()["prompts"]}
+
+
+def lose_db(data_dir: Path) -> None:
+    for path in data_dir.glob(DB_NAME + "*"):  # the file and its WAL
+        path.unlink()
+
+
+def test_a_lost_db_comes_back_from_the_journal_every_vote_once_and_twice_changes_nothing(data_dir, tmp_path):
+    backup = tmp_path / "backup"
+    with Store(data_dir, journal_dir=backup) as store:
+        fill(store)
+        before = content(store)
+        assert store.restore_from_journal(backup).get("votes", 0) == 0  # into the DB that has them all: a no-op
+        assert content(store) == before
+    assert len(before["votes"]) == 6 and sum(1 for c in before["comparisons"] if c["content_hash"]) == 3
+    assert len(journal.segments(backup)) == 1
+
+    lose_db(data_dir)
+    with Store(data_dir, journal_dir=backup) as store:
+        assert store.is_empty()
+        found = store.restore_from_journal(backup)
+        assert (found["prompts"], found["comparisons"], found["votes"], found["promotions"]) == (3, 6, 6, 1)
+        assert content(store) == before  # same vote ids, choices, times; comparisons keep their prompts
+        again = store.restore_from_journal(backup)
+        assert not any(again.get(k) for k in ("prompts", "comparisons", "votes", "promotions"))
+        assert content(store) == before
+        assert store.current_candidate() == "r1"
+        assert not store.journal_missing()  # the journal it came from lacks nothing
+        store.import_prompts([{"prompt": "a new one"}], source="later")  # the prompt id sequence still works
+
+    lose_db(data_dir)
+    with Store(data_dir) as store:  # a DB that already has some rows, under other ids
+        store.import_prompts([{"prompt": "unrelated"}, {"prompt": QUESTIONS[1]}], source="other")
+        store.restore_from_journal(backup)
+        assert content(store) == {**before, "prompts": 5}  # + "a new one" (journaled) + "unrelated";
+        # each comparison found its prompt by content, under its new id
+
+
+def test_a_torn_last_line_is_skipped_and_a_new_process_writes_its_own_segment(data_dir, tmp_path):
+    backup = tmp_path / "backup"
+    with Store(data_dir, journal_dir=backup) as store:
+        fill(store)
+    segment = journal.segments(backup)[0]
+    with segment.open("ab") as out:
+        out.write(b'{"type": "vote", "id": "half-writ')  # kill -9 in the middle of a write
+    with Store(data_dir, journal_dir=backup) as store:
+        store.record_vote(store.add_comparison([{"role": "user", "content": "more"}], "x", "y", "base", "base",
+                                               None, None, {}, "ann"), "ann", "b")
+    assert len(journal.segments(backup)) == 2 and segment.read_bytes().endswith(b"half-writ")  # never rewritten
+    lose_db(data_dir)
+    with Store(data_dir) as store:
+        found = store.restore_from_journal(backup)
+        assert found["unreadable"] == 1 and found["votes"] == 7
+
+
+def test_an_undone_vote_stays_gone_after_restore_and_from_the_export(data_dir, tmp_path):
+    backup = tmp_path / "backup"
+    with Store(data_dir, journal_dir=backup) as store:
+        ids = fill(store)
+        store.undo_vote(ids[1], "ann")  # gone for good
+        store.undo_vote(ids[2], "bob")
+        store.record_vote(ids[2], "bob", "b")  # cast again, the other way
+        with pytest.raises(ValueError, match="no vote on comparison"):
+            store.undo_vote(ids[3], "bob")  # someone else's vote (ann cast it)
+        before = content(store)
+        with store._db.write() as db:  # ann's vote on ids[3] was cast 6 minutes ago
+            db.execute("UPDATE votes SET created_at = created_at - INTERVAL 6 MINUTE WHERE comparison_id = ?",
+                       [ids[3]])
+        with pytest.raises(ValueError, match="within 5 minutes"):
+            store.undo_vote(ids[3], "ann")
+    lose_db(data_dir)
+    with Store(data_dir) as store:
+        store.restore_from_journal(backup)
+        assert content(store) == before
+        choices = {r["comparison_id"]: r["choice"] for r in store.labeled_rows()}
+    assert ids[1] not in choices and choices[ids[2]] == "b" and len(choices) == 5
+    out = tmp_path / "pairs.jsonl"
+    assert labeling_cli(["export", "--data-dir", str(data_dir), "--format", "dpo", "--out", str(out)]) == 0
+    prompts = [json.loads(line)["prompt"][0]["content"] for line in out.read_text().splitlines()]
+    assert sorted(prompts) == sorted(QUESTIONS[:1] + QUESTIONS[2:])
+    assert [json.loads(line)["chosen"][0]["content"] for line in out.read_text().splitlines()
+            if QUESTIONS[2] in line] == ["bad 2"]
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "labeling", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+
+
+def test_the_cli_reads_the_journal_while_another_process_holds_the_db(data_dir, tmp_path):
+    backup = tmp_path / "backup"
+    out = tmp_path / "pairs.jsonl"
+    with Store(data_dir, journal_dir=backup) as store:  # this process now holds the file, as the app would
+        fill(store)
+        export = run_cli("export", "--data-dir", str(data_dir), "--format", "dpo", "--out", str(out),
+                         "--sync-dir", str(backup))
+        stats = run_cli("stats", "--data-dir", str(data_dir), "--sync-dir", str(backup), "--json")
+        without = run_cli("stats", "--data-dir", str(data_dir))  # the default journal dir has nothing
+        restore = run_cli("restore", "--from", str(backup), "--data-dir", str(data_dir))
+    assert export.returncode == 0, export.stderr
+    assert "read the journal in" in export.stderr and "newest record" in export.stderr
+    assert len(out.read_text().splitlines()) == 6
+    assert stats.returncode == 0 and json.loads(stats.stdout)["votes"] == 6, stats.stderr
+    assert without.returncode == 2 and "no journal in" in without.stderr
+    assert restore.returncode == 2 and "in use" in restore.stderr and len(restore.stderr.splitlines()) == 1
+
+    lose_db(data_dir)
+    restore = run_cli("restore", "--from", str(backup), "--data-dir", str(data_dir))
+    assert restore.returncode == 0, restore.stderr
+    assert "6 votes" in restore.stdout and "journaled" in restore.stdout  # into data_dir/journal as well
+    with Store(data_dir) as store:
+        assert len(store.labeled_rows()) == 6
+        assert store.restore_from_journal(journal.default_dir(data_dir)).get("votes", 0) == 0
+
+
+# ---- the real app: votes through gradio_client, the CLI while it runs, a restart on a lost DB ----------
+
+
+def make_comparisons(data_dir: Path, n: int) -> list[str]:
+    """Made before the app starts and before there is a journal: the app journals them at start."""
+    with Store(data_dir) as store:
+        return [store.add_comparison([{"role": "user", "content": QUESTIONS[i]}], f"answer a {i}",
+                                     f"answer b {i}", "base", "base", None, None, {"seed": i}, "setup")
+                for i in range(n)]
+
+
+class App:
+    def __init__(self, tmp_path: Path, model_dir: Path, data_dir: Path, sync_dir: Path, name: str):
+        from tests.test_browser import free_port
+
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        self.log = tmp_path / f"{name}.log"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(self.port),
+                 "--base-model", str(model_dir), "--sync-dir", str(sync_dir)],
+                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+
+    def __enter__(self):
+        from tests.test_browser import wait_until_serving
+
+        wait_until_serving(self.url, self.process, self.log)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def exported(data_dir: Path, sync_dir: Path, out: Path) -> tuple[list[str], str]:
+    done = run_cli("export", "--data-dir", str(data_dir), "--format", "dpo", "--out", str(out),
+                   "--sync-dir", str(sync_dir))
+    assert done.returncode == 0, done.stderr
+    return sorted(json.loads(line)["prompt"][0]["content"] for line in out.read_text().splitlines()), done.stderr
+
+
+@pytest.mark.slow
+def test_votes_through_the_api_export_while_the_app_runs_and_come_back_once_after_the_db_is_lost(
+        tmp_path, tiny_model_dir, data_dir):
+    from gradio_client import Client
+
+    sync_dir = tmp_path / "second-disk"
+    ids = make_comparisons(data_dir, 4)
+    with App(tmp_path, tiny_model_dir, data_dir, sync_dir, "first") as app:
+        client = Client(app.url, verbose=False)
+        for comparison_id in ids[:3]:
+            assert client.predict(comparison_id, "a", "", api_name="/arena_vote").startswith("saved")
+        started = time.monotonic()
+        prompts, note = exported(data_dir, sync_dir, tmp_path / "live.jsonl")
+        assert prompts == QUESTIONS[:3], note  # while the app holds the DB
+        assert "read the journal" in note and time.monotonic() - started < 30
+    assert "journaled 4 existing rows" in app.log.read_text()  # the comparisons made before the journal
+
+    lose_db(data_dir)
+    with App(tmp_path, tiny_model_dir, data_dir, sync_dir, "second") as app:
+        assert "restored 0 prompts, 4 comparisons, 3 votes" in app.log.read_text()
+        prompts, _ = exported(data_dir, sync_dir, tmp_path / "after.jsonl")
+        assert prompts == QUESTIONS[:3]
+        client = Client(app.url, verbose=False)  # the restored comparisons take votes again
+        assert client.predict(ids[3], "b", "", api_name="/arena_vote").startswith("saved")
+    with Store(data_dir) as store:
+        votes = [r["comparison_id"] for r in store.labeled_rows()]
+    assert sorted(votes) == sorted(ids)  # each once
+
+
+@pytest.mark.slow
+def test_arena_undo_removes_the_vote_from_the_next_export(tmp_path, tiny_model_dir, data_dir):
+    from gradio_client import Client
+
+    sync_dir = tmp_path / "journal"
+    ids = make_comparisons(data_dir, 3)
+    with App(tmp_path, tiny_model_dir, data_dir, sync_dir, "undo") as app:
+        client = Client(app.url, verbose=False)
+        for comparison_id in ids:
+            client.predict(comparison_id, "a", "", api_name="/arena_vote")
+        assert client.predict(ids[1], api_name="/arena_undo").startswith("undone")
+        prompts, _ = exported(data_dir, sync_dir, tmp_path / "pairs.jsonl")
+        assert prompts == [QUESTIONS[0], QUESTIONS[2]]
+        with pytest.raises(Exception, match="no vote on comparison"):
+            client.predict(ids[1], api_name="/arena_undo")  # nothing left to undo
+        assert client.predict(ids[1], "b", "", api_name="/arena_vote").startswith("saved")  # voted again
+        prompts, _ = exported(data_dir, sync_dir, tmp_path / "again.jsonl")
+        assert prompts == QUESTIONS[:3]
