@@ -1,6 +1,6 @@
-"""What a side-by-side comparison costs in the shared decode loop: base + adapter rows in one batch
-(peft's mixed batch) against the baseline of one base row alone, measured in the same run on the
-embedded model. The adapter is a fresh random LoRA (r=8, all linear layers), as a first round makes.
+"""What a side-by-side comparison costs in the shared decode loop: base + adapter rows in one batch,
+with per-row adapter masks (models/lora_rows.py) and with peft's mixed-batch split, against the
+baseline of one base row alone, measured in the same run on the embedded model. The adapter is a fresh random LoRA (r=8, all linear layers), as a first round makes.
 
     python bench/bench_side_by_side.py [--tokens 128] [--repeats 3]
 """
@@ -30,6 +30,10 @@ def random_adapter(chat: ChatModel, out: Path) -> Path:
     model = AutoModelForCausalLM.from_config(chat.model.config)
     peft_model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules="all-linear",
                                                   init_lora_weights=False))  # non-zero B: a real delta
+    with torch.no_grad():  # small, so answers keep the base's length and the steps compare like for like
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.mul_(0.01)
     peft_model.save_pretrained(out)
     return out
 
@@ -61,16 +65,23 @@ def main() -> None:
     base_with_adapter_loaded = timed(chat, [None], params, args.repeats)
     adapter_alone = timed(chat, ["r1"], params, args.repeats)
     mixed = timed(chat, [None, "r1"], params, args.repeats)
+    chat.scheduler.row_masks = False  # the same rows through peft's mixed-batch split
+    peft_base = timed(chat, [None], params, args.repeats)
+    peft_adapter = timed(chat, ["r1"], params, args.repeats)
+    peft_mixed = timed(chat, [None, "r1"], params, args.repeats)
     print(f"embedded model, bf16, {args.tokens} new tokens a row, median of {args.repeats}")
     print(f"{'variant':<46}{'ms/step':>9}{'x one row':>11}")
     for name, seconds in [("one base row, no adapter loaded (baseline)", alone),
                           ("two base rows, no adapter loaded", pair_plain),
                           ("one base row, an adapter loaded", base_with_adapter_loaded),
                           ("one adapter row", adapter_alone),
-                          ("base row + adapter row (side by side)", mixed)]:
+                          ("base row + adapter row (side by side)", mixed),
+                          ("peft mixed batch: one base row", peft_base),
+                          ("peft mixed batch: one adapter row", peft_adapter),
+                          ("peft mixed batch: base + adapter", peft_mixed)]:
         print(f"{name:<46}{seconds:>9.2f}{seconds / alone:>10.2f}x")
     print(f"side by side costs {mixed / (base_with_adapter_loaded + adapter_alone):.2f}x of serving the two rows "
-          "one after the other")
+          f"one after the other, and {mixed / peft_mixed:.2f}x of peft's mixed batch")
 
 
 if __name__ == "__main__":

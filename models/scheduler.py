@@ -17,11 +17,14 @@ first, and one user may have at most `max_rows_per_user` rows waiting or running
 
 from __future__ import annotations
 
+import atexit
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
+
+from models.lora_rows import RowAdapters
 
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
 TOP_K = 50  # transformers' generate() default when sampling; kept so answers read the same as before
@@ -69,7 +72,11 @@ class Scheduler:
         self._active: list[Row] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._closed = False
         self.stats = {"steps": 0, "rows": 0, "widest": 0}  # for the bench and the curious
+        self._row_adapters: RowAdapters | None = None
+        self._adapters_seen: tuple = ()
+        self.row_masks = True  # models/lora_rows.py; False: peft's mixed batch (the bench compares both)
 
     # ------------------------------------------------------------ the callers' side
 
@@ -101,6 +108,14 @@ class Scheduler:
             for row in rows:  # a Stop, a closed tab or an error: these rows leave at the next step
                 row.stopped.set()
 
+    def close(self) -> None:
+        """End the loop once no row runs; rows still waiting then would never be served, so fail them."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=30)
+
     def wait_idle(self, timeout: float) -> bool:
         """Block until no row runs or waits (True), or timeout (False)."""
         with self._cond:
@@ -116,18 +131,21 @@ class Scheduler:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._loop, name="decode-loop", daemon=True)
                 self._thread.start()
+                atexit.register(self.close)  # a daemon thread killed inside torch at exit aborts the process
             self._cond.notify()
 
     # ------------------------------------------------------------ the worker
 
-    def _take_pending(self) -> list[Row]:
+    def _take_pending(self) -> list[Row] | None:
         """Rows that join now: as many as fit, fewest-rows-in-the-batch users first, then arrival order.
         A request's rows join together, so both sides of a comparison start on the same step."""
         with self._cond:
             if not self._active:
                 deadline = time.monotonic() + GATHER_S
-                while not self._pending:
+                while not self._pending and not self._closed:
                     self._cond.wait()
+                if self._closed:
+                    return None
                 while (left := deadline - time.monotonic()) > 0:  # let the others of a burst arrive too
                     self._cond.wait(left)
             self._pending = [row for row in self._pending if not row.stopped.is_set() or self._drop(row)]
@@ -159,6 +177,8 @@ class Scheduler:
         batch: Batch | None = None
         while True:
             joining = self._take_pending()
+            if joining is None:  # closed
+                return
             try:
                 with torch.inference_mode(), self.chat._lock:  # adapters attach between steps, never during
                     logits = []
@@ -186,9 +206,16 @@ class Scheduler:
         model = self.chat.model
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
                       past_key_values=cache, use_cache=True, logits_to_keep=1)
-        if self.chat.adapters:  # peft mixed batch: "__base__" rows skip every adapter
-            kwargs["adapter_names"] = [a or BASE for a in adapters]
-        return model(**kwargs).logits[:, -1, :]
+        if not self.chat.adapters:
+            return model(**kwargs).logits[:, -1, :]
+        loaded = tuple(self.chat.adapters)
+        if self._row_adapters is None or self._row_adapters.model is not model or self._adapters_seen != loaded:
+            # the first adapter wraps the model in a PeftModel; a later one may add LoRA layers
+            self._row_adapters, self._adapters_seen = RowAdapters(model), loaded
+        if not self.row_masks or not self._row_adapters.layers():  # peft's own mixed batch
+            return model(**kwargs, adapter_names=[a or BASE for a in adapters]).logits[:, -1, :]
+        with self._row_adapters.rows(adapters, model.dtype, input_ids.device):
+            return model(**kwargs).logits[:, -1, :]
 
     def _prefill(self, rows: list[Row]) -> tuple[object, Batch]:
         import torch
@@ -213,7 +240,10 @@ class Scheduler:
         batch.mask = torch.cat([batch.mask, torch.ones((len(rows), 1), dtype=batch.mask.dtype, device=device)], dim=1)
         ids = torch.tensor([[row.tokens[-1]] for row in rows], device=device)
         positions = batch.mask.sum(-1, keepdim=True) - 1
-        return self._forward(ids, batch.mask, positions, batch.cache, [r.adapter for r in rows])
+        # no padding anywhere (one row, or prompts of one length): no mask lets attention take its
+        # causal fast path
+        mask = None if bool(batch.mask.all()) else batch.mask
+        return self._forward(ids, mask, positions, batch.cache, [r.adapter for r in rows])
 
     def _advance(self, logits) -> None:
         stop_ids = {self.chat.tokenizer.eos_token_id, self.chat.tokenizer.pad_token_id} - {None}

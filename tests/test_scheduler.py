@@ -92,3 +92,17 @@ def test_seeded_sampling_repeats_and_rows_of_one_request_differ(chat):
     again = list(chat.stream([PROMPTS[0], PROMPTS[0]], [None, None], sampled))[-1]
     assert first == again  # the seed recorded with a comparison reproduces it
     assert first[0] != first[1]  # an Arena pair on one model is two draws, not one answer twice
+
+
+def test_rows_of_several_adapters_and_the_base_equal_each_served_alone(chat, tiny_model_dir, tmp_path):
+    """The per-row adapter masks (models/lora_rows.py) against peft's own one-adapter path."""
+    plain = alone(chat, PROMPTS[1])
+    chat.ensure_adapter("r1", make_adapter(tiny_model_dir, tmp_path / "a1", seed=1))
+    chat.ensure_adapter("r2", make_adapter(tiny_model_dir, tmp_path / "a2", seed=2))
+    expected = [alone(chat, PROMPTS[1], name) for name in (None, "r1", "r2", "r1")]
+    assert expected[0] == plain and expected[1] != plain and expected[2] != expected[1]
+    got = list(chat.stream([PROMPTS[1]] * 4, [None, "r1", "r2", "r1"], GREEDY))[-1]
+    assert got == expected
+    base_only = list(chat.stream([PROMPTS[1]], [None], GREEDY))[-1]  # the LoRA layers switched off
+    assert base_only == [plain]
+    assert chat.generate([PROMPTS[1]], ["r2"], GREEDY) == [expected[2]]  # peft's own path is left as it was
