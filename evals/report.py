@@ -244,7 +244,7 @@ def run_eval(
         raise EvalInputError("batch_size and max_new_tokens must be positive")
 
     if chat is None:
-        chat = ChatModel.load(base_model, Path(cache_dir), dtype=dtype)
+        chat = ChatModel.load(base_model, Path(cache_dir), dtype=dtype, device="auto")  # a GPU when there is one
     # A fresh name per content: the app may have an older adapter loaded as "candidate".
     name = f"{CANDIDATE}-{adapter_fingerprint(adapter_dir)}"
     chat.ensure_adapter(name, adapter_dir)

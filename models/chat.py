@@ -79,7 +79,7 @@ class ChatModel:
             texts.append(
                 self.tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
             )
-        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+        return self.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(self.model.device)
 
     def prompt_tokens(self, messages: list[dict], system_prompt: str = "") -> int:
         """How many tokens a conversation takes as a prompt (to refuse oversized ones early)."""

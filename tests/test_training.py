@@ -441,3 +441,17 @@ def test_an_eval_report_counts_only_for_the_adapter_weights_it_evaluated(trained
     assert replaced.fingerprint != fingerprint
     assert replaced.eval is None and replaced.regression is None  # unevaluated: the gate blocks it again
     assert replaced.stale_eval["adapter_fingerprint"] == fingerprint
+
+
+def test_gradient_checkpointing_follows_the_recipe_and_the_model_size(tiny_model_dir, monkeypatch):
+    from training import trainer
+    from training.config import RoundConfig
+
+    model, _ = load_base(str(tiny_model_dir), dtype="fp32")
+    size = sum(p.numel() for p in model.parameters())
+    assert trainer.use_checkpointing(RoundConfig(), model) is False  # a tiny model: speed wins
+    assert trainer.use_checkpointing(RoundConfig(gradient_checkpointing="on"), model) is True
+    monkeypatch.setattr(trainer, "CHECKPOINTING_ABOVE", size - 1)  # as if it were a 7B model
+    assert trainer.use_checkpointing(RoundConfig(), model) is True
+    assert trainer.use_checkpointing(RoundConfig(gradient_checkpointing="off"), model) is False
+    assert load_recipe("dpo_qlora_7b").validate().gradient_checkpointing == "on"

@@ -29,14 +29,15 @@ def load_model(config: RoundConfig, resolved: str, dtype: str):
     A bad base raises ModelLoadError whatever the quantization.
     """
     if not config.load_in_4bit:
-        return (*load_base(resolved, dtype=dtype), "none")
+        return (*load_base(resolved, dtype=dtype, device="auto"), "none")
     model, tokenizer = load_base_4bit(resolved, dtype)
     return model, tokenizer, f"nf4 (bitsandbytes, double quant, compute {dtype})"
 
 
 def load_base_4bit(resolved: str, dtype: str):
     try:
-        model, tokenizer = load_base(resolved, dtype=dtype, load_in_4bit=True, for_training=True)
+        # on a GPU the 4-bit weights must be placed at load time (bitsandbytes quantizes on the device)
+        model, tokenizer = load_base(resolved, dtype=dtype, load_in_4bit=True, for_training=True, device="auto")
         probe_4bit(model, tokenizer)
     except ModelLoadError:
         raise
@@ -93,6 +94,15 @@ def attach_lora(config: RoundConfig, model, init: Path | None):
     )
 
 
+CHECKPOINTING_ABOVE = 1_000_000_000  # parameters; below it a model's activations fit, and speed wins
+
+
+def use_checkpointing(config: RoundConfig, model) -> bool:
+    if config.gradient_checkpointing != "auto":
+        return config.gradient_checkpointing == "on"
+    return sum(p.numel() for p in model.parameters()) > CHECKPOINTING_ABOVE
+
+
 def build_trainer(config: RoundConfig, model, tokenizer, train, holdout, out_dir: Path, max_steps: int,
                   dtype: str, progress: Progress, peft_config):
     """trl's trainer for the method. Every eval_every steps (and at the last) it scores the held-out slice
@@ -108,7 +118,7 @@ def build_trainer(config: RoundConfig, model, tokenizer, train, holdout, out_dir
         eval_strategy="steps", eval_steps=config.eval_every, save_strategy="steps", save_steps=config.eval_every,
         save_only_model=True, save_total_limit=1,  # the best and the latest: out_dir is deleted with the round
         load_best_model_at_end=True, metric_for_best_model="eval_loss", greater_is_better=False,
-        report_to="none", disable_tqdm=True, activation_checkpointing=False,  # small models: speed over memory
+        report_to="none", disable_tqdm=True, activation_checkpointing=use_checkpointing(config, model),
         bf16=dtype == "bf16", fp16=False, dataloader_num_workers=0, dataloader_pin_memory=torch.cuda.is_available(),
     )
     if config.method == "dpo":
