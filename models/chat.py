@@ -103,6 +103,7 @@ class ChatModel:
         params: SamplingParams = SamplingParams(),
         complete: list[bool] | None = None,
         user: str = "local",
+        background: bool = False,
     ) -> Iterator[list[str]]:
         """Decode the conversations in the shared loop, batched with everyone else's; yield every
         row's text as it grows. The last yield is final.
@@ -112,9 +113,11 @@ class ChatModel:
         its end-of-sequence token (False: cut by max_new_tokens or stopped). Closing the
         generator early (Stop, a closed tab) stops these rows at the next step, and only them.
         Raises models.scheduler.SchedulerBusy when `user` already has their share of rows running.
+        `background` rows (work done ahead) join the batch only after every waiting request.
         """
         self._check_adapters(conversations, adapters)
-        return self.scheduler.stream(conversations, adapters, params, complete=complete, user=user)
+        return self.scheduler.stream(conversations, adapters, params, complete=complete, user=user,
+                                     background=background)
 
     def _check_adapters(self, conversations, adapters) -> None:
         if len(conversations) != len(adapters):

@@ -13,6 +13,8 @@ Rows pick their LoRA adapter per row, as peft's mixed batches allow.
 
 Fairness: when more rows wait than fit, the users with the fewest rows in the batch go
 first, and one user may have at most `max_rows_per_user` rows waiting or running.
+Background rows (comparisons generated ahead for an annotator) join only after every
+waiting foreground request.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class Row:
     seed: int
     user: str
     listener: queue.Queue  # shared by the rows of one request: told after every step that touched them
+    background: bool = False  # work done ahead (pre-generation): admitted only after every waiting request
     tokens: list[int] = field(default_factory=list)
     complete: bool = False  # reached end-of-sequence (not the token limit, not a Stop)
     done: bool = False
@@ -81,7 +84,8 @@ class Scheduler:
     # ------------------------------------------------------------ the callers' side
 
     def stream(self, conversations: Sequence[list[dict]], adapters: Sequence[str | None], params,
-               complete: list[bool] | None = None, user: str = "local") -> Iterator[list[str]]:
+               complete: list[bool] | None = None, user: str = "local",
+               background: bool = False) -> Iterator[list[str]]:
         """Yield every row's text so far as the shared loop advances; the last yield is final.
 
         Row i draws with seed `params.seed + i`, so two rows of one request (an Arena pair on the
@@ -89,7 +93,7 @@ class Scheduler:
         tokenizer = self.chat.tokenizer
         listener: queue.Queue = queue.Queue()
         rows = [Row(self.chat.prompt_ids(messages, params.system_prompt), adapter, params.temperature,
-                    params.top_p, params.max_new_tokens, params.seed + i, user, listener)
+                    params.top_p, params.max_new_tokens, params.seed + i, user, listener, background=background)
                 for i, (messages, adapter) in enumerate(zip(conversations, adapters))]
         self._submit(rows)
         try:
@@ -156,7 +160,8 @@ class Scheduler:
             requests: dict[int, list[Row]] = {}
             for row in self._pending:
                 requests.setdefault(id(row.listener), []).append(row)
-            order = sorted(requests.values(), key=lambda rows: in_batch.get(rows[0].user, 0))  # stable sort
+            # stable sort: people waiting before work done ahead, then the users with fewest rows in the batch
+            order = sorted(requests.values(), key=lambda rows: (rows[0].background, in_batch.get(rows[0].user, 0)))
             joining = []
             for rows in order:
                 if len(rows) <= room - len(joining):

@@ -214,6 +214,33 @@ def test_queued_prompts_feed_the_arena(services, tmp_path):
     assert arena.take_queued(services, request=FakeRequest("ann"))[0] == "queued two"
 
 
+def test_the_next_queued_comparison_is_generated_while_the_annotator_reads(services, tmp_path):
+    from labeling.users import User
+
+    services.users = {"ann": User("ann", "annotator", "x", legacy=True)}
+    queue_file = tmp_path / "prompts.jsonl"
+    queue_file.write_text('{"prompt": "first queued"}\n{"prompt": "second queued"}\n')
+    services.store.import_prompts(arena.load_prompt_file(str(queue_file)), source="test")
+    ann = FakeRequest("ann")
+    text, state = arena.take_queued(services, request=ann)
+    done = run_arena(services, text, state=state)
+    assert done["prompt_id"] is not None
+    arena.vote(services, "a", done, "", request=ann)
+    ahead = services.prefetched["ann"]  # started by the vote, for the next queued prompt
+    assert ahead.prompt == "second queued"
+    assert ahead.done.wait(timeout=60) and ahead.texts is not None
+    steps = services.chat.scheduler.stats["steps"]
+    text, state = arena.take_queued(services, request=ann)
+    state = run_arena(services, text, state=state)
+    assert services.chat.scheduler.stats["steps"] == steps  # nothing decoded: it was ready
+    assert [state["answer_a"], state["answer_b"]] == [arena.end_at_last_sentence(t)[0] if not c else t
+                                                      for t, c in zip(ahead.texts, ahead.complete)]
+    stored = services.store.get_comparison(state["id"])
+    assert stored["prompt_id"] == state["prompt_id"] and stored["annotator"] == "ann"
+    assert stored["params"]["seed"] == ahead.params.seed  # recorded as it was generated
+    assert "ann" not in services.prefetched  # used once
+
+
 def test_build_ui_registers_the_named_api_endpoints(services):
     from app import build_ui
 

@@ -8,7 +8,9 @@ unlock only then, and a vote is acknowledged only after its COMMIT returned.
 from __future__ import annotations
 
 import random
+import threading
 import time
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
@@ -91,6 +93,12 @@ def run_comparison(services, history, prompt, model_x, model_y, params, annotato
             if services.take_stop_request(session):
                 return  # leaving the loop closes the stream, which stops decoding at the next token
             yield texts[0], texts[1], None
+    comparison = record_comparison(services, messages, models, texts, complete, params, annotator, prompt_id)
+    yield comparison["answer_a"], comparison["answer_b"], comparison
+
+
+def record_comparison(services, messages, models, texts, complete, params, annotator, prompt_id) -> dict:
+    """Store a finished comparison; returns the Arena's state for it."""
     # An answer cut by the token limit ends at its last complete sentence instead, so a chosen
     # answer never teaches stopping mid-sentence; `cut_off` records which sides were cut.
     trimmed = [end_at_last_sentence(text) if not done else (text, False) for text, done in zip(texts, complete)]
@@ -101,11 +109,70 @@ def run_comparison(services, history, prompt, model_x, model_y, params, annotato
         services.fingerprint(models[0]), services.fingerprint(models[1]),
         recorded, annotator, prompt_id=prompt_id,
     )
-    comparison = dict(
+    return dict(
         id=comparison_id, messages=messages, answer_a=texts[0], answer_b=texts[1],
-        model_a=models[0], model_b=models[1], started=time.time(), voted=False,
+        model_a=models[0], model_b=models[1], started=time.time(), voted=False, prompt_id=prompt_id,
     )
-    yield texts[0], texts[1], comparison
+
+
+@dataclass
+class Prefetch:
+    """An annotator's next queued comparison, generated while they read the last one (at low
+    priority in the shared decode loop), and stored only if they go on to it."""
+
+    prompt_id: int
+    prompt: str
+    models: list[str]  # as shuffled: side A, side B
+    params: SamplingParams
+    done: threading.Event = field(default_factory=threading.Event)
+    abandon: threading.Event = field(default_factory=threading.Event)
+    texts: list[str] | None = None
+    complete: list[bool] | None = None
+
+
+def prefetch_next(services, annotator: str) -> Prefetch | None:
+    """Start generating `annotator`'s next queued prompt with the default pair and the team's sampling
+    (what their Generate would do), unless one is already waiting for them."""
+    row = services.store.next_prompt(annotator)
+    current = services.prefetched.get(annotator)
+    if row is None or (current is not None and current.prompt_id == row["id"] and not current.abandon.is_set()):
+        return None
+    if current is not None:
+        current.abandon.set()
+    prompt = row["messages"][-1]["content"]
+    models = list(default_pair(services))
+    random.shuffle(models)
+    job = Prefetch(row["id"], prompt, models, sampling(*team_arena_sampling(services.settings)))
+    services.prefetched[annotator] = job
+    messages = [{"role": "user", "content": prompt}]
+
+    def work():
+        try:
+            adapters = [services.adapter_for(m) for m in models]
+            complete: list[bool] = []
+            for texts in services.chat.stream([messages, messages], adapters, job.params, complete=complete,
+                                              user=annotator, background=True):
+                if job.abandon.is_set():
+                    return  # leaving the loop stops these rows
+            job.texts, job.complete = texts, complete
+        except Exception:  # noqa: BLE001 (a failed prefetch only means Generate decodes as usual)
+            job.abandon.set()
+        finally:
+            job.done.set()
+
+    threading.Thread(target=work, name=f"prefetch-{annotator}", daemon=True).start()
+    return job
+
+
+def take_prefetched(services, annotator: str, prompt_id, prompt: str) -> Prefetch | None:
+    """The finished prefetch for exactly this queued prompt and today's default pair, or None."""
+    job = services.prefetched.get(annotator)
+    if job is None or job.prompt_id != prompt_id or job.prompt != prompt:
+        return None
+    if not job.done.is_set() or job.texts is None or sorted(job.models) != sorted(default_pair(services)):
+        return None  # still decoding (Generate goes ahead at full priority) or the pair changed since
+    services.prefetched.pop(annotator, None)
+    return job
 
 
 def vote_buttons(interactive: bool):
@@ -137,6 +204,15 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
         save_team_arena_sampling(services.settings, params)
     prompt_id = state.get("queued_prompt_id") if state and state.get("queued_prompt") == prompt else None
     shown = for_display(history + [{"role": "user", "content": prompt}])
+    ready = None if admin or history or prompt_id is None else take_prefetched(services, annotator, prompt_id, prompt)
+    if ready is not None:  # generated while the annotator read the last one: it appears at once
+        comparison = record_comparison(services, [{"role": "user", "content": prompt}], ready.models, ready.texts,
+                                       ready.complete, ready.params, annotator, prompt_id)
+        view_a = shown + for_display([{"role": "assistant", "content": comparison["answer_a"]}])
+        view_b = shown + for_display([{"role": "assistant", "content": comparison["answer_b"]}])
+        yield comparison, view_a, view_b, "", "Both answers are complete: vote with the buttons or keys 1–4.", \
+            *vote_buttons(True)
+        return
     yield None, shown, shown, "", "Generating both answers…", *vote_buttons(False)
     view_a = view_b = shown
     comparison = None
@@ -180,6 +256,8 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
         gr.Warning(f"Vote not saved: {exc}")
         return (state, f"⚠️ **Vote not saved**: {exc}. Nothing was recorded; vote again.",
                 progress_text(services, annotator), better_answer, *vote_buttons(True))
+    if services.role_of(request) != "admin" and state.get("prompt_id") is not None:
+        prefetch_next(services, annotator)  # their next queued comparison, while they read this one
     choice = result.choice  # a replay keeps the first vote: show and continue with what is stored
     chosen = {"a": state["answer_a"], "b": state["answer_b"]}.get(choice, state["answer_a"])
     state = {**state, "voted": True, "continue_with": better or chosen}
