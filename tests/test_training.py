@@ -455,3 +455,35 @@ def test_gradient_checkpointing_follows_the_recipe_and_the_model_size(tiny_model
     assert trainer.use_checkpointing(RoundConfig(), model) is True
     assert trainer.use_checkpointing(RoundConfig(gradient_checkpointing="off"), model) is False
     assert load_recipe("dpo_qlora_7b").validate().gradient_checkpointing == "on"
+
+
+def test_cpt_round_on_a_text_corpus_records_held_out_perplexity(tiny_model_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    (corpus / "notes").mkdir(parents=True)
+    lines = [f"The lighthouse at cape {i} turns its lamp every {i % 7 + 2} seconds." for i in range(60)]
+    (corpus / "a.md").write_text("\n\n".join(lines[:30]))
+    (corpus / "notes" / "b.txt").write_text("\n\n".join(lines[30:]))
+    (corpus / "c.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines[:10]))
+    result = cli(*tiny_args(tiny_model_dir, corpus, tmp_path / "checkpoints", "c1", "--method", "cpt", "--steps", "6",
+                            "--no-4bit", "--lr", "5e-3", "--min-pairs", "2", "--eval-every", "3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    info = json.loads((tmp_path / "checkpoints" / "c1" / "round.json").read_text())
+    assert info["method"] == "cpt" and info["recipe"] == "cpt_qlora"
+    perplexity = info["metrics"]["heldout_perplexity"]
+    assert perplexity["after"] < perplexity["before"]  # 6 steps on one repetitive domain: it learned the text
+    assert list_checkpoints(tmp_path / "checkpoints")[0].adapter_dir.is_dir()  # served and gated like any adapter
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "no corpus at"), ("bad jsonl", 'needs a "text" string'), ("too small", "makes 1 chunks")])
+def test_a_bad_corpus_is_refused_in_one_line(case, message, tiny_model_dir, tmp_path):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    if case == "bad jsonl":
+        (corpus / "x.jsonl").write_text('{"body": "no text field"}\n')
+    elif case == "too small":
+        (corpus / "x.md").write_text("One short paragraph.")
+    result = cli(*tiny_args(tiny_model_dir, corpus, tmp_path / "checkpoints", "c2", "--method", "cpt", "--no-4bit"))
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # bnb may warn on its own
+    assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert "Traceback" not in result.stderr

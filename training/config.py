@@ -19,7 +19,7 @@ from pathlib import Path
 from formats import write_atomic
 
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
-METHODS = ("dpo", "sft")
+METHODS = ("dpo", "sft", "cpt")
 # trl's DPOConfig.loss_type values that take plain (prompt, chosen, rejected) pairs
 DPO_LOSSES = (
     "sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard",
@@ -33,7 +33,8 @@ DTYPES = ("auto", "fp32", "bf16")
 class RoundConfig:
     # ---- what to train
     method: str = field(default="dpo", metadata={
-        "help": "dpo trains on preference pairs, sft on the chosen answers only", "choices": METHODS})
+        "help": "dpo trains on preference pairs, sft on the chosen answers only, cpt (continued pre-training) "
+                "on raw domain text", "choices": METHODS})
     base_model: str = field(default="embedded", metadata={
         "help": "'embedded' (the bundled SmolLM2), a hub id, a local HF model dir or a .gguf file"})
     init_adapter: str | None = field(default=None, metadata={
@@ -220,4 +221,4 @@ def write_recipe(config: RoundConfig, path: Path) -> Path:
 
 
 def default_recipe(method: str) -> str:
-    return {"dpo": "dpo_qlora", "sft": "sft_qlora"}.get(method, "dpo_qlora")
+    return {"dpo": "dpo_qlora", "sft": "sft_qlora", "cpt": "cpt_qlora"}.get(method, "dpo_qlora")

@@ -14,6 +14,7 @@ leaves only a dot dir that the registry ignores and the next round sweeps away.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import resource
@@ -30,7 +31,7 @@ from formats import ProgressFiles, now_iso, read_manifest
 from models.loading import ModelLoadError, adapter_fingerprint, resolve_base_model
 from training.callbacks import Progress
 from training.config import RoundConfig
-from training.data import BadInput, file_sha256, load_snapshot, one_line, split_holdout
+from training.data import BadInput, file_sha256, load_corpus, load_snapshot, one_line, split_holdout
 from training.registry import remove_stale_temp_dirs, temp_dir_for
 from training.trainer import attach_lora, build_trainer, compute_dtype, find_adapter, heldout_results, load_model
 
@@ -172,7 +173,10 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     # what the store left out of this snapshot and why (lint errors, cut-off answers), read now:
     # a later snapshot with the same rows rewrites the manifest
     manifest = read_manifest(data_path) or {}
-    data = load_snapshot(data_path, config.method, config.min_pairs, tmp / "datasets-cache")
+    if config.method == "cpt":
+        data = load_corpus(data_path, config.min_pairs)
+    else:
+        data = load_snapshot(data_path, config.method, config.min_pairs, tmp / "datasets-cache")
     train, holdout = split_holdout(data, config.holdout_fraction, config.seed)
     resolved, init, dtype, model, tokenizer, quantization = _load(config, cache_dir, files)
     model, peft_config = attach_lora(config, model, init)
@@ -207,11 +211,18 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
         "versions": versions(),
     }
 
+    before = trainer.evaluate()["eval_loss"] if config.method == "cpt" else None  # a fresh LoRA is the base
     trainer.train()  # ends with the best held-out step's adapter loaded back
     trainer.model.save_pretrained(str(tmp / "adapter"), selected_adapters=["default"])
     counts = {"n_train": n_train, "n_holdout": n_holdout, "n_dropped_too_long": dropped}
+    metrics = {**round_metrics(trainer.state, max_steps, t0), **counts}
+    if before is not None:  # what continued pre-training bought: held-out perplexity on the corpus
+        metrics["heldout_perplexity"] = {"before": round(math.exp(before), 3),
+                                         "after": round(math.exp(metrics["best_eval_loss"]), 3)}
+        files.say(f"held-out perplexity {metrics['heldout_perplexity']['before']} -> "
+                  f"{metrics['heldout_perplexity']['after']}")
     info.update(lora=_lora_shape(trainer.model.peft_config["default"]),
-                metrics={**round_metrics(trainer.state, max_steps, t0), **counts},
+                metrics=metrics,
                 adapter_fingerprint=adapter_fingerprint(tmp / "adapter"), started_at=started_at,
                 finished_at=now_iso())
     (tmp / "round.json").write_text(json.dumps(info, indent=2))

@@ -128,7 +128,9 @@ def build_trainer(config: RoundConfig, model, tokenizer, train, holdout, out_dir
     else:
         from trl import SFTConfig as Args, SFTTrainer as Trainer
 
-        args = Args(**common, loss_type=config.loss_type, packing=False)
+        # cpt: raw text, loss on every token, rows packed into max_length blocks (no padding wasted)
+        args = Args(**common, loss_type=config.loss_type, packing=config.method == "cpt",
+                    dataset_text_field="text")
     callbacks = [progress]
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
