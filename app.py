@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ from models.chat import ChatModel  # noqa: E402
 import duckdb  # noqa: E402
 
 from labeling import journal  # noqa: E402
+from labeling.hub_sync import HubSyncError  # noqa: E402
 from labeling.store import DB_NAME, StoreLocked, StoreWriteError  # noqa: E402
 from labeling.store import Store  # noqa: E402
 from labeling.users import read_users  # noqa: E402
@@ -28,6 +30,7 @@ from ui import arena, evals, train  # noqa: E402
 from ui.chat import chat_tab, refresh_pickers  # noqa: E402
 from pipeline import JobManager  # noqa: E402
 from ui.services import Services, Settings, annotator_of, bind  # noqa: E402
+from ui.space import SPACE_HOST, SpaceConfig, fetch_journal, login_button, on_space, start_uploads  # noqa: E402
 
 TITLE = "Preference loop"
 QUEUE_MAX_SIZE = 256  # waiting events across all users; a labeling team sends a few each
@@ -41,6 +44,7 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             f"## {TITLE}\nBase model: `{services.chat.base_name}` · data: `{settings.data_dir}`",
             elem_id="header",
         )
+        login_button(services.space)  # on a Space only
         with gr.Tabs():
             with gr.Tab("Arena", id="arena") as arena_page:
                 arena_progress, arena_admin, *arena_models, arena_sampling = arena.arena_tab(services)
@@ -89,8 +93,14 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def check_exposure(host: str, users: dict | None) -> None:
-    """Without logins everyone is an admin, so such an app may listen on this machine only."""
+def check_exposure(host: str, users: dict | None, space: SpaceConfig | None = None) -> None:
+    """Without logins everyone is an admin, so such an app may listen on this machine only.
+    A Space has logins: Sign in with Hugging Face (ui/space.py)."""
+    if space is not None:
+        if users is not None:
+            raise ValueError("on a Space the login is Sign in with Hugging Face: drop --auth-file and list admins and "
+                             "reviewers in the Space variables PREFERENCE_ADMINS and PREFERENCE_REVIEWERS")
+        return
     if users is None and host not in LOOPBACK and not host.startswith("127."):
         raise ValueError(f"--host {host} serves the network without --auth-file, so anyone who can reach it could "
                          "train, promote and export: add users with `python -m labeling users add --auth-file F` "
@@ -109,9 +119,12 @@ def open_store(data_dir: Path, journal_dir: Path | None = None) -> Store:
                          "or move it away to start an empty one") from None
 
 
-def sync_journal(store: Store, journal_dir: Path) -> None:
-    """An empty DB (new, or lost with a Space's disk) is rebuilt from the journal; then the journal gets
-    every row it lacks (votes from before it existed), so it alone can rebuild this DB from now on."""
+def sync_journal(store: Store, journal_dir: Path, space: SpaceConfig | None = None) -> None:
+    """An empty DB (new, or lost with a Space's disk) is rebuilt from the journal (on a Space, downloaded
+    first from its dataset repo when the disk has none); then the journal gets every row it lacks
+    (votes from before it existed), so it alone can rebuild this DB from now on."""
+    if space is not None:
+        fetch_journal(space, store, journal_dir)
     if store.is_empty() and journal.segments(journal_dir):
         found = store.restore_from_journal(journal_dir)
         print(f"restored {journal.describe(found)} from the journal in {journal_dir}", flush=True)
@@ -134,7 +147,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="votes DB, snapshots, checkpoints")
     parser.add_argument("--base-model", default=EMBEDDED,
                         help="'embedded' (default), a Hugging Face id, a local model dir or a .gguf file")
-    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--host", help="default 127.0.0.1; on a Hugging Face Space (SPACE_ID set) 0.0.0.0")
     parser.add_argument("--port", type=int, default=7860)
     parser.add_argument("--auth-file", type=Path,
                         help="logins and roles, written by `python -m labeling users add`; without it the app is "
@@ -153,7 +166,8 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     args = parser.parse_args(argv)
     if args.eval_prompts is not None and not args.eval_prompts.is_file():
         parser.error(f"--eval-prompts: file not found: {args.eval_prompts}")
-    return Settings(args.data_dir, args.base_model, args.host, args.port, args.auth_file, args.dtype,
+    host = args.host or (SPACE_HOST if on_space() else "127.0.0.1")
+    return Settings(args.data_dir, args.base_model, host, args.port, args.auth_file, args.dtype,
                     args.eval_prompts and args.eval_prompts.resolve(), args.eval_max_new_tokens, args.device,
                     args.sync_dir)
 
@@ -163,14 +177,22 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     try:  # everything that can refuse to start does so before the model loads
         users = read_users(settings.auth_file) if settings.auth_file else None
-        check_exposure(settings.host, users)
+        space = SpaceConfig.from_env()
+        check_exposure(settings.host, users, space)
         resolve_device(settings.device)
         store = open_store(settings.data_dir, settings.journal_dir)
     except (ValueError, OSError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    if space is not None:
+        print(space.describe(), flush=True)
     try:
-        sync_journal(store, settings.journal_dir)
+        sync_journal(store, settings.journal_dir, space)
+        uploader = start_uploads(space, settings.journal_dir) if space is not None else None
+    except HubSyncError as exc:
+        store.close()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     except (OSError, StoreWriteError) as exc:
         store.close()
         print(f"error: the journal in {settings.journal_dir}: {exc}", file=sys.stderr)
@@ -183,15 +205,19 @@ def main(argv: list[str] | None = None) -> int:
         chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype, device=settings.device)
     except (ModelLoadError, ValueError, OSError) as exc:
         store.close()
+        if uploader is not None:
+            uploader.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 2
     jobs = JobManager(settings)
     if jobs.adopted is not None:
         print(f"adopted the {jobs.adopted.kind} job {jobs.adopted.round_id} (pid {jobs.adopted.process.pid}) that an "
               "earlier app process started: it shows in the Train tab and can be cancelled there", flush=True)
-    services = Services(settings=settings, chat=chat, store=store, jobs=jobs, users=users)
+    services = Services(settings=settings, chat=chat, store=store, jobs=jobs, users=users, space=space)
     print(f"model ready in {time.perf_counter() - started:.1f} s", flush=True)
     demo = build_ui(settings, services)
+    if uploader is not None:  # a Space is stopped with SIGTERM: exit normally, so the last upload runs (atexit)
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo.launch(server_name=settings.host, server_port=settings.port, show_error=True,
                 auth=login_checker(users) if users else None,
                 head=arena.KEYBOARD_JS)  # gradio 6 takes page-level head/js at launch

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import random
 import shutil
 import threading
@@ -319,6 +320,37 @@ def test_export_copies_are_cleaned_up(services):
     os.utime(first, (old, old))  # gradio took its copy long ago
     third = Path(train.export_data(services, "sft", "jsonl", request=FakeRequest("local")))
     assert sorted(third.parent.iterdir()) == sorted([second, third])
+
+
+def test_train_tab_runs_cpt_on_an_uploaded_corpus(services, tmp_path):
+    from ui import train
+
+    admin = FakeRequest("local")
+    summary, reason = train.data_summary(services, "cpt")
+    assert reason and "upload the domain texts" in reason  # no corpus yet: Start stays off
+    texts = []
+    for name in ("a.md", "b.txt"):
+        path = tmp_path / name
+        path.write_text("\n\n".join(f"Harbour note {name} {i}: the tide turns at {i % 12} o'clock." for i in range(40)))
+        texts.append(str(path))
+    bad = tmp_path / "c.pdf"
+    bad.write_bytes(b"%PDF")
+    with pytest.raises(gr.Error, match="Not a text corpus file: c.pdf"):
+        train.save_corpus(services, [str(bad)], request=admin)
+    assert "2 files" in train.save_corpus(services, texts, request=admin)
+    assert train.data_summary(services, "cpt")[1] is None
+    knobs = train.recipe_values("cpt_qlora")
+    assert knobs[0] == "cpt"
+    values = [v["value"] if isinstance(v, dict) else v for v in knobs[1:]]
+    names = [f.name for f in train.knob_fields()]
+    values[names.index("max_steps")], values[names.index("load_in_4bit")] = 2, False
+    values[names.index("max_length")] = 64
+    train.start_round(services, "cpt_qlora", "cpt", "base", False, False, *values, request=admin)
+    job = services.jobs.current
+    assert job.kind == "train" and job.handled.wait(timeout=240) and job.returncode == 0, services.jobs.log_text(job)
+    info = json.loads((services.settings.checkpoints_dir / job.round_id / "round.json").read_text())
+    assert info["method"] == "cpt" and set(info["metrics"]["heldout_perplexity"]) == {"before", "after"}
+    services.jobs.cancel()  # its evals started by themselves; not needed here
 
 
 def test_evals_table_leads_noisy_checks_with_their_paired_evidence():

@@ -10,6 +10,7 @@ import inspect
 import json
 import random
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -78,11 +79,16 @@ class Services:
     store: object | None = None  # labeling.store.Store
     jobs: object | None = None  # pipeline.JobManager
     users: dict | None = None  # name -> labeling.users.User; None: no logins, one local admin
+    space: object | None = None  # ui.space.SpaceConfig on a Hugging Face Space: HF logins, roles from its variables
     # Browser sessions whose reviewer pressed Stop; the running generation checks it per token.
     stop_requests: set = field(default_factory=set)
+    # annotator -> the comparison generated ahead for their next queued prompt (ui/arena.py, Prefetch)
+    prefetched: dict = field(default_factory=dict)
 
     def role_of(self, request: gr.Request | None) -> str:
         """The asking user's role, from the server's own user list (never from anything the client sent)."""
+        if self.space is not None:
+            return self.space.role_of(request)
         if self.users is None:
             return "admin"  # no --auth-file: the app serves loopback only, to the one person at this machine
         user = self.users.get(getattr(request, "username", None) or "")
@@ -90,6 +96,9 @@ class Services:
 
     def require(self, request: gr.Request | None, role: str) -> str:
         """The asking user's name, or gr.Error when their role does not include `role`."""
+        if self.space is not None and hf_username(request) is None:
+            raise gr.Error("Sign in with Hugging Face (the button at the top of the page) to generate, vote or "
+                           "change anything: visitors who have not signed in can only look.")
         have = self.role_of(request)
         if not at_least(have, role):
             raise gr.Error(f"This needs the {role} role; {annotator_of(request)} is signed in as {have}.")
@@ -213,9 +222,23 @@ def session_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
 
+def hf_username(request: gr.Request | None) -> str | None:
+    """The Hugging Face user signed in with gr.LoginButton, or None. gradio keeps the OAuth answer in
+    the session cookie, which exists only where it installed its session middleware (an app with a
+    LoginButton: on a Space only) and is signed with the Space's OAuth secret, so a client cannot forge it."""
+    scope = getattr(getattr(request, "request", None), "scope", None)
+    session = scope.get("session") if isinstance(scope, dict) else None
+    info = (session or {}).get("oauth_info") or {}
+    if not info or (info.get("expires_at") or float("inf")) < time.time():
+        return None
+    return (info.get("userinfo") or {}).get("preferred_username") or None
+
+
 def annotator_of(request: gr.Request | None) -> str:
-    """The logged-in user; 'local' when the app runs without --auth-file."""
-    return (getattr(request, "username", None) or "local") if request is not None else "local"
+    """The logged-in user (an --auth-file login, or a Space's HF login); 'local' when there is none."""
+    if request is None:
+        return "local"
+    return getattr(request, "username", None) or hf_username(request) or "local"
 
 
 def stop(services: Services, request: gr.Request = None) -> None:

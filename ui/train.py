@@ -21,22 +21,70 @@ import pandas as pd
 
 from labeling import pairs
 from labeling.lint import CUT_OFF
+from training.data import BadInput, corpus_files, corpus_texts
 from pipeline import JobBusy
 from training.config import (
     DPO_LOSSES, RECIPES_DIR, SFT_LOSSES, RoundConfig, default_recipe, field_type, knob_fields, load_recipe,
 )
 from ui.services import BASE_CHOICE, Services, bind
 
-LOSSES = {"dpo": list(DPO_LOSSES), "sft": list(SFT_LOSSES)}
+LOSSES = {"dpo": list(DPO_LOSSES), "sft": list(SFT_LOSSES), "cpt": list(SFT_LOSSES)}
+MAX_CORPUS_BYTES = 200 * 2**20  # a CPT corpus for a small model; far more would train for days on a CPU
 
 
 def recipe_names() -> list[str]:
     return sorted(p.stem for p in Path(RECIPES_DIR).glob("*.yaml"))
 
 
+def corpus_dir(services: Services) -> Path:
+    return services.settings.data_dir / "corpus"
+
+
+def corpus_summary(services: Services) -> tuple[str, str | None]:
+    """What a CPT round would train on (the uploaded corpus), and why it cannot start."""
+    folder = corpus_dir(services)
+    try:
+        chunks = corpus_texts(folder)
+    except BadInput:
+        return "No corpus yet.", "upload the domain texts (.txt, .md or .jsonl) for continued pre-training first."
+    files = corpus_files(folder)
+    summary = (f"**Corpus**: {len(files)} files, {sum(f.stat().st_size for f in files) / 1024:.0f} KiB → "
+               f"**{len(chunks)} chunks** (a tenth held out for perplexity before and after).")
+    min_rows = recipe_min_rows("cpt")
+    return summary, None if len(chunks) >= min_rows else f"{len(chunks)} chunks; a CPT round needs {min_rows}."
+
+
+def save_corpus(services: Services, uploads, request: gr.Request = None) -> str:
+    """The uploaded files become the corpus (data/corpus/), replacing the last one."""
+    services.require(request, "admin")
+    paths = [Path(getattr(u, "name", u)) for u in (uploads or [])]
+    if not paths:
+        raise gr.Error("Choose one or more .txt, .md or .jsonl files.")
+    bad = [p.name for p in paths if p.suffix.lower() not in (".txt", ".md", ".markdown", ".jsonl")]
+    if bad:
+        raise gr.Error(f"Not a text corpus file: {', '.join(bad)} (use .txt, .md or .jsonl).")
+    if sum(p.stat().st_size for p in paths) > MAX_CORPUS_BYTES:
+        raise gr.Error(f"The corpus is over {MAX_CORPUS_BYTES // 2**20} MB.")
+    staging = corpus_dir(services).with_name(".corpus-upload")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in paths:
+        shutil.copyfile(path, staging / path.name)
+    try:
+        corpus_texts(staging)  # refuse a file that cannot be read before it replaces a good corpus
+    except BadInput as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise gr.Error(str(exc)) from exc
+    shutil.rmtree(corpus_dir(services), ignore_errors=True)
+    staging.rename(corpus_dir(services))
+    return corpus_summary(services)[0]
+
+
 def data_summary(services: Services, method: str, include_flagged: bool = False,
                  include_cut_off: bool = False) -> tuple[str, str | None]:
     """Markdown about the data a round would train on, and why a round cannot start (None: it can)."""
+    if method == "cpt":
+        return corpus_summary(services)
     report = services.store.training_data_report()  # cached until the next write
     rows, excluded = pairs.training_rows(report, method, include_flagged=include_flagged,
                                          include_cut_off=include_cut_off)
@@ -145,6 +193,10 @@ def start_round(services: Services, recipe, method, start_from, include_flagged,
         raise gr.Error(reason)
     try:
         config = round_config(services, recipe, method, start_from, *knob_values)
+        if method == "cpt":
+            job = services.jobs.start_round(config, corpus_dir(services).resolve())
+            gr.Info(f"Round {job.round_id} started on the corpus (continued pre-training).")
+            return status_and_gate(services, method, include_flagged, include_cut_off)
         snapshot = services.store.training_snapshot(method, services.settings.snapshots_dir,
                                                     include_flagged=include_flagged, include_cut_off=include_cut_off)
         job = services.jobs.start_round(config, snapshot.path)
@@ -303,11 +355,15 @@ def train_tab(services: Services):
     gr.Markdown("Train a LoRA adapter on the votes collected so far. The round runs in a separate process; "
                 "every finished round is evaluated automatically (Evals tab) before it can be promoted.")
     with gr.Row():
-        method = gr.Radio(["dpo", "sft"], value="dpo", label="Method")
+        method = gr.Radio(["dpo", "sft", "cpt"], value="dpo", label="Method (cpt: continued pre-training on a corpus)")
         recipe = gr.Dropdown(recipe_names(), value="dpo_qlora", label="Recipe preset")
         # Not refreshed by events: in gradio 6.31 an update to it re-mounted the tab and reset typed knobs.
         start_from = gr.Dropdown(services.model_choices(), value=BASE_CHOICE, label="Start from (reload for new rounds)")
     data = gr.Markdown(elem_id="train-data")
+    with gr.Accordion("Corpus for continued pre-training (cpt)", open=False):
+        corpus = gr.File(label="Domain texts: .txt, .md or .jsonl with a \"text\" field (replaces the last corpus)",
+                         file_count="multiple", file_types=[".txt", ".md", ".markdown", ".jsonl"],
+                         elem_id="train-corpus")
     with gr.Row():
         include_flagged = gr.Checkbox(label="Include rows the data lint flags as errors (canned, empty, sales talk)",
                                       value=False, elem_id="train-include-flagged")
@@ -359,4 +415,6 @@ def train_tab(services: Services):
     timer.tick(bind(status_and_gate, services), choices, [*outputs, start, reason], **private)
     refresh_history.click(bind(past_rounds, services), None, history, **private)
     export_button.click(bind(export_data, services), [export_kind, export_format], export_file, **private)
+    corpus.upload(bind(save_corpus, services), corpus, data, **private).then(
+        bind(start_gate, services), choices, gate, **private)
     return choices, gate
