@@ -26,7 +26,7 @@ from labeling.hub_sync import HubSyncError  # noqa: E402
 from labeling.store import DB_NAME, StoreLocked, StoreWriteError  # noqa: E402
 from labeling.store import Store  # noqa: E402
 from labeling.users import read_users  # noqa: E402
-from ui import arena, evals, train  # noqa: E402
+from ui import annotators, arena, evals, train  # noqa: E402
 from ui.chat import chat_tab, refresh_pickers  # noqa: E402
 from pipeline import JobManager  # noqa: E402
 from ui.services import Services, Settings, annotator_of, bind  # noqa: E402
@@ -47,13 +47,15 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         login_button(services.space)  # on a Space only
         with gr.Tabs():
             with gr.Tab("Arena", id="arena") as arena_page:
-                arena_progress, arena_admin, *arena_models, arena_sampling = arena.arena_tab(services)
+                arena_progress, arena_admin, *arena_models, arena_sampling, arena_overlap = arena.arena_tab(services)
             with gr.Tab("Chat", id="chat") as chat_page:
                 chat_models = chat_tab(services)
             with gr.Tab("Train", id="train") as train_page:
                 train_choices, train_gate = train.train_tab(services)
             with gr.Tab("Evals", id="evals") as evals_page:
                 evals_picker, evals_outputs = evals.evals_tab(services)
+            with gr.Tab("Annotators", id="annotators") as annotators_page:
+                annotators_outputs = annotators.annotators_tab(services)
         private = dict(api_visibility="private")
 
         def load_progress(request: gr.Request) -> str:
@@ -66,10 +68,14 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             Train knob went back to the recipe's), which gr.skip() does not."""
             role = services.role_of(request)
             reviewer, admin = role in ("reviewer", "admin"), role == "admin"
-            return [gr.skip() if allowed else gr.update(visible=False) for allowed in (reviewer, admin, reviewer, admin)]
+            return [gr.skip() if allowed else gr.update(visible=False)
+                    for allowed in (reviewer, admin, reviewer, admin, reviewer)]
 
-        demo.load(pages_for, None, [chat_page, train_page, evals_page, arena_admin], **private)
+        demo.load(pages_for, None, [chat_page, train_page, evals_page, arena_admin, annotators_page], **private)
+        annotators_refresh = bind(annotators.refresh, services)
+        annotators_page.select(annotators_refresh, None, annotators_outputs, **private)
         demo.load(bind(arena.team_sampling_for, services), None, arena_sampling, **private)
+        demo.load(bind(arena.overlap_for, services), None, arena_overlap, **private)
         demo.load(load_progress, None, arena_progress, **private)
         # checkpoints finished since the page loaded appear when a tab is opened again
         for event in (demo.load, arena_page.select):

@@ -5,6 +5,8 @@
   what the data lint left out) that the trainer copies into round.json.
 - Prompt and reference files: JSONL (`{"prompt"}` or MT-bench `{"turns"}`) and CSV,
   read here for the Arena import, the labeling CLI and the evals alike.
+- A text corpus (CPT's training text, the retrieval baseline's documents): .txt/.md files
+  and JSONL `{"text"}` lines, one file or a folder, cut into chunks on paragraph breaks.
 - Progress files of a training or eval subprocess: `<kind>` events (JSONL),
   a readable log and an atomically replaced status JSON, in the log dir the
   subprocess was given (pipeline.py hands out `runs/<round-id>/`).
@@ -226,6 +228,78 @@ def read_manifest(snapshot_path) -> dict | None:
     except (OSError, ValueError):
         return None
     return data if isinstance(data, dict) else None
+
+
+# ---------------------------------------------------------------- a text corpus
+
+CORPUS_SUFFIXES = (".txt", ".md", ".markdown")
+MAX_CHUNK_CHARS = 2000  # a CPT row: paragraphs joined up to this; packing then cuts max_length-token blocks
+
+
+class CorpusError(ValueError):
+    """A corpus that cannot be used; the one-line message names the file (and line)."""
+
+
+def corpus_files(path) -> list[Path]:
+    """A corpus: one .txt/.md/.jsonl file, or a folder of them (searched recursively, in name order)."""
+    path = Path(path)
+    if path.is_dir():
+        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (*CORPUS_SUFFIXES, ".jsonl"))
+    return [path] if path.is_file() else []
+
+
+def corpus_texts(path, max_chars: int = MAX_CHUNK_CHARS) -> list[str]:
+    """The corpus as texts of at most `max_chars`, split on paragraph breaks (a longer paragraph stays whole).
+    JSONL lines give their "text"."""
+    files = corpus_files(path)
+    if not files:
+        raise CorpusError(f"no corpus at {path}: give a .txt, .md or .jsonl file, or a folder of them")
+    documents = []
+    for file in files:
+        try:
+            raw = file.read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as exc:
+            first = (str(exc).strip().splitlines() or [""])[0]
+            raise CorpusError(f"cannot read {file.name}: {type(exc).__name__}: {first}".rstrip(": ")) from exc
+        if file.suffix.lower() == ".jsonl":
+            for number, line in enumerate(raw.splitlines(), start=1):
+                if line.strip():
+                    try:
+                        row = json.loads(line)
+                    except ValueError:
+                        raise CorpusError(f"{file.name} line {number}: not JSON") from None
+                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
+                        raise CorpusError(f"{file.name} line {number}: needs a \"text\" string")
+                    documents.append(row["text"])
+        elif file.suffix.lower() in CORPUS_SUFFIXES:
+            documents.append(raw)
+        else:
+            raise CorpusError(f"{file.name}: a corpus file must be .txt, .md or .jsonl")
+    chunks = []
+    for document in documents:
+        current = ""
+        for paragraph in (p.strip() for p in document.split("\n\n")):
+            if not paragraph:
+                continue
+            if current and len(current) + len(paragraph) + 2 > max_chars:
+                chunks.append(current)
+                current = ""
+            current = f"{current}\n\n{paragraph}" if current else paragraph
+        if current:
+            chunks.append(current)
+    return chunks
+
+
+def corpus_sha256(path) -> str:
+    """Of a file, or of a corpus folder (its files' names and contents, in order)."""
+    digest = hashlib.sha256()
+    for file in corpus_files(path) if Path(path).is_dir() else [Path(path)]:
+        if Path(path).is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                digest.update(block)
+    return digest.hexdigest()
 
 
 # ---------------------------------------------------------------- progress files of a subprocess

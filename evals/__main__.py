@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 from evals.config import DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS
-from evals.report import DEFAULT_CACHE_DIR, EvalInputError, run_eval, write_report
+from evals.report import BASELINES, DEFAULT_CACHE_DIR, EvalInputError, run_eval, write_report
 from formats import ProgressFiles
 
 EXIT_OK, EXIT_REGRESSION, EXIT_BAD_INPUT = 0, 1, 2
@@ -53,6 +53,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--baseline-system-prompt", metavar="TEXT",
                      help="also answer every prompt with the base and this system prompt, and add a prompted_base "
                           "column to each check: did the fine-tune beat a prompt?")
+    run.add_argument("--baseline-retrieval", type=Path, metavar="CORPUS_OR_INDEX",
+                     help="also answer every prompt with the base and the top-3 passages of this corpus (.txt/.md/"
+                          ".jsonl file or folder, or a built index folder) in the prompt, and add a retrieval_base "
+                          "column to each check: did the fine-tune beat retrieval?")
     run.add_argument("--log-dir", type=Path, help="write progress files here: eval.metrics.jsonl, eval.log, "
                      "eval.status.json (pipeline.py passes runs/<round-id>/)")
     return parser.parse_args(argv)
@@ -65,21 +69,24 @@ def _fmt(value) -> str:
 
 
 def format_table(report: dict) -> str:
-    """The checks as a fixed-width table, flagged rows marked."""
-    prompted = report.get("prompted_base")
-    extra = f" {'prompted':>9}" if prompted else ""
+    """The checks as a fixed-width table, flagged rows marked; one more column per baseline in the report."""
+    baselines = [name for name in BASELINES if report.get(name)]
+    extra = "".join(f" {name.split('_')[0]:>9}" for name in baselines)
     lines = [f"{'check':<14} {'base':>8} {'candidate':>10}{extra}  flag", "-" * (40 + len(extra))]
     for name, check in report["checks"].items():
         mark = ("FLAGGED" if check["flagged"] else "warning" if check.get("warning")
                 else "skipped" if check.get("skipped") else "ok")
-        column = f" {_fmt(check.get('prompted_base')):>9}" if prompted else ""
-        lines.append(f"{name:<14} {_fmt(check['base']):>8} {_fmt(check['candidate']):>10}{column}  {mark}")
+        columns = "".join(f" {_fmt(check.get(b)):>9}" for b in baselines)
+        lines.append(f"{name:<14} {_fmt(check['base']):>8} {_fmt(check['candidate']):>10}{columns}  {mark}")
     verdict = "REGRESSION: " + ", ".join(report["flagged"]) if report["regression"] else "no regression"
     warnings = report.get("warnings") or []  # shown, not failing (a length shift without a quality drop)
     lines += ["-" * 40, f"{report['n_prompts']} prompts; {verdict}"
               + (f"; warnings (not failing): {', '.join(warnings)}" if warnings else "")]
-    if prompted:
-        lines.append(f"prompted base ({prompted['system_prompt'][:40]!r}): {prompted['summary']}")
+    for name in baselines:
+        about = report[name]
+        what = (repr(about["system_prompt"][:40]) if "system_prompt" in about
+                else f"{about.get('chunks')} chunks of {about.get('index')}")
+        lines.append(f"{BASELINES[name]} ({what}): {about['summary']}")
     for name in report["flagged"]:
         for example in report["checks"][name]["examples"][:1]:
             lines.append(f"  {name}: {example['prompt'][:60]!r} -> {example['candidate'][:80]!r}")
@@ -171,6 +178,7 @@ def main(argv: list[str] | None = None) -> int:
             references_file=args.references, cache_dir=args.cache_dir,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=progress,
             dtype=args.dtype, baseline_system_prompt=args.baseline_system_prompt,
+            baseline_retrieval=args.baseline_retrieval,
         )
         out = write_report(report, args.out or args.adapter.parent / "eval.json")
         progress.done(report, out)

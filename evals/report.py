@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable
 
-from evals import comparisons
+from evals import comparisons, retrieval
 from evals.config import (
     DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLDS, Thresholds,
 )
@@ -69,30 +69,38 @@ def beats(name: str, candidate: float | None, other: float | None) -> bool | Non
     return candidate < other if name in LOWER_IS_BETTER else candidate > other
 
 
+BASELINES = {"prompted_base": "prompted base", "retrieval_base": "retrieval base"}  # report key -> label
+
+
+def add_baseline(report: dict, name: str, prompts: list[str], base_answers: list[str], answers: list[str],
+                 references: list[str | None] | None, thresholds: Thresholds = DEFAULT_THRESHOLDS, **about) -> dict:
+    """Add a baseline column `name` (BASELINES) to every check: the base helped by something cheaper than
+    training, measured by the same checks. If it already does what the candidate does, the round did not
+    pay. Each check runs again with the baseline's answers in the candidate's place (against the same
+    base), and its candidate figure becomes the column; `about` says what the baseline was."""
+    other = build_report(prompts, base_answers, answers, references, thresholds)
+    wins = {}
+    for check_name, check in report["checks"].items():
+        check[name] = other["checks"][check_name]["candidate"]
+        check[f"beats_{name}"] = wins[check_name] = beats(check_name, check["candidate"], check[name])
+    decided = {check_name: won for check_name, won in wins.items() if won is not None}
+    report[name] = {
+        **about,
+        "beats": wins,
+        "summary": f"the candidate beats the {BASELINES[name]} on {sum(decided.values())} of {len(decided)} checks"
+                   + ("" if "rouge_l" not in decided else
+                      f"; ROUGE-L {'beats' if decided['rouge_l'] else 'does not beat'} it"),
+        "flagged_against_base": other["flagged"],  # what the gate would say of the baseline itself
+    }
+    return report
+
+
 def add_prompted_base(report: dict, prompts: list[str], base_answers: list[str], prompted_answers: list[str],
                       system_prompt: str, references: list[str | None] | None,
                       thresholds: Thresholds = DEFAULT_THRESHOLDS) -> dict:
-    """Add the `prompted_base` column: the base with a system prompt, measured by the same checks.
-
-    Try a prompt before fine-tuning: if the base with a good system prompt already does what the
-    candidate does, the round did not pay. Each check runs again with the prompted answers in the
-    candidate's place (against the same base), and its candidate figure becomes the column."""
-    prompted = build_report(prompts, base_answers, prompted_answers, references, thresholds)
-    wins = {}
-    for name, check in report["checks"].items():
-        other = prompted["checks"][name]
-        check["prompted_base"] = other["candidate"]
-        check["beats_prompted_base"] = wins[name] = beats(name, check["candidate"], other["candidate"])
-    decided = {name: won for name, won in wins.items() if won is not None}
-    report["prompted_base"] = {
-        "system_prompt": system_prompt,
-        "beats": wins,
-        "summary": f"the candidate beats the prompted base on {sum(decided.values())} of {len(decided)} checks"
-                   + ("" if "rouge_l" not in decided else
-                      f"; ROUGE-L {'beats' if decided['rouge_l'] else 'does not beat'} it"),
-        "flagged_against_base": prompted["flagged"],  # what the gate would say of the prompt itself
-    }
-    return report
+    """The `prompted_base` column: the base with a system prompt (try a prompt before fine-tuning)."""
+    return add_baseline(report, "prompted_base", prompts, base_answers, prompted_answers, references, thresholds,
+                        system_prompt=system_prompt)
 
 
 def build_report(
@@ -176,20 +184,28 @@ def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, m
     return base, candidate
 
 
-def generate_prompted(chat, prompts: list[str], system_prompt: str, *, batch_size: int,
-                      max_new_tokens: int) -> list[str]:
-    """Greedy base answers with `system_prompt` (the prompted-base baseline), `batch_size` x 2 rows a batch."""
+def generate_base(chat, conversations: list[list[dict]], *, batch_size: int, max_new_tokens: int,
+                  system_prompt: str = "") -> list[str]:
+    """Greedy base answers to `conversations` (a baseline's), `batch_size` x 2 rows a batch."""
     from models.chat import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, system_prompt=system_prompt)
-    order = sorted(range(len(prompts)), key=lambda i: len(prompts[i]))
-    answers = [""] * len(prompts)
+    size = [sum(len(m["content"]) for m in c) for c in conversations]
+    order = sorted(range(len(conversations)), key=size.__getitem__)
+    answers = [""] * len(conversations)
     for start in range(0, len(order), batch_size * 2):
         chunk = order[start : start + batch_size * 2]
-        texts = chat.generate([[{"role": "user", "content": prompts[i]}] for i in chunk], [None] * len(chunk), params)
+        texts = chat.generate([conversations[i] for i in chunk], [None] * len(chunk), params)
         for i, text in zip(chunk, texts):
             answers[i] = text.strip()
     return answers
+
+
+def generate_prompted(chat, prompts: list[str], system_prompt: str, *, batch_size: int,
+                      max_new_tokens: int) -> list[str]:
+    """Greedy base answers with `system_prompt` (the prompted-base baseline)."""
+    return generate_base(chat, [[{"role": "user", "content": p}] for p in prompts], batch_size=batch_size,
+                         max_new_tokens=max_new_tokens, system_prompt=system_prompt)
 
 
 def base_cache_file(cache_dir: Path, base_name: str, prompts: list[str], max_new_tokens: int,
@@ -224,6 +240,7 @@ def run_eval(
     use_base_cache: bool = True,
     dtype: str = DEFAULT_DTYPE,
     baseline_system_prompt: str | None = None,
+    baseline_retrieval: Path | str | None = None,
 ) -> dict:
     """Evaluate the adapter at `adapter_dir` against its base on a prompt set.
 
@@ -242,6 +259,12 @@ def run_eval(
         rows = attach_references(rows, load_references(references_file))
     if batch_size < 1 or max_new_tokens < 1:
         raise EvalInputError("batch_size and max_new_tokens must be positive")
+    index = None
+    if baseline_retrieval:  # an index folder, or a corpus indexed beside the model cache
+        try:
+            index = retrieval.open_index(baseline_retrieval, Path(cache_dir).parent / "retrieval")
+        except retrieval.RetrievalError as exc:
+            raise EvalInputError(str(exc)) from None
 
     if chat is None:
         chat = ChatModel.load(base_model, Path(cache_dir), dtype=dtype, device="auto")  # a GPU when there is one
@@ -266,6 +289,10 @@ def run_eval(
     if baseline_system_prompt:
         prompted = generate_prompted(chat, prompts, baseline_system_prompt, batch_size=batch_size,
                                      max_new_tokens=max_new_tokens)
+    retrieved = [retrieval.augment([{"role": "user", "content": p}], index) for p in prompts] if index else None
+    if retrieved:
+        retrieval_answers = generate_base(chat, [c for c, _ in retrieved], batch_size=batch_size,
+                                          max_new_tokens=max_new_tokens)
     generated = time.perf_counter()
 
     references = [r["reference"] for r in rows]
@@ -273,6 +300,10 @@ def run_eval(
     report = build_report(prompts, base, candidate, references, thresholds)
     if prompted is not None:
         add_prompted_base(report, prompts, base, prompted, baseline_system_prompt, references, thresholds)
+    if retrieved:
+        add_baseline(report, "retrieval_base", prompts, base, retrieval_answers, references, thresholds,
+                     index=str(index.folder), corpus_sha256=index.manifest.get("corpus_sha256"),
+                     chunks=len(index.chunks), k=retrieval.TOP_K)
     report["timings"].update(
         load_s=round(loaded - started, 3), generate_s=round(generated - loaded, 3),
         total_s=round(time.perf_counter() - started, 3),
@@ -287,7 +318,8 @@ def run_eval(
                     "base_answers_cached": cached is not None},
         samples=[
             {"id": r["id"], "prompt": r["prompt"], "base": b, "candidate": c, "reference": r["reference"],
-             **({"prompted_base": prompted[i]} if prompted is not None else {})}
+             **({"prompted_base": prompted[i]} if prompted is not None else {}),
+             **({"retrieval_base": retrieval_answers[i], "retrieved": retrieved[i][1]} if retrieved else {})}
             for i, (r, b, c) in enumerate(zip(rows, base, candidate))
         ],
     )

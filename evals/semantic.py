@@ -125,8 +125,9 @@ def unavailable_reason() -> str:
         return _state["why"]
 
 
-def embed(texts: list[str]) -> np.ndarray:
-    """L2-normalised mean-pooled embeddings, shape (len(texts), 384), float32."""
+def embed(texts: list[str], max_tokens: int = MAX_TOKENS) -> np.ndarray:
+    """L2-normalised mean-pooled embeddings, shape (len(texts), 384), float32; each text cut at `max_tokens`
+    (the model's own limit is 256: evals/retrieval.py embeds whole passages)."""
     import torch
 
     texts = list(texts)
@@ -143,7 +144,7 @@ def embed(texts: list[str]) -> np.ndarray:
             for start in range(0, len(order), BATCH):
                 idx = order[start : start + BATCH]
                 batch = tokenizer([texts[i] for i in idx], padding=True, truncation=True,
-                                  max_length=MAX_TOKENS, return_tensors="pt")
+                                  max_length=max_tokens, return_tensors="pt")
                 hidden = model(**batch).last_hidden_state
                 mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
                 pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

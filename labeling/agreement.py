@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 from itertools import combinations
+from math import comb
 
 
 def cohen_kappa(pairs: list[tuple[str, str]]) -> float | None:
@@ -62,3 +63,41 @@ def position_bias(rows: list[dict]) -> dict:
     decisive = [row["choice"] for row in rows if row["choice"] in ("a", "b")]
     left = decisive.count("a")
     return {"decisive": len(decisive), "left_wins": left, "left_share": left / len(decisive) if decisive else None}
+
+
+def binomial_two_sided(k: int, n: int) -> float:
+    """Exact two-sided p-value of k successes in n fair coin flips (scipy is not a dependency here):
+    the total probability of every outcome no more likely than k."""
+    if n == 0:
+        return 1.0
+    probabilities = [comb(n, i) / 2**n for i in range(n + 1)]
+    return min(1.0, sum(p for p in probabilities if p <= probabilities[k] * (1 + 1e-9)))
+
+
+BIAS_P = 0.05  # a left-side win share this unlikely under no bias is flagged
+
+
+def annotator_table(rows: list[dict]) -> list[dict]:
+    """Per annotator: votes, median seconds per vote, tie and both-bad shares, left-side win share with
+    an exact binomial test, and Cohen's kappa against everyone who labeled the same comparisons."""
+    by_comparison: dict[str, dict[str, str]] = defaultdict(dict)
+    for row in rows:
+        by_comparison[row["comparison_id"]][row["annotator"]] = row["choice"]
+    table = []
+    for annotator in sorted({row["annotator"] for row in rows}):
+        mine = [row for row in rows if row["annotator"] == annotator]
+        choices = Counter(row["choice"] for row in mine)
+        seconds = sorted(row["time_spent_s"] for row in mine if row.get("time_spent_s") is not None)
+        decisive = choices["a"] + choices["b"]
+        p_left = binomial_two_sided(choices["a"], decisive)
+        pairs = [(votes[annotator], other_choice) for votes in by_comparison.values() if annotator in votes
+                 for other, other_choice in votes.items() if other != annotator]
+        table.append({
+            "annotator": annotator, "votes": len(mine),
+            "median_s": seconds[len(seconds) // 2] if seconds else None,
+            "tie_share": choices["tie"] / len(mine), "both_bad_share": choices["both_bad"] / len(mine),
+            "left_share": choices["a"] / decisive if decisive else None, "left_p": p_left,
+            "position_bias": decisive > 0 and p_left < BIAS_P,
+            "shared": len(pairs), "kappa": cohen_kappa(pairs),
+        })
+    return table

@@ -329,6 +329,33 @@ class Store:
         FROM prompts p LEFT JOIN labels l ON l.prompt_id = p.id
         WHERE p.id NOT IN (SELECT prompt_id FROM seen)"""
 
+    # Which prompts are labeled twice: a fixed share picked by a hash of the prompt id, so every
+    # process and restart agrees on it without storing anything.
+    _DOUBLE = "((p.id * 2654435761) % 1000) < ?"
+
+    def next_second_label(self, annotator: str, overlap_share: float) -> dict | None:
+        """A comparison someone else generated and voted on, for a prompt in the double-labeled share,
+        that this annotator has not seen: voting on the same answers is what agreement measures."""
+        if overlap_share <= 0:
+            return None
+        rows = self._db.rows(f"""
+            SELECT c.* FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+            WHERE {self._DOUBLE}
+              AND (SELECT count(*) FROM votes v WHERE v.comparison_id = c.id) = 1
+              AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.comparison_id = c.id AND v.annotator = ?)
+              AND c.annotator <> ?
+              AND c.prompt_id NOT IN (SELECT c2.prompt_id FROM comparisons c2 WHERE c2.annotator = ?
+                                      AND c2.prompt_id IS NOT NULL)
+              AND c.prompt_id NOT IN (SELECT c3.prompt_id FROM votes v3 JOIN comparisons c3 ON c3.id = v3.comparison_id
+                                      WHERE v3.annotator = ? AND c3.prompt_id IS NOT NULL)
+            ORDER BY c.created_at, c.id LIMIT 1""",
+            [round(overlap_share * 1000), annotator, annotator, annotator, annotator])
+        if not rows:
+            return None
+        row = rows[0]
+        row["messages"], row["params"] = json.loads(row["messages"]), json.loads(row["params"])
+        return row
+
     def next_prompt(self, annotator: str) -> dict | None:
         rows = self._db.rows(self._UNSEEN + " ORDER BY labels, p.id LIMIT 1", [annotator, annotator])
         if not rows:

@@ -208,7 +208,7 @@ def test_queued_prompts_feed_the_arena(services, tmp_path):
     queue_file = tmp_path / "prompts.jsonl"
     queue_file.write_text('{"prompt": "queued one"}\n{"turns": ["queued two", "follow"]}\n')
     arena.import_prompts(services, str(queue_file), request=FakeRequest("ann"))
-    text, state = arena.take_queued(services, request=FakeRequest("ann"))
+    text, state = arena.take_queued(services, request=FakeRequest("ann"))[:2]
     assert text == "queued one"
     done = run_arena(services, text, state=state)
     arena.vote(services, "a", done, "", request=FakeRequest("ann"))
@@ -223,7 +223,7 @@ def test_the_next_queued_comparison_is_generated_while_the_annotator_reads(servi
     queue_file.write_text('{"prompt": "first queued"}\n{"prompt": "second queued"}\n')
     services.store.import_prompts(arena.load_prompt_file(str(queue_file)), source="test")
     ann = FakeRequest("ann")
-    text, state = arena.take_queued(services, request=ann)
+    text, state = arena.take_queued(services, request=ann)[:2]
     done = run_arena(services, text, state=state)
     assert done["prompt_id"] is not None
     arena.vote(services, "a", done, "", request=ann)
@@ -231,7 +231,7 @@ def test_the_next_queued_comparison_is_generated_while_the_annotator_reads(servi
     assert ahead.prompt == "second queued"
     assert ahead.done.wait(timeout=60) and ahead.texts is not None
     steps = services.chat.scheduler.stats["steps"]
-    text, state = arena.take_queued(services, request=ann)
+    text, state = arena.take_queued(services, request=ann)[:2]
     state = run_arena(services, text, state=state)
     assert services.chat.scheduler.stats["steps"] == steps  # nothing decoded: it was ready
     assert [state["answer_a"], state["answer_b"]] == [arena.end_at_last_sentence(t)[0] if not c else t

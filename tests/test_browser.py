@@ -214,6 +214,7 @@ def test_evals_tab_blocks_a_collapsed_checkpoint_until_an_override_reason(page, 
                            timeout=10_000)
     page.screenshot(path=str(ARTIFACTS / "evals.png"), full_page=True)
     assert "Current candidate: r-collapsed" in page.inner_text("#evals-gate").replace("`", "")
+    shutil.rmtree(checkpoint)  # a made-up adapter dir: later tests' Chat would default to it and fail to load it
 
 
 def test_markdown_images_in_a_prompt_fetch_nothing(page):

@@ -514,3 +514,33 @@ def test_malformed_prompt_files_get_one_clear_error(tmp_path):
             load_prompt_file(path)
     with pytest.raises(PromptFileError, match="UTF-16"):
         load_prompt_file(tmp_path / "utf16.jsonl")
+
+
+def test_the_double_labeled_share_serves_someone_elses_comparison(store):
+    store.import_prompts([{"prompt": f"question {i}"} for i in range(40)], source="t")
+    first = store.next_prompt("ann")
+    made = store.add_comparison(first["messages"], "a1", "b1", "base", "base", None, None, {}, "ann",
+                                prompt_id=first["id"])
+    assert store.next_second_label("bob", 1.0) is None  # not voted yet: nothing to agree with
+    store.record_vote(made, "ann", "a")
+    assert store.next_second_label("ann", 1.0) is None  # never your own
+    assert store.next_second_label("bob", 1.0)["id"] == made
+    assert store.next_second_label("bob", 0.0) is None
+    doubled = [p["id"] for p in store._db.rows("SELECT id FROM prompts")
+               if (p["id"] * 2654435761) % 1000 < 100]
+    assert 1 <= len(doubled) <= 12  # about a tenth of 40 prompts at the default share
+    store.record_vote(made, "bob", "b")
+    assert store.next_second_label("cid", 1.0) is None  # two labels are enough
+
+
+def test_annotator_table_flags_position_bias_and_measures_kappa():
+    from labeling.agreement import annotator_table
+
+    rows = [{"comparison_id": f"c{i}", "annotator": "lefty", "choice": "a", "time_spent_s": 2.0} for i in range(10)]
+    rows += [{"comparison_id": f"c{i}", "annotator": "fair", "choice": "ab"[i % 2], "time_spent_s": 4.0 + i}
+             for i in range(10)]
+    table = {r["annotator"]: r for r in annotator_table(rows)}
+    assert table["lefty"]["position_bias"] and table["lefty"]["left_p"] == pytest.approx(2 / 1024)
+    assert not table["fair"]["position_bias"] and table["fair"]["left_share"] == 0.5
+    assert table["fair"]["median_s"] == 9.0 and table["lefty"]["shared"] == 10
+    assert table["lefty"]["kappa"] == 0.0  # agrees only as often as chance (lefty always says a)

@@ -6,8 +6,10 @@ exiting 2; nothing is trained and no checkpoint appears.
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
+
+import formats
+from formats import MAX_CHUNK_CHARS, CorpusError, corpus_files, corpus_sha256  # noqa: F401 (corpus_files: ui.train)
 
 COLUMNS = {"dpo": ("prompt", "chosen", "rejected"), "sft": ("messages",)}
 
@@ -63,58 +65,12 @@ def load_snapshot(path: Path, method: str, min_rows: int, cache_dir: Path):
     return data
 
 
-CORPUS_SUFFIXES = (".txt", ".md", ".markdown")
-MAX_CHUNK_CHARS = 2000  # a CPT row: paragraphs joined up to this; packing then cuts max_length-token blocks
-
-
-def corpus_files(path: Path) -> list[Path]:
-    """A CPT corpus: one .txt/.md/.jsonl file, or a folder of them (searched recursively, in name order)."""
-    path = Path(path)
-    if path.is_dir():
-        return sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in (*CORPUS_SUFFIXES, ".jsonl"))
-    return [path] if path.is_file() else []
-
-
-def corpus_texts(path: Path) -> list[str]:
-    """The corpus as texts of at most MAX_CHUNK_CHARS, split on paragraph breaks. JSONL lines give their "text"."""
-    import json
-
-    files = corpus_files(path)
-    if not files:
-        raise BadInput(f"no corpus at {path}: give a .txt, .md or .jsonl file, or a folder of them")
-    documents = []
-    for file in files:
-        try:
-            raw = file.read_text(encoding="utf-8-sig")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise BadInput(f"cannot read {file.name}: {one_line(exc)}") from exc
-        if file.suffix.lower() == ".jsonl":
-            for number, line in enumerate(raw.splitlines(), start=1):
-                if line.strip():
-                    try:
-                        row = json.loads(line)
-                    except ValueError:
-                        raise BadInput(f"{file.name} line {number}: not JSON") from None
-                    if not isinstance(row, dict) or not isinstance(row.get("text"), str):
-                        raise BadInput(f"{file.name} line {number}: needs a \"text\" string")
-                    documents.append(row["text"])
-        elif file.suffix.lower() in CORPUS_SUFFIXES:
-            documents.append(raw)
-        else:
-            raise BadInput(f"{file.name}: a corpus file must be .txt, .md or .jsonl")
-    chunks = []
-    for document in documents:
-        current = ""
-        for paragraph in (p.strip() for p in document.split("\n\n")):
-            if not paragraph:
-                continue
-            if current and len(current) + len(paragraph) + 2 > MAX_CHUNK_CHARS:
-                chunks.append(current)
-                current = ""
-            current = f"{current}\n\n{paragraph}" if current else paragraph
-        if current:
-            chunks.append(current)
-    return chunks
+def corpus_texts(path: Path, max_chars: int = MAX_CHUNK_CHARS) -> list[str]:
+    """formats.corpus_texts, with an unusable corpus refused as BadInput (the CLI exits 2)."""
+    try:
+        return formats.corpus_texts(path, max_chars)
+    except CorpusError as exc:
+        raise BadInput(str(exc)) from exc
 
 
 def load_corpus(path: Path, min_rows: int):
@@ -135,13 +91,4 @@ def split_holdout(data, fraction: float, seed: int):
     return parts["train"], parts["test"]
 
 
-def file_sha256(path: Path) -> str:
-    """Of a file, or of a corpus folder (its files' names and contents, in order)."""
-    digest = hashlib.sha256()
-    for file in corpus_files(path) if Path(path).is_dir() else [Path(path)]:
-        if Path(path).is_dir():
-            digest.update(str(file.relative_to(path)).encode())
-        with open(file, "rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                digest.update(block)
-    return digest.hexdigest()
+file_sha256 = corpus_sha256  # a snapshot file, or a corpus folder

@@ -22,7 +22,7 @@ from models.loading import ModelLoadError
 from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
     busy_as_error, BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
-    save_team_arena_sampling, session_of, stop, team_arena_sampling,
+    overlap_share, save_overlap_share, save_team_arena_sampling, session_of, stop, team_arena_sampling,
 )
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -84,26 +84,29 @@ def run_comparison(services, history, prompt, model_x, model_y, params, annotato
     random.shuffle(models)  # blind: the annotator never knows which side is which
     try:
         adapters = [services.adapter_for(m) for m in models]
-        check_context(services.chat, [messages], params.system_prompt)
+        given, retrieved = zip(*(services.prepare(m, messages) for m in models))  # passages for "base + retrieval"
+        check_context(services.chat, given, params.system_prompt)
     except (ModelLoadError, ValueError) as exc:
         raise gr.Error(str(exc)) from exc
     texts, complete = ["", ""], []
     with busy_as_error():
-        for texts in services.chat.stream([messages, messages], adapters, params, complete=complete, user=annotator):
+        for texts in services.chat.stream(list(given), adapters, params, complete=complete, user=annotator):
             if services.take_stop_request(session):
                 return  # leaving the loop closes the stream, which stops decoding at the next token
             yield texts[0], texts[1], None
-    comparison = record_comparison(services, messages, models, texts, complete, params, annotator, prompt_id)
+    comparison = record_comparison(services, messages, models, texts, complete, params, annotator, prompt_id, retrieved)
     yield comparison["answer_a"], comparison["answer_b"], comparison
 
 
-def record_comparison(services, messages, models, texts, complete, params, annotator, prompt_id) -> dict:
-    """Store a finished comparison; returns the Arena's state for it."""
+def record_comparison(services, messages, models, texts, complete, params, annotator, prompt_id, retrieved=None) -> dict:
+    """Store a finished comparison; returns the Arena's state for it. The messages are what the annotator saw;
+    `retrieved` (per side, as shuffled) names the corpus chunks a "base + retrieval" side was also given."""
     # An answer cut by the token limit ends at its last complete sentence instead, so a chosen
     # answer never teaches stopping mid-sentence; `cut_off` records which sides were cut.
     trimmed = [end_at_last_sentence(text) if not done else (text, False) for text, done in zip(texts, complete)]
     texts = [text for text, _ in trimmed]
-    recorded = {**params.to_dict(), "cut_off": [not done for done in complete], "trimmed": [t for _, t in trimmed]}
+    recorded = {**params.to_dict(), "cut_off": [not done for done in complete], "trimmed": [t for _, t in trimmed],
+                **({"retrieved": [list(ids) for ids in retrieved]} if retrieved and any(retrieved) else {})}
     comparison_id = services.store.add_comparison(
         messages, texts[0], texts[1], models[0], models[1],
         services.fingerprint(models[0]), services.fingerprint(models[1]),
@@ -230,13 +233,38 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
 
 
 def take_queued(services, request: gr.Request = None):
-    """Fill the prompt box with the next queued prompt this annotator has not labeled."""
-    row = services.store.next_prompt(services.require(request, "annotator"))
+    """The next queued task: a comparison someone else labeled, from the double-labeled share (its answers
+    appear at once, to vote on: agreement is measured on the same answers), else the next queued prompt
+    this annotator has not labeled, in the prompt box. Outputs: prompt, state, view A, view B, reveal, 4 buttons."""
+    annotator = services.require(request, "annotator")
+    unchanged = [gr.skip()] * (3 + len(CHOICES))
+    shared = services.store.next_second_label(annotator, overlap_share(services.settings))
+    if shared is not None:
+        shown = for_display(shared["messages"])
+        comparison = dict(id=shared["id"], messages=shared["messages"], answer_a=shared["answer_a"],
+                          answer_b=shared["answer_b"], model_a=shared["model_a"], model_b=shared["model_b"],
+                          started=time.time(), voted=False, prompt_id=shared["prompt_id"])
+        return ("", comparison, shown + for_display([{"role": "assistant", "content": shared["answer_a"]}]),
+                shown + for_display([{"role": "assistant", "content": shared["answer_b"]}]),
+                "Both answers are ready: vote with the buttons or keys 1–4.", *vote_buttons(True))
+    row = services.store.next_prompt(annotator)
     if row is None:
         gr.Info("The prompt queue is empty for you: type your own prompt, or ask an admin to import prompts.")
-        return gr.update(), {}
+        return gr.skip(), {}, *unchanged
     text = row["messages"][-1]["content"] if row.get("messages") else row.get("prompt", "")
-    return text, {"queued_prompt": text, "queued_prompt_id": row["id"]}
+    return text, {"queued_prompt": text, "queued_prompt_id": row["id"]}, *unchanged
+
+
+def set_overlap(services, percent, request: gr.Request = None) -> str:
+    services.require(request, "admin")
+    if percent is None or not 0 <= float(percent) <= 100:
+        raise gr.Error("The double-labeled share is a percentage from 0 to 100.")
+    save_overlap_share(services.settings, float(percent) / 100)
+    return f"{float(percent):.0f}% of queued prompts will be labeled by two annotators."
+
+
+def overlap_for(services, request: gr.Request = None):
+    return gr.skip() if services.role_of(request) != "admin" else round(overlap_share(services.settings) * 100)
 
 
 def vote(services, choice, state, better_answer, request: gr.Request = None):
@@ -402,13 +430,18 @@ def arena_tab(services: Services) -> None:
             prompt_file = gr.File(label="Prompt file (.jsonl with prompt or MT-bench turns, or .csv)",
                                   file_types=[".jsonl", ".json", ".csv"], scale=3)
             import_button = gr.Button("Import prompts into the queue", scale=1, elem_id="arena-import")
+        with gr.Row():
+            overlap = gr.Slider(0, 100, value=10, step=5, scale=3, elem_id="arena-overlap",
+                                label="Share of queued prompts labeled by two annotators (%), for agreement")
+            overlap_note = gr.Markdown()
 
     private = dict(api_visibility="private")
     start_outputs = [state, view_a, view_b, prompt, reveal, *buttons]
     start_inputs = [prompt, state, keep_going, model_x, model_y, *controls]
     generate.click(bind(start, services), start_inputs, start_outputs, concurrency_id="model", **private)
     stop_button.click(bind(stop, services), None, None, **private)  # queued: only queued events know the session
-    queued.click(bind(take_queued, services), None, [prompt, state], **private)
+    queued.click(bind(take_queued, services), None, [prompt, state, view_a, view_b, reveal, *buttons], **private)
+    overlap.release(bind(set_overlap, services), overlap, overlap_note, **private)
     import_button.click(bind(import_prompts, services), prompt_file, progress, **private)
     for key, button in zip(CHOICES, buttons):
         # Lock all four buttons in the browser first, so a double click cannot send twice;
@@ -445,4 +478,4 @@ def arena_tab(services: Services) -> None:
     gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
     gr.api(arena_vote, api_name="arena_vote")
     gr.api(arena_undo, api_name="arena_undo")
-    return progress, admin_panel, model_x, model_y, [controls[0], controls[1], controls[2], controls[4]]
+    return progress, admin_panel, model_x, model_y, [controls[0], controls[1], controls[2], controls[4]], overlap

@@ -39,8 +39,8 @@ def stream_pair(services: Services, left: list, right: list, model_left: str, mo
     try:
         adapters = [services.adapter_for(model_left), services.adapter_for(model_right)]
         # a side's own system prompt replaces the shared one: "base + a prompt" against a fine-tune
-        conversations = [with_system(left, side_prompts[0] or params.system_prompt),
-                         with_system(right, side_prompts[1] or params.system_prompt)]
+        conversations = [with_system(services.prepare(model_left, left)[0], side_prompts[0] or params.system_prompt),
+                         with_system(services.prepare(model_right, right)[0], side_prompts[1] or params.system_prompt)]
         check_context(services.chat, conversations, "")
     except (ModelLoadError, ValueError) as exc:
         raise gr.Error(str(exc)) from exc
@@ -120,7 +120,8 @@ def chat_tab(services: Services) -> None:
     with gr.Row():
         # filled per request by refresh_pickers: no checkpoint name in the page every user gets
         model_left = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Left model", scale=3)
-        model_right = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Right model", scale=3)
+        # no value until refresh_pickers: it then defaults to the newest checkpoint (a set value would be kept)
+        model_right = gr.Dropdown([BASE_CHOICE], value=None, label="Right model", scale=3)
         refresh = gr.Button("↻ Refresh checkpoints", scale=1, size="sm")
     with gr.Accordion("System prompt per side (compare a prompt with a fine-tune)", open=False):
         with gr.Row():

@@ -9,6 +9,7 @@ import gradio as gr
 import pandas as pd
 
 from evals import winrate
+from evals.report import BASELINES
 from pipeline import JobBusy
 from ui.services import Services, bind
 
@@ -32,10 +33,10 @@ BEATS = {True: "✅ beats it", False: "❌ does not beat it", None: "–"}
 
 
 def checks_frame(report: dict | None) -> pd.DataFrame:
-    """One row per check; with a prompted-base baseline in the report, its figure and whether the
-    candidate beats it join as two columns."""
-    prompted = bool(report and report.get("prompted_base"))
-    columns = CHECK_COLUMNS[:4] + (["prompted base", "vs prompted base"] if prompted else []) + CHECK_COLUMNS[4:]
+    """One row per check; each baseline in the report (prompted base, retrieval base) joins as two
+    columns: its figure and whether the candidate beats it."""
+    baselines = {name: label for name, label in BASELINES.items() if report and report.get(name)}
+    columns = CHECK_COLUMNS[:4] + [c for label in baselines.values() for c in (label, f"vs {label}")] + CHECK_COLUMNS[4:]
     if not report:
         return pd.DataFrame(columns=columns)
     rows = [
@@ -44,8 +45,8 @@ def checks_frame(report: dict | None) -> pd.DataFrame:
             "flag": "🚩 REGRESSION" if check.get("flagged") else "⚠️ warning" if check.get("warning") else "ok",
             "base": number(check.get("base")),
             "candidate": number(check.get("candidate")),
-            "prompted base": number(check.get("prompted_base")),
-            "vs prompted base": BEATS[check.get("beats_prompted_base")],
+            **{label: number(check.get(key)) for key, label in baselines.items()},
+            **{f"vs {label}": BEATS[check.get(f"beats_{key}")] for key, label in baselines.items()},
             "note": note(check),
         }
         for name, check in report.get("checks", {}).items()
@@ -111,6 +112,9 @@ def gate_text(services: Services, round_id: str | None) -> str:
     prompted = checkpoint.eval.get("prompted_base")
     if prompted:
         note += f"\n\nAgainst the base with the system prompt “{prompted['system_prompt'][:80]}”: {prompted['summary']}."
+    retrieval = checkpoint.eval.get("retrieval_base")
+    if retrieval:
+        note += f"\n\nAgainst the base with the top {retrieval.get('k')} passages of the corpus: {retrieval['summary']}."
     return head + "✅ **All checks pass**: this checkpoint can be promoted." + note
 
 

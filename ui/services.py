@@ -16,8 +16,9 @@ from pathlib import Path
 
 import gradio as gr
 
+from evals import retrieval
 from models.loading import EMBEDDED, ModelLoadError
-from formats import MAX_PROMPT_CHARS, write_atomic
+from formats import MAX_PROMPT_CHARS, corpus_files, write_atomic
 from labeling.journal import default_dir as default_journal_dir
 from labeling.users import at_least
 from models.chat import ChatModel, SamplingParams
@@ -25,6 +26,7 @@ from models.scheduler import SchedulerBusy
 from training.registry import Checkpoint, get_checkpoint, list_checkpoints
 
 BASE_CHOICE = "base"  # the picker's name for the un-adapted base model
+RETRIEVAL_CHOICE = "base + retrieval"  # the base with the uploaded corpus's top passages in the prompt
 MAX_STOP_REQUESTS = 10_000  # far more browsers than one app serves at once
 MAX_CONTEXT_TOKENS = 3072  # keeps one CPU decode step fast; SmolLM2 itself allows 8k
 
@@ -70,6 +72,10 @@ class Settings:
     @property
     def snapshots_dir(self) -> Path:
         return self.data_dir / "snapshots"
+
+    @property
+    def corpus_dir(self) -> Path:  # uploaded in the Train tab: CPT's text and the retrieval baseline's documents
+        return self.data_dir / "corpus"
 
 
 @dataclass
@@ -124,18 +130,29 @@ class Services:
         return list_checkpoints(self.settings.checkpoints_dir)
 
     def model_choices(self) -> list[str]:
-        """Picker entries: the base, then checkpoints newest first."""
-        return [BASE_CHOICE] + [c.round_id for c in reversed(self.checkpoints())]
+        """Picker entries: the base, checkpoints newest first, then "base + retrieval" once a corpus is uploaded
+        (last, so the Chat tab still opens on the base against the newest checkpoint)."""
+        retrieval_choice = [RETRIEVAL_CHOICE] if corpus_files(self.settings.corpus_dir) else []
+        return [BASE_CHOICE] + [c.round_id for c in reversed(self.checkpoints())] + retrieval_choice
 
     def adapter_for(self, choice: str) -> str | None:
         """Make sure the picked checkpoint's adapter is attached; None means the base."""
-        if not choice or choice == BASE_CHOICE:
+        if not choice or choice in (BASE_CHOICE, RETRIEVAL_CHOICE):
             return None
         checkpoint = get_checkpoint(self.settings.checkpoints_dir, choice)
         if checkpoint is None:
             raise ModelLoadError(f"checkpoint {choice!r} not found in {self.settings.checkpoints_dir}")
         self.chat.ensure_adapter(choice, checkpoint.adapter_dir)
         return choice
+
+    def prepare(self, choice: str, messages: list[dict]) -> tuple[list[dict], list[str]]:
+        """The conversation `choice`'s model is given, and the ids of the corpus chunks put into it
+        (only "base + retrieval" gets any; its index is built on first use and when the corpus changed).
+        Raises retrieval.RetrievalError, a ValueError, when there is no corpus."""
+        if choice != RETRIEVAL_CHOICE:
+            return messages, []
+        index = retrieval.index_for(self.settings.corpus_dir, self.settings.data_dir / "retrieval")
+        return retrieval.augment(messages, index)
 
     def fingerprint(self, choice: str) -> str | None:
         adapter = self.adapter_for(choice)
@@ -269,6 +286,22 @@ def save_team_arena_sampling(settings: Settings, params: SamplingParams) -> None
     values = {"temperature": params.temperature, "top_p": params.top_p, "max_new_tokens": params.max_new_tokens,
               "system_prompt": params.system_prompt}
     write_atomic(arena_sampling_file(settings), json.dumps(values, indent=1).encode())
+
+
+DEFAULT_OVERLAP_SHARE = 0.1  # of queued prompts labeled by two annotators: enough for kappa, cheap in labels
+
+
+def overlap_share(settings: Settings) -> float:
+    """The admin's share of queued prompts that a second annotator labels too (data/labeling_settings.json)."""
+    try:
+        value = json.loads((settings.data_dir / "labeling_settings.json").read_text())["overlap_share"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return DEFAULT_OVERLAP_SHARE
+    return min(1.0, max(0.0, float(value))) if isinstance(value, (int, float)) else DEFAULT_OVERLAP_SHARE
+
+
+def save_overlap_share(settings: Settings, share: float) -> None:
+    write_atomic(settings.data_dir / "labeling_settings.json", json.dumps({"overlap_share": share}).encode())
 
 
 def sampling(temperature, top_p, max_new_tokens, seed, system_prompt) -> SamplingParams:

@@ -37,7 +37,7 @@ def recipe_names() -> list[str]:
 
 
 def corpus_dir(services: Services) -> Path:
-    return services.settings.data_dir / "corpus"
+    return services.settings.corpus_dir
 
 
 def corpus_summary(services: Services) -> tuple[str, str | None]:

@@ -1,0 +1,106 @@
+"""Two annotators label overlapping comparisons in two browsers (the double-labeled share set to
+100%), and a reviewer's Annotators tab shows their agreement and position bias. The real app on
+the tiny model, with PBKDF2 logins."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from labeling.store import Store
+from labeling.users import add_user
+from tests.conftest import ROOT
+from tests.test_browser import ARTIFACTS, CHROMIUM, browser, free_port, wait_until_serving  # noqa: F401 (fixture)
+from tests.test_loop_browser import wait_text
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)"),
+]
+PASSWORDS = {"ann": "ann-secret", "bob": "bob-secret", "rita": "rita-secret"}
+
+
+@pytest.fixture
+def team_app(tmp_path, tiny_model_dir):
+    data_dir = tmp_path / "data"
+    with Store(data_dir) as store:
+        store.import_prompts([{"prompt": f"queued question {i}"} for i in range(4)], source="test")
+    (data_dir / "labeling_settings.json").write_text(json.dumps({"overlap_share": 1.0}))  # every prompt twice
+    auth = tmp_path / "users.txt"
+    for user, role in (("ann", "annotator"), ("bob", "annotator"), ("rita", "reviewer")):
+        add_user(auth, user, role, PASSWORDS[user])
+    port = free_port()
+    log = tmp_path / "app.log"
+    with log.open("wb") as out:
+        process = subprocess.Popen(
+            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--auth-file", str(auth),
+             "--base-model", str(tiny_model_dir)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, log)
+        yield url
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+
+
+def log_in(browser, url: str, user: str):
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
+    page = context.new_page()
+    page.goto(url)
+    page.get_by_label("username").fill(user)
+    page.get_by_label("password").fill(PASSWORDS[user])
+    page.get_by_role("button", name="Login").click()
+    page.wait_for_selector("#arena-prompt")
+    return page
+
+
+def answers(page) -> list[str]:
+    return [page.inner_text(f"#arena-{side}") for side in ("a", "b")]
+
+
+def label_new(page, key: str) -> list[str]:
+    """Take the next queued prompt, generate, vote."""
+    page.click("#arena-next")
+    page.wait_for_function("() => document.querySelector('#arena-prompt textarea').value.length > 0")
+    page.click("#arena-generate")
+    page.wait_for_selector("#vote-a:not([disabled])", timeout=60_000)
+    shown = answers(page)
+    page.keyboard.press(key)
+    wait_text(page, "#arena-reveal", "Vote saved")
+    return shown
+
+
+def label_shared(page, key: str) -> list[str]:
+    """Take the next queued task, which is someone else's comparison: its answers appear at once."""
+    page.click("#arena-next")
+    page.wait_for_selector("#vote-a:not([disabled])", timeout=30_000)
+    shown = answers(page)
+    page.keyboard.press(key)
+    wait_text(page, "#arena-reveal", "Vote saved")
+    return shown
+
+
+def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement(browser, team_app):
+    ann, bob = log_in(browser, team_app, "ann"), log_in(browser, team_app, "bob")
+    assert ann.locator("#annotators-table").count() == 0 or not ann.is_visible("#annotators-table")
+    votes = [("1", "1"), ("1", "2"), ("2", "2")]  # ann's key, then bob's on the same comparison
+    for ann_key, bob_key in votes:
+        generated = label_new(ann, ann_key)
+        seen = label_shared(bob, bob_key)
+        assert seen == generated  # bob voted on ann's answers, not on a new generation
+    rita = log_in(browser, team_app, "rita")
+    rita.get_by_role("tab", name="Annotators").click()
+    wait_text(rita, "#annotators-summary", "3 comparisons labeled by more than one annotator")
+    table = rita.inner_text("#annotators-table")
+    assert "ann" in table and "bob" in table and "p = " in table
+    assert table.count("0.40") == 2  # kappa: 2 of 3 agree, against 4/9 by chance
+    ARTIFACTS.mkdir(exist_ok=True)
+    rita.screenshot(path=str(ARTIFACTS / "annotators.png"), full_page=True)
+    # kappa from the votes above: agreement on 2 of 3 (a/a, a/b, b/b)
+    summary = rita.inner_text("#annotators-summary")
+    assert "Krippendorff's alpha over them" in summary and "n/a" not in summary
