@@ -26,8 +26,8 @@ from tests.test_loop_browser import wait_text
 
 pytestmark = pytest.mark.slow
 CLIENTS = 20
-VOTES_PER_CLIENT = 12
-KILL_AFTER_ACKS = 60  # kill -9 once this many votes are acknowledged: well inside the burst
+VOTES_PER_CLIENT = 8
+KILL_AFTER_ACKS = 40  # kill -9 once this many votes are acknowledged: well inside the burst
 
 
 def make_comparisons(data_dir, n: int) -> list[str]:

@@ -1,5 +1,6 @@
 """Who is asking reaches the handlers: two users log in to the real app (with --auth-file) in two
-browsers, vote in the Arena, and each vote is stored under its own user name, not "local".
+browsers, vote in the Arena and promote in the Evals tab, and each vote and the promotion are stored
+under their own user name, not "local".
 
 Runs the app on the tiny random model, so it needs only Chromium and a few seconds.
 """
@@ -24,8 +25,11 @@ USERS = {"ann": "ann-secret", "bob": "bob-secret"}
 
 
 @pytest.fixture
-def login_app(tmp_path_factory, tiny_model_dir):
+def login_app(tmp_path_factory, tiny_model_dir, trained_checkpoint):
+    import shutil
+
     data_dir = tmp_path_factory.mktemp("login-data")
+    shutil.copytree(trained_checkpoint, data_dir / "checkpoints" / trained_checkpoint.name)  # one to promote
     auth = data_dir / "users.txt"
     auth.write_text("".join(f"{user}:{password}\n" for user, password in USERS.items()))
     port = free_port()
@@ -74,6 +78,12 @@ def test_each_logged_in_user_votes_under_their_own_name(browser, login_app):
     vote_once(sessions["ann"][1], "ann again", "3")
     wait_text(sessions["ann"][1], "#arena-progress", "ann · labeled today: 2")
     wait_text(sessions["bob"][1], "#arena-progress", "bob · labeled today: 1")
+    bob = sessions["bob"][1]  # legacy user:password logins are admins: bob promotes, in his own browser
+    bob.get_by_role("tab", name="Evals").click()
+    wait_text(bob, "#evals-gate", "Not evaluated yet")
+    bob.get_by_label("Override reason (required only when the gate blocks)").fill("bob checked it by hand")
+    bob.click("#evals-promote")
+    wait_text(bob, "#evals-gate", "Current candidate: r-trained")
     for context, _ in sessions.values():
         context.close()
     process.terminate()  # DuckDB allows one process: read what was stored once the app let go
@@ -82,5 +92,7 @@ def test_each_logged_in_user_votes_under_their_own_name(browser, login_app):
 
     store = Store(data_dir)
     by_user = sorted((row["annotator"], row["messages"][-1]["content"]) for row in store.labeled_rows())
+    promotions = [(p["round_id"], p["promoted_by"], p["reason"]) for p in store.promotions()]
     store.close()
+    assert promotions == [("r-trained", "bob", "bob checked it by hand")]  # from the session, not a field
     assert by_user == [("ann", "ann again"), ("ann", "hello from ann"), ("bob", "hello from bob")]
