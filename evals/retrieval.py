@@ -196,7 +196,10 @@ def augment(messages: list[dict], index: Index, k: int = TOP_K) -> tuple[list[di
     hits = index.search(messages[last]["content"], k)
     if not hits:
         return list(messages), []
-    passages = "\n\n".join(f"[{n}] {hit['text']}" for n, hit in enumerate(hits, 1))
-    content = f"Use these passages if they help:\n\n{passages}\n\n---\n\n{messages[last]['content']}"
+    # Measured on the embedded 135M model (greedy, 3 made-up facts): "Answer the question using these
+    # facts ... Question:" got 3 of 3 answers right; "Use these passages if they help: [1] ..." got 1 of 3,
+    # the model describing or reorganising the passages instead of answering.
+    facts = "\n".join(f"- {hit['text']}" for hit in hits)
+    content = f"Answer the question using these facts.\n\nFacts:\n{facts}\n\nQuestion: {messages[last]['content']}"
     augmented = [*messages[:last], {**messages[last], "content": content}, *messages[last + 1:]]
     return augmented, [hit["id"] for hit in hits]

@@ -125,7 +125,7 @@ def test_base_plus_retrieval_gives_the_base_the_passages_in_chat_and_arena(servi
     *_, (left, right, *_) = chat.send(services, question, [], [], RETRIEVAL_CHOICE, "base", 0.0, 1.0, 8, 0, "",
                                       request=Admin())
     given_left, given_right = seen[0][0][-1]["content"], seen[0][1][-1]["content"]
-    assert "4,017 copper scrolls" in given_left and given_left.startswith("Use these passages")
+    assert "4,017 copper scrolls" in given_left and given_left.startswith("Answer the question using these facts.")
     assert given_right == question  # the plain base gets the question alone
     assert left[0] == {"role": "user", "content": question}  # the history shows what the reviewer typed
 
