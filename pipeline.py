@@ -175,7 +175,8 @@ class JobManager:
         ]
         return self._spawn("training", round_id, args)
 
-    def start_eval(self, round_id: str, baseline_system_prompt: str | None = None) -> Job:
+    def start_eval(self, round_id: str, baseline_system_prompt: str | None = None,
+                   baseline_retrieval: Path | None = None) -> Job:
         checkpoint = self.settings.checkpoints_dir / round_id
         args = [
             "run", "--adapter", str(checkpoint / "adapter"), "--out", str(checkpoint / "eval.json"),
@@ -188,6 +189,8 @@ class JobManager:
             args += ["--max-new-tokens", str(self.settings.eval_max_new_tokens)]
         if baseline_system_prompt:
             args += ["--baseline-system-prompt", baseline_system_prompt]
+        if baseline_retrieval:
+            args += ["--baseline-retrieval", str(baseline_retrieval)]
         return self._spawn("evals", round_id, args)
 
     # ------------------------------------------------------------ watching

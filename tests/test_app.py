@@ -353,6 +353,25 @@ def test_train_tab_runs_cpt_on_an_uploaded_corpus(services, tmp_path):
     services.jobs.cancel()  # its evals started by themselves; not needed here
 
 
+def test_evals_tab_runs_the_retrieval_baseline_on_the_uploaded_corpus(services):
+    from ui import evals
+
+    admin = FakeRequest("local")
+    with pytest.raises(gr.Error, match="needs a corpus"):
+        evals.run_evals(services, "r-trained", "", True, request=admin)
+    corpus = services.settings.corpus_dir
+    corpus.mkdir(parents=True)
+    (corpus / "facts.md").write_text("Zarnuth holds 4,017 copper scrolls.")
+    evals.run_evals(services, "r-trained", "Be brief.", True, request=admin)
+    job = services.jobs.current
+    try:
+        args = job.process.args
+        assert args[args.index("--baseline-retrieval") + 1] == str(corpus.resolve())
+        assert args[args.index("--baseline-system-prompt") + 1] == "Be brief."
+    finally:
+        services.jobs.cancel()
+
+
 def test_evals_table_leads_noisy_checks_with_their_paired_evidence():
     from evals.report import build_report
     from ui.evals import checks_frame

@@ -79,7 +79,7 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
     fns = {dep.get("api_name"): dep["id"] for dep in ann.get("/config").json()["dependencies"]}
     calls = {  # privileged event -> inputs as the page would send them
         "promote": ["r-trained", "any reason at all"],
-        "run_evals": ["r-trained", ""],
+        "run_evals": ["r-trained", "", False],
         "export_data": ["dpo", "jsonl"],
         "cancel_round": ["dpo", False, False],
         "past_rounds": [],

@@ -140,15 +140,20 @@ def promote(services: Services, round_id: str, reason: str, request: gr.Request 
     return gate_text(services, round_id), ""
 
 
-def run_evals(services: Services, round_id: str, baseline_system_prompt: str = "", request: gr.Request = None):
+def run_evals(services: Services, round_id: str, baseline_system_prompt: str = "", with_retrieval: bool = False,
+              request: gr.Request = None):
     services.require(request, "admin")
     if not round_id:
         raise gr.Error("Pick a checkpoint first.")
     baseline = (baseline_system_prompt or "").strip()
     if len(baseline) > 4000:
         raise gr.Error("The baseline system prompt is over 4000 characters.")
+    corpus = services.settings.corpus_dir
+    if with_retrieval and not any(corpus.glob("*")):
+        raise gr.Error("The retrieval baseline needs a corpus: upload the documents in the Train tab first.")
     try:
-        services.jobs.start_eval(round_id, baseline_system_prompt=baseline or None)
+        services.jobs.start_eval(round_id, baseline_system_prompt=baseline or None,
+                                 baseline_retrieval=corpus.resolve() if with_retrieval else None)
     except JobBusy as exc:
         raise gr.Error(str(exc)) from exc
     gr.Info(f"Evals started for {round_id}; the report appears here when done (a few minutes).")
@@ -180,6 +185,8 @@ def evals_tab(services: Services):
     baseline = gr.Textbox(label="Baseline system prompt (optional): evals run again also answer with the base and "
                                "this system prompt, so you see whether the fine-tune beats a prompt",
                           lines=2, max_length=4000, elem_id="evals-baseline")
+    with_retrieval = gr.Checkbox(label="Also against base + retrieval (the corpus uploaded in the Train tab)",
+                                 value=False, elem_id="evals-with-retrieval")
     gate = gr.Markdown(elem_id="evals-gate")
     table = gr.Dataframe(headers=CHECK_COLUMNS, interactive=False, wrap=True, elem_id="evals-table")
     with gr.Row():
@@ -199,5 +206,5 @@ def evals_tab(services: Services):
     refresh_button.click(bind(refresh, services), picker, outputs, **private)
     picker.change(bind(show_checkpoint, services), picker, [table, examples, gate], **private)
     promote_button.click(bind(promote, services), [picker, reason], [gate, reason], **private)
-    rerun.click(bind(run_evals, services), [picker, baseline], gate, **private)
+    rerun.click(bind(run_evals, services), [picker, baseline, with_retrieval], gate, **private)
     return picker, outputs
