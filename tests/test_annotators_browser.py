@@ -5,16 +5,14 @@ the tiny model, with PBKDF2 logins."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from labeling.store import Store
 from labeling.users import add_user
-from tests.conftest import ROOT
-from tests.test_browser import ARTIFACTS, CHROMIUM, browser, free_port, wait_until_serving  # noqa: F401 (fixture)
+from tests.test_browser import ARTIFACTS, CHROMIUM, browser, serving_app  # noqa: F401 (fixture)
+from tests.test_identity_browser import log_in as identity_log_in
 from tests.test_loop_browser import wait_text
 
 pytestmark = [
@@ -33,30 +31,13 @@ def team_app(tmp_path, tiny_model_dir):
     auth = tmp_path / "users.txt"
     for user, role in (("ann", "annotator"), ("bob", "annotator"), ("rita", "reviewer")):
         add_user(auth, user, role, PASSWORDS[user])
-    port = free_port()
-    log = tmp_path / "app.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--auth-file", str(auth),
-             "--base-model", str(tiny_model_dir)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, log)
+    with serving_app(data_dir, "--auth-file", str(auth), "--base-model", str(tiny_model_dir),
+                     log=tmp_path / "app.log") as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def log_in(browser, url: str, user: str):
-    context = browser.new_context(viewport={"width": 1300, "height": 900})
-    page = context.new_page()
-    page.goto(url)
-    page.get_by_label("username").fill(user)
-    page.get_by_label("password").fill(PASSWORDS[user])
-    page.get_by_role("button", name="Login").click()
-    page.wait_for_selector("#arena-prompt")
-    return page
+    return identity_log_in(browser, url, user, PASSWORDS[user])[1]
 
 
 def answers(page) -> list[str]:

@@ -6,6 +6,7 @@ every test in this module. Screenshots go to test-artifacts/ for a human to look
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -46,6 +47,24 @@ def wait_until_serving(url: str, process: subprocess.Popen, log: Path, timeout: 
         except OSError:
             time.sleep(0.5)  # polling a server that is still loading the model
     raise TimeoutError(f"app did not serve {url} within {timeout} s")
+
+
+@contextlib.contextmanager
+def serving_app(data_dir: Path, *args: str, log: Path):
+    """`app.py --data-dir data_dir --port <free> *args` in a subprocess: (url ending in /, process) once it
+    serves, terminated on exit."""
+    port = free_port()
+    with log.open("wb") as out:
+        process = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), *args],
+                                   cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        wait_until_serving(url, process, log)
+        yield url, process
+    finally:
+        if process.poll() is None:
+            process.terminate()
+        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

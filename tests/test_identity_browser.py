@@ -7,14 +7,11 @@ Runs the app on the tiny random model, so it needs only Chromium and a few secon
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_browser import CHROMIUM, browser, free_port, wait_until_serving  # noqa: F401 (fixture)
+from tests.test_browser import CHROMIUM, browser, serving_app  # noqa: F401 (fixture)
 from tests.test_loop_browser import wait_text
 
 pytestmark = [
@@ -32,29 +29,18 @@ def login_app(tmp_path_factory, tiny_model_dir, trained_checkpoint):
     shutil.copytree(trained_checkpoint, data_dir / "checkpoints" / trained_checkpoint.name)  # one to promote
     auth = data_dir / "users.txt"
     auth.write_text("".join(f"{user}:{password}\n" for user, password in USERS.items()))
-    port = free_port()
-    log = data_dir / "app.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--auth-file", str(auth),
-             "--base-model", str(tiny_model_dir)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, log)
+    with serving_app(data_dir, "--auth-file", str(auth), "--base-model", str(tiny_model_dir),
+                     log=data_dir / "app.log") as (url, process):
         yield url, data_dir, process
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
-def log_in(browser, url: str, user: str):
-    context = browser.new_context(viewport={"width": 1300, "height": 900})  # its own cookies: its own login
+def log_in(browser, url: str, user: str, password: str | None = None):
+    """A fresh browser context (its own cookies: its own login) logged in as `user`: (context, page)."""
+    context = browser.new_context(viewport={"width": 1300, "height": 900})
     page = context.new_page()
     page.goto(url)
     page.get_by_label("username").fill(user)
-    page.get_by_label("password").fill(USERS[user])
+    page.get_by_label("password").fill(password or USERS[user])
     page.get_by_role("button", name="Login").click()
     page.wait_for_selector("#arena-prompt")
     return context, page

@@ -7,15 +7,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 import uuid
 
 import httpx
 import pytest
 
-from tests.conftest import ROOT
-from tests.test_browser import free_port, wait_until_serving
+from tests.test_browser import serving_app
 
 pytestmark = pytest.mark.slow
 PASSWORDS = {"ann": "ann-password", "ada": "ada-password"}
@@ -33,19 +30,9 @@ def roles_app(tmp_path, tiny_model_dir, trained_checkpoint):
     auth = tmp_path / "users.txt"
     add_user(auth, "ann", "annotator", PASSWORDS["ann"])
     add_user(auth, "ada", "admin", PASSWORDS["ada"])
-    port = free_port()
-    log = tmp_path / "app.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), "--auth-file", str(auth),
-             "--base-model", str(tiny_model_dir)], cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_until_serving(url + "/", process, log)
-        yield url, data_dir, process
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
+    with serving_app(data_dir, "--auth-file", str(auth), "--base-model", str(tiny_model_dir),
+                     log=tmp_path / "app.log") as (url, process):
+        yield url.rstrip("/"), data_dir, process
 
 
 def session(url: str, user: str) -> httpx.Client:
