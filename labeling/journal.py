@@ -6,7 +6,7 @@ one that survives losing that file (a Space without persistent disk, a dead disk
   uploader copying the folder away, never write to the same file;
 - a segment is only ever appended to: one JSON line per record, flushed and fsynced before the
   write is acknowledged, so a vote the app acknowledged is in the journal;
-- a record is `{"type": prompt|comparison|vote|undo|promotion, "id": ..., "at": UTC ISO time,
+- a record is `{"type": prompt|comparison|vote|undo|promotion|exclusion|guideline, "id": ..., "at": UTC ISO time,
   "row": {column: value}}`, the row whole, so rows can be rebuilt without the database.
 
 labeling/store.py decides what to journal and rebuilds rows from it (`Store.restore_from_journal`):
@@ -22,7 +22,7 @@ import uuid
 from datetime import date, datetime, timezone
 from pathlib import Path
 
-TYPES = ("prompt", "comparison", "vote", "undo", "promotion")
+TYPES = ("prompt", "comparison", "vote", "undo", "promotion", "exclusion", "guideline")
 SEGMENT_GLOB = "segment-*.jsonl"
 
 
@@ -116,6 +116,8 @@ def newest(records: list[dict]) -> datetime | None:
 def describe(found: dict) -> str:
     """What a restore (`Store.restore_from_journal`) added, in one phrase."""
     parts = [f"{found.get(k, 0)} {k}" for k in ("prompts", "comparisons", "votes", "promotions")]
+    parts += [f"{found[k]} {label}" for k, label in (("exclusions", "exclusions and lifts"),
+                                                     ("guidelines", "guideline versions")) if found.get(k)]
     parts += [f"{found[k]} {label}" for k, label in (("undone", "undone votes removed"), ("skipped", "votes skipped"),
                                                      ("unreadable", "unreadable lines")) if found.get(k)]
     return ", ".join(parts) + f" (of {found.get('records', 0)} records)"

@@ -206,7 +206,7 @@ class Snapshot:
     excluded: list[dict]  # one per comparison left out: comparison_id, code, reason, prompt, answer (shortened)
 
 
-def _short(text: str) -> str:
+def short(text: str) -> str:
     text = " ".join(text.split())
     return text if len(text) <= SHORT_TEXT else text[: SHORT_TEXT - 1] + "…"
 
@@ -247,8 +247,8 @@ def training_rows(report: TrainingDataReport, kind: str, *, include_flagged: boo
 
     def leave_out(d: Decision, code: str, answer: str) -> None:
         excluded.setdefault(d.comparison_id, {"comparison_id": d.comparison_id, "code": code,
-                                              "reason": RULES[code][1], "prompt": _short(_prompt_text(d)),
-                                              "answer": _short(answer)})
+                                              "reason": RULES[code][1], "prompt": short(_prompt_text(d)),
+                                              "answer": short(answer)})
 
     for d in report.decisions:
         if d.comparison_id in flagged:
@@ -269,8 +269,10 @@ def nothing_left(kind: str, excluded: list[dict]) -> str:
     if not excluded:
         return f"no {kind.upper()} rows to train on: label some comparisons in the Arena first"
     cut = sum(e["code"] in CUT_OFF for e in excluded)
+    reviewed = sum(e["code"] == "excluded_by_reviewer" for e in excluded)
     return (f"no {kind.upper()} rows left to train on: all {len(excluded)} comparisons that give them were "
-            f"left out ({len(excluded) - cut} flagged by the data lint, {cut} cut off). "
+            f"left out ({len(excluded) - cut - reviewed} flagged by the data lint, {cut} cut off"
+            + (f", {reviewed} excluded by reviewers" if reviewed else "") + "). "
             "Label more in the Arena, or include them on purpose (include flagged / cut-off answers).")
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 from formats import (
     canonical_jsonl, clean_messages, content_hash as messages_hash, now_iso, write_manifest, write_rows,
 )
-from labeling import agreement, journal, pairs
+from labeling import agreement, journal, pairs, review
 from labeling.db import Database, StoreLocked, StoreWriteError, utc_now as _now
 
 __all__ = ["DB_NAME", "MIGRATIONS", "Store", "StoreLocked", "StoreWriteError", "VoteResult"]
@@ -81,7 +81,8 @@ def _add_promotion_fingerprint(db) -> None:
     db.execute("ALTER TABLE promotions ADD COLUMN adapter_fingerprint VARCHAR")
 
 
-MIGRATIONS = [_create_prompts, _create_comparisons_and_votes, _create_promotions, _add_promotion_fingerprint]
+MIGRATIONS = [_create_prompts, _create_comparisons_and_votes, _create_promotions, _add_promotion_fingerprint,
+              review.create_exclusions, review.create_guidelines]
 
 # What a journal record's row holds per type: the columns as stored (ids from sequences are left out:
 # a prompt is known by its content hash, a promotion by round, author and time).
@@ -90,9 +91,11 @@ JOURNALED = {
     "comparison": ("comparisons", ("id", "messages", "answer_a", "answer_b", "model_a", "model_b", "adapter_a",
                                    "adapter_b", "params", "annotator", "prompt_id", "created_at")),
     "vote": ("votes", ("id", "comparison_id", "annotator", "choice", "better_answer", "idempotency_key",
-                       "time_spent_s", "created_at")),
+                       "time_spent_s", "created_at", "guidelines_version")),
     "promotion": ("promotions", ("round_id", "action", "promoted_by", "reason", "overridden", "created_at",
                                  "adapter_fingerprint")),
+    "exclusion": ("exclusions", review.EXCLUSION_COLUMNS),
+    "guideline": ("guidelines", review.GUIDELINE_COLUMNS),
 }
 
 
@@ -250,8 +253,10 @@ class Store:
             if not db.execute("SELECT 1 FROM comparisons WHERE id = ?", [comparison_id]).fetchone():
                 raise ValueError(f"unknown comparison id {comparison_id!r}")
             vote_id = str(uuid.uuid4())
-            row = [vote_id, comparison_id, annotator, choice, better_answer, idempotency_key, time_spent_s, _now()]
-            db.execute("INSERT INTO votes VALUES (?, ?, ?, ?, ?, ?, ?, ?)", row)
+            guidelines = db.execute(review.CURRENT_GUIDELINES).fetchone()  # the version the annotator was shown
+            row = [vote_id, comparison_id, annotator, choice, better_answer, idempotency_key, time_spent_s, _now(),
+                   guidelines and guidelines[0]]
+            db.execute(f"INSERT INTO votes ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
             journaled.append(_journal_record("vote", vote_id, row))
         return VoteResult(vote_id, created=True, choice=choice)
 
@@ -281,12 +286,15 @@ class Store:
             [midnight, annotator]).fetchone()
         return {"today": today, "total": total}
 
-    def labeled_rows(self) -> list[dict]:
-        rows = self._db.rows("""
+    def labeled_rows(self, include_excluded: bool = False) -> list[dict]:
+        """One dict per vote, joined with its comparison: what exports and rounds are built from. Votes on a
+        comparison a reviewer excluded are left out unless `include_excluded` (the quality signals)."""
+        where = "" if include_excluded else f"WHERE v.comparison_id NOT IN (SELECT comparison_id FROM ({review.EXCLUDED}))"
+        rows = self._db.rows(f"""
             SELECT v.id AS vote_id, v.comparison_id, v.annotator, v.choice, v.better_answer, v.time_spent_s,
-                   v.created_at, c.messages, c.answer_a, c.answer_b, c.model_a, c.model_b,
+                   v.created_at, v.guidelines_version, c.messages, c.answer_a, c.answer_b, c.model_a, c.model_b,
                    c.adapter_a, c.adapter_b, c.params, c.prompt_id
-            FROM votes v JOIN comparisons c ON c.id = v.comparison_id
+            FROM votes v JOIN comparisons c ON c.id = v.comparison_id {where}
             ORDER BY v.created_at, v.id""")
         for row in rows:
             row["messages"], row["params"] = json.loads(row["messages"]), json.loads(row["params"])
@@ -411,6 +419,7 @@ class Store:
         report = self.training_data_report()  # cached: the lint with its sales encoder runs once per state
         rows, excluded = pairs.training_rows(report, method, include_flagged=include_flagged,
                                              include_cut_off=include_cut_off)
+        excluded += self._reviewer_exclusions()
         if not rows:
             raise ValueError(pairs.nothing_left(method, excluded))
         path = _write_content_named(method, rows, out_dir, fmt)
@@ -436,13 +445,66 @@ class Store:
         """Promotion history, oldest first."""
         return self._db.rows("SELECT * FROM promotions ORDER BY id")
 
+    # ---- review: exclusions and guidelines (the SQL is in labeling/review.py) ----
+
+    def exclude(self, comparison_id: str, by: str, reason: str) -> bool:
+        """Take the comparison's votes out of every export and round, with a reason; False if it was already out."""
+        return self._decide(comparison_id, "exclude", by, reason)
+
+    def lift_exclusion(self, comparison_id: str, by: str, reason: str = "") -> bool:
+        """Put an excluded comparison's votes back; False if it was not excluded."""
+        return self._decide(comparison_id, "lift", by, reason)
+
+    def _decide(self, comparison_id: str, action: str, by: str, reason: str) -> bool:
+        by = _required(by, "by")
+        if not isinstance(comparison_id, str) or not COMPARISON_ID.match(comparison_id.strip()):
+            raise ValueError(f"a comparison id looks like 1b2c3d4e-…, got {repr(comparison_id)[:40]}")
+        with self._write() as (db, journaled):
+            row, changed = review.decide(db, comparison_id.strip(), action, by, reason)
+            if changed:
+                journaled.append(_journal_record("exclusion", row[0], row))
+        return changed
+
+    def exclusions(self) -> list[dict]:
+        """Comparisons excluded now, newest first: comparison_id, by_user, reason, created_at, votes, messages…"""
+        rows = review.excluded_now(self._db)
+        for row in rows:
+            row["messages"] = json.loads(row["messages"]) if row["messages"] else []
+        return rows
+
+    def exclusion_history(self) -> list[dict]:
+        return review.history(self._db)
+
+    def _reviewer_exclusions(self) -> list[dict]:
+        """A snapshot manifest's `excluded` entries for the comparisons reviewers excluded that hold votes."""
+        return [{"comparison_id": e["comparison_id"], "code": review.EXCLUDED_CODE,
+                 "reason": review.reason_text(e["by_user"], e["reason"]),
+                 "prompt": pairs.short(str(e["messages"][-1]["content"]) if e["messages"] else ""),
+                 "answer": pairs.short(e["answer_a"] or ""), "excluded_at": e["created_at"].isoformat()}
+                for e in self.exclusions() if e["votes"]]
+
+    def guidelines(self) -> dict | None:
+        """The labeling guidelines in force: version, text, edited_by, created_at; None before any were saved."""
+        rows = self._db.rows(review.CURRENT_GUIDELINES)
+        return rows[0] if rows else None
+
+    def save_guidelines(self, text: str, by: str) -> str:
+        """Make `text` (Markdown) the guidelines every later vote records; returns its version."""
+        by = _required(by, "by")
+        with self._write() as (db, journaled):
+            row, version = review.save_guidelines(db, text, by)
+            if row is not None:
+                journaled.append(_journal_record("guideline", row[0], row))
+        return version
+
     def current_candidate(self) -> str | None:
         row = self._db.cursor().execute("SELECT round_id FROM promotions ORDER BY id DESC LIMIT 1").fetchone()
         return row[0] if row else None
 
     def stats(self) -> dict:
-        rows = self.labeled_rows()
+        rows = self.labeled_rows(include_excluded=True)  # about the annotators: their excluded votes count too
         return {
+            "excluded": self._db.scalar(f"SELECT count(*) FROM ({review.EXCLUDED})"),
             "prompts": self._db.scalar("SELECT count(*) FROM prompts"),
             "comparisons": self._db.scalar("SELECT count(*) FROM comparisons"),
             "votes": len(rows),
