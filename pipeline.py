@@ -178,8 +178,10 @@ class JobManager:
     def start_eval(self, round_id: str, baseline_system_prompt: str | None = None,
                    baseline_retrieval: Path | None = None) -> Job:
         checkpoint = self.settings.checkpoints_dir / round_id
+        # a full fine-tune's checkpoint holds model/ (the whole weights) instead of adapter/
+        weights = checkpoint / "model" if (checkpoint / "model").is_dir() else checkpoint / "adapter"
         args = [
-            "run", "--adapter", str(checkpoint / "adapter"), "--out", str(checkpoint / "eval.json"),
+            "run", "--adapter", str(weights), "--out", str(checkpoint / "eval.json"),
             "--base-model", self.settings.base_model, "--cache-dir", str(self.settings.cache_dir),
             "--log-dir", str(self.settings.runs_dir / round_id),
         ]

@@ -38,7 +38,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m evals", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="compare an adapter with its base and gate it")
-    run.add_argument("--adapter", required=True, type=Path, help="LoRA adapter dir (adapter_config.json + weights)")
+    run.add_argument("--adapter", required=True, type=Path, help="LoRA adapter dir (adapter_config.json + weights), or a full "
+                     "fine-tune's model dir (checkpoints/<round>/model)")
     run.add_argument("--prompts", type=Path, help="JSONL of {\"prompt\"} or MT-bench {\"turns\"} lines, or a CSV "
                      "with a prompt column (default: the bundled set)")
     run.add_argument("--base-model", help="embedded (default), a Hugging Face id, a local model dir or a .gguf")

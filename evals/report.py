@@ -242,18 +242,19 @@ def run_eval(
     baseline_system_prompt: str | None = None,
     baseline_retrieval: Path | str | None = None,
 ) -> dict:
-    """Evaluate the adapter at `adapter_dir` against its base on a prompt set.
+    """Evaluate the adapter at `adapter_dir` (or a full fine-tune's model dir) against its base on a prompt set.
 
     Raises EvalInputError / models.loading.ModelLoadError (both ValueErrors with
     one-line messages) for bad inputs, before any generation. Pass an already
     loaded `chat` (models.chat.ChatModel) to reuse the app's base model.
     """
-    from models.loading import adapter_fingerprint, validate_adapter_dir
+    from models.loading import adapter_fingerprint, is_full_model_dir, validate_adapter_dir, validate_model_dir
     from models.chat import ChatModel
 
     started = time.perf_counter()
     adapter_dir = Path(adapter_dir)
-    validate_adapter_dir(adapter_dir)  # fail fast, before loading any weights
+    # fail fast, before loading any weights; a full fine-tune's model dir is a candidate too
+    (validate_model_dir if is_full_model_dir(adapter_dir) else validate_adapter_dir)(adapter_dir)
     rows = load_prompts(prompts_file)
     if references_file:
         rows = attach_references(rows, load_references(references_file))
@@ -270,7 +271,7 @@ def run_eval(
         chat = ChatModel.load(base_model, Path(cache_dir), dtype=dtype, device="auto")  # a GPU when there is one
     # A fresh name per content: the app may have an older adapter loaded as "candidate".
     name = f"{CANDIDATE}-{adapter_fingerprint(adapter_dir)}"
-    chat.ensure_adapter(name, adapter_dir)
+    chat.ensure_weights(name, adapter_dir)  # a full model dir is loaded as a second model beside the base
     loaded = time.perf_counter()
 
     prompts = [r["prompt"] for r in rows]
@@ -310,7 +311,8 @@ def run_eval(
     )
     report.update(
         adapter=str(adapter_dir),
-        adapter_fingerprint=chat.adapters.get(name),
+        adapter_fingerprint=chat.fingerprint(name),
+        full_fine_tune=name in chat.full,
         base_model=base_model or chat.base_name,
         prompts_file=str(prompts_file or DEFAULT_PROMPTS),
         generation={"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size,

@@ -1,23 +1,29 @@
-"""Serving: one base model plus named LoRA adapters, decoded in one batch.
+"""Serving: one base model plus named LoRA adapters, decoded in one batch (and full fine-tunes beside it).
 
 One base model in memory serves every side of a comparison. Checkpoints are
 LoRA adapters attached with peft and picked per row of a batch with
 `adapter_names` (peft's mixed-batch inference), so base vs candidate costs one
 forward pass per token, not two models. Streaming goes through one shared decode
 loop for all users (models/scheduler.py); `generate` is plain transformers for evals.
+
+A checkpoint from full fine-tuning is a whole second model: it is loaded as its own ChatModel with
+its own decode loop, and a request that mixes it with the base sends each row to its model's loop
+(both loops report to the same listener, so a comparison still streams as one).
 """
 
 from __future__ import annotations
 
+import queue
 import re
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from models.scheduler import BASE, Scheduler
+from models.scheduler import BASE, Scheduler, follow
 from models.loading import (
-    EMBEDDED, ModelLoadError, adapter_fingerprint, load_base, resolve_base_model, validate_adapter_dir,
+    EMBEDDED, ModelLoadError, adapter_fingerprint, is_full_model_dir, load_base, resolve_base_model,
+    validate_adapter_dir, validate_model_dir,
 )
 
 
@@ -41,7 +47,9 @@ class ChatModel:
         self.model = model
         self.tokenizer = tokenizer
         self.base_name = base_name
-        self.adapters: dict[str, str] = {}  # name -> fingerprint
+        self.adapters: dict[str, str] = {}  # LoRA adapter name -> fingerprint
+        self.full: dict[str, "ChatModel"] = {}  # name -> a full fine-tune's own model (a second copy of weights)
+        self.full_fingerprints: dict[str, str] = {}
         self._lock = threading.Lock()  # one forward pass / adapter change at a time on shared weights
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
@@ -70,6 +78,36 @@ class ChatModel:
             self.model.eval()
             self.adapters[name] = adapter_fingerprint(adapter_dir)
             return self.adapters[name]
+
+    def ensure_weights(self, name: str, weights_dir: Path) -> str:
+        """ensure_adapter for an adapter dir, ensure_full for a full model dir; returns the fingerprint."""
+        if is_full_model_dir(weights_dir):
+            return self.ensure_full(name, weights_dir)
+        return self.ensure_adapter(name, weights_dir)
+
+    def ensure_full(self, name: str, model_dir: Path) -> str:
+        """Load a full fine-tune under `name` once, in this model's dtype and on its device. It costs a whole
+        second copy of the weights; its rows decode in its own loop, beside this model's."""
+        with self._lock:
+            if name in self.full:
+                return self.full_fingerprints[name]
+            validate_model_dir(model_dir)
+            dtype = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(self.model.dtype), "fp32")
+            model, _ = load_base(str(model_dir), dtype=dtype, device=str(self.model.device))
+            self.full[name] = ChatModel(model, self.tokenizer, base_name=str(model_dir))
+            self.full_fingerprints[name] = adapter_fingerprint(model_dir)
+            return self.full_fingerprints[name]
+
+    def fingerprint(self, name: str) -> str:
+        """The content hash of a loaded adapter or full fine-tune (stored with every comparison)."""
+        return self.full_fingerprints[name] if name in self.full else self.adapters[name]
+
+    def _engines(self, adapters: Sequence[str | None]) -> list[tuple["ChatModel", list[int]]]:
+        """Which model serves which rows: full fine-tunes their own, everything else this one."""
+        groups: dict[str | None, list[int]] = {}
+        for i, adapter in enumerate(adapters):
+            groups.setdefault(adapter if adapter in self.full else None, []).append(i)
+        return [(self.full[key] if key else self, rows) for key, rows in groups.items()]
 
     def _encode(self, conversations: Sequence[list[dict]], system_prompt: str):
         texts = []
@@ -116,13 +154,35 @@ class ChatModel:
         `background` rows (work done ahead) join the batch only after every waiting request.
         """
         self._check_adapters(conversations, adapters)
-        return self.scheduler.stream(conversations, adapters, params, complete=complete, user=user,
-                                     background=background)
+        engines = self._engines(adapters)
+        if len(engines) == 1 and engines[0][0] is self:
+            return self.scheduler.stream(conversations, adapters, params, complete=complete, user=user,
+                                         background=background)
+        return self._stream_across(engines, conversations, adapters, params, complete, user, background)
+
+    def _stream_across(self, engines, conversations, adapters, params, complete, user, background):
+        """stream() for a request whose rows live in more than one model (a full fine-tune beside the base)."""
+        listener: queue.Queue = queue.Queue()  # one for every loop serving this request
+        rows: list = [None] * len(adapters)
+        for engine, indices in engines:
+            own = [None if engine is not self else adapters[i] for i in indices]
+            made = engine.scheduler.rows([conversations[i] for i in indices], own, params, user, listener,
+                                         background, seeds=[params.seed + i for i in indices])
+            for i, row in zip(indices, made):
+                rows[i] = row
+        try:
+            for engine, indices in engines:
+                engine.scheduler.submit([rows[i] for i in indices])
+        except BaseException:
+            for row in rows:  # a loop that refused (SchedulerBusy) must not leave the others' rows running
+                row.stopped.set()
+            raise
+        yield from follow(rows, listener, self.tokenizer, complete)
 
     def _check_adapters(self, conversations, adapters) -> None:
         if len(conversations) != len(adapters):
             raise ValueError("one adapter (or None) per conversation")
-        unknown = [a for a in adapters if a is not None and a not in self.adapters]
+        unknown = [a for a in adapters if a is not None and a not in self.adapters and a not in self.full]
         if unknown:
             raise ModelLoadError(f"adapter not loaded: {unknown[0]}")
 
@@ -150,6 +210,14 @@ class ChatModel:
         import torch
 
         self._check_adapters(conversations, adapters)
+        engines = self._engines(adapters)
+        if len(engines) > 1 or engines[0][0] is not self:  # each model answers its own rows
+            texts: list = [None] * len(adapters)
+            for engine, indices in engines:
+                own = [None if engine is not self else adapters[i] for i in indices]
+                for i, text in zip(indices, engine.generate([conversations[i] for i in indices], own, params)):
+                    texts[i] = text
+            return texts
         stop_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
         with self._lock:
             inputs = self._encode(conversations, params.system_prompt)

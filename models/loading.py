@@ -216,3 +216,16 @@ def validate_adapter_dir(adapter_dir: Path) -> dict:
     return config
 
 
+def is_full_model_dir(path: Path) -> bool:
+    """A whole model (full fine-tuning's checkpoint), as opposed to a LoRA adapter dir."""
+    path = Path(path)
+    return (path / "config.json").is_file() and not (path / "adapter_config.json").is_file()
+
+
+def validate_model_dir(model_dir: Path) -> None:
+    """Check a full model dir before transformers sees it, so a half-copied one gives a clear error."""
+    model_dir = Path(model_dir)
+    if not (model_dir / "config.json").is_file():
+        raise ModelLoadError(f"{model_dir} is not a model dir (no config.json)")
+    if not any(f.stat().st_size > 0 for f in [*model_dir.glob("*.safetensors"), *model_dir.glob("*.bin")]):
+        raise ModelLoadError(f"{model_dir} has no weights (model.safetensors)")

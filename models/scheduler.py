@@ -90,27 +90,18 @@ class Scheduler:
 
         Row i draws with seed `params.seed + i`, so two rows of one request (an Arena pair on the
         same model) do not draw the same tokens. Closing the generator stops its rows only."""
-        tokenizer = self.chat.tokenizer
         listener: queue.Queue = queue.Queue()
-        rows = [Row(self.chat.prompt_ids(messages, params.system_prompt), adapter, params.temperature,
-                    params.top_p, params.max_new_tokens, params.seed + i, user, listener, background=background)
-                for i, (messages, adapter) in enumerate(zip(conversations, adapters))]
-        self._submit(rows)
-        try:
-            while not all(row.done for row in rows):
-                listener.get()
-                while not listener.empty():  # coalesce: a slow client skips to the newest text
-                    listener.get_nowait()
-                failed = next((row.error for row in rows if row.error is not None), None)
-                if failed is not None:
-                    raise failed
-                yield [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]
-            if complete is not None:
-                complete[:] = [row.complete for row in rows]
-            yield [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]
-        finally:
-            for row in rows:  # a Stop, a closed tab or an error: these rows leave at the next step
-                row.stopped.set()
+        rows = self.rows(conversations, adapters, params, user, listener, background)
+        self.submit(rows)  # on the first next(), like any generator: nothing runs for a caller that never reads
+        yield from follow(rows, listener, self.chat.tokenizer, complete)
+
+    def rows(self, conversations, adapters, params, user: str, listener: queue.Queue, background: bool = False,
+             seeds: Sequence[int] | None = None) -> list[Row]:
+        """One Row per conversation, told through `listener` (a request served by two loops shares one)."""
+        seeds = seeds if seeds is not None else [params.seed + i for i in range(len(conversations))]
+        return [Row(self.chat.prompt_ids(messages, params.system_prompt), adapter, params.temperature,
+                    params.top_p, params.max_new_tokens, seed, user, listener, background=background)
+                for messages, adapter, seed in zip(conversations, adapters, seeds)]
 
     def close(self) -> None:
         """End the loop once no row runs; rows still waiting then would never be served, so fail them."""
@@ -125,7 +116,7 @@ class Scheduler:
         with self._cond:
             return self._cond.wait_for(lambda: not self._active and not self._pending, timeout)
 
-    def _submit(self, rows: list[Row]) -> None:
+    def submit(self, rows: list[Row]) -> None:
         with self._cond:
             mine = sum(1 for row in self._pending + self._active if row.user == rows[0].user and not row.done)
             if mine + len(rows) > self.max_rows_per_user:
@@ -284,6 +275,27 @@ class Scheduler:
             layer.keys = layer.keys[index, :, first:]
             layer.values = layer.values[index, :, first:]
         return Batch(batch.cache, mask[:, first:])
+
+
+def follow(rows: list[Row], listener: queue.Queue, tokenizer, complete: list[bool] | None = None
+           ) -> Iterator[list[str]]:
+    """Yield the rows' texts after every step that moved them; the last yield is final. Closing the
+    generator (a Stop, a closed tab) or an error stops these rows at their loop's next step."""
+    try:
+        while not all(row.done for row in rows):
+            listener.get()
+            while not listener.empty():  # coalesce: a slow client skips to the newest text
+                listener.get_nowait()
+            failed = next((row.error for row in rows if row.error is not None), None)
+            if failed is not None:
+                raise failed
+            yield [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]
+        if complete is not None:
+            complete[:] = [row.complete for row in rows]
+        yield [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]
+    finally:
+        for row in rows:
+            row.stopped.set()
 
 
 def merge(batch: Batch, new: Batch) -> Batch:

@@ -50,11 +50,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="train one QLoRA DPO or SFT round on a snapshot file",
+    run = sub.add_parser("run", help="train one round (QLoRA/LoRA/full; DPO, SFT or CPT) on a snapshot or corpus",
                          description="Train one round. Flags override the recipe, which overrides RoundConfig.")
     run.add_argument("--data", required=True, type=Path, help="snapshot .jsonl/.parquet in trl conversational format")
     run.add_argument("--out", required=True, type=Path, help="checkpoints dir; the round goes to OUT/<round-id>/")
-    run.add_argument("--recipe", help="recipe name in training/recipes/ or a .yaml path (default: <method>_qlora)")
+    run.add_argument("--recipe", help="recipe name in training/recipes/ or a .yaml path (default: <method>_qlora, "
+                                           "or <method>_full with --full)")
     run.add_argument("--round-id", help="default: r-YYYYmmdd-HHMMSS-<method>")
     run.add_argument("--log-dir", type=Path, help="metrics.jsonl, train.log, status.json (default: OUT/.runs/<id>)")
     run.add_argument("--cache-dir", type=Path, help="converted GGUF models (default: OUT/../cache/models)")
@@ -70,7 +71,7 @@ def command_run(args) -> int:
     from training.run import BadInput, Cancelled, one_line, run_round
 
     overrides = {f.name: getattr(args, f.name) for f in dataclasses.fields(RoundConfig)}
-    recipe = args.recipe or default_recipe(args.method or "dpo")
+    recipe = args.recipe or default_recipe(args.method or "dpo", bool(args.full))
     try:
         config = load_recipe(recipe).with_overrides(**overrides)
     except ValueError as exc:

@@ -40,6 +40,11 @@ class RoundConfig:
     init_adapter: str | None = field(default=None, metadata={
         "help": "continue training this checkpoint's adapter (checkpoint or adapter dir) instead of a fresh LoRA"})
 
+    # a full copy of the weights per checkpoint: the reference point LoRA and QLoRA are measured against
+    full: bool = field(default=False, metadata={
+        "help": "full fine-tuning: train every weight (no LoRA, no 4-bit) and write a whole model dir; "
+                "serving it costs a second copy of the weights in memory"})
+
     # ---- LoRA (ignored when init_adapter is set: the adapter keeps its own shape)
     lora_r: int = field(default=16, metadata={
         "help": "LoRA rank", "label": "LoRA rank", "min": 1, "max": 256, "knob": True})
@@ -102,6 +107,10 @@ class RoundConfig:
     eval_every: int = field(default=5, metadata={
         "help": "score the held-out slice every N steps (and at the last step); the best one is kept",
         "min": 1, "max": 100_000})
+    # the over-training window (bench/bench_window.py) needs the weights of every few steps, not only the best
+    save_every: int = field(default=0, metadata={
+        "help": "also keep the trained weights every N steps under <checkpoint>/steps/step-N/ (0 = only the best)",
+        "min": 0, "max": 100_000})
     early_stopping_patience: int = field(default=2, metadata={
         "help": "stop after this many held-out evals without a better eval_loss (0 = never)",
         "min": 0, "max": 1000})
@@ -135,6 +144,10 @@ class RoundConfig:
             problems.append("base_model must not be empty")
         if not self.target_modules or not all(isinstance(m, str) and m for m in self.target_modules):
             problems.append("target_modules must be a non-empty list of module names (or 'all-linear')")
+        if self.full and self.load_in_4bit:
+            problems.append("full fine-tuning trains unquantized weights: add --no-4bit (load_in_4bit: false)")
+        if self.full and self.init_adapter:
+            problems.append("full fine-tuning starts from the base weights: drop init_adapter")
         if problems:
             raise ValueError("invalid training config: " + "; ".join(problems))
         return self
@@ -220,5 +233,7 @@ def write_recipe(config: RoundConfig, path: Path) -> Path:
     return write_atomic(path, yaml.safe_dump(config.validate().to_dict(), sort_keys=False).encode())
 
 
-def default_recipe(method: str) -> str:
-    return {"dpo": "dpo_qlora", "sft": "sft_qlora", "cpt": "cpt_qlora"}.get(method, "dpo_qlora")
+def default_recipe(method: str, full: bool = False) -> str:
+    """The recipe a method starts from: `<method>_full` for full fine-tuning (its own learning rate, no 4-bit)."""
+    method = method if method in METHODS else "dpo"
+    return f"{method}_full" if full else f"{method}_qlora"

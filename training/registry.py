@@ -1,4 +1,6 @@
-"""Finished checkpoints on disk: `checkpoints/<round-id>/{adapter/, round.json, eval.json}`.
+"""Finished checkpoints on disk: `checkpoints/<round-id>/{adapter/ or model/, round.json, eval.json}`.
+
+`adapter/` is a LoRA adapter on the round's base; `model/` is a whole model from full fine-tuning.
 
 The directory is the registry: a round is listed once its dir exists under its
 final name (run.py renames it into place atomically), so there is no index to
@@ -25,8 +27,18 @@ class Checkpoint:
     fingerprint: str | None = None  # content hash of adapter/ (models.loading.adapter_fingerprint)
 
     @property
+    def full(self) -> bool:
+        """Full fine-tuning: a whole model dir (a second copy of the weights when served), not an adapter."""
+        return (self.path / "model").is_dir() and not (self.path / "adapter").is_dir()
+
+    @property
     def adapter_dir(self) -> Path:
         return self.path / "adapter"
+
+    @property
+    def weights_dir(self) -> Path:
+        """What the evals and the app load: adapter/ on the base, or model/ on its own."""
+        return self.path / ("model" if self.full else "adapter")
 
     @property
     def created_at(self) -> str:
@@ -54,9 +66,10 @@ def list_checkpoints(checkpoints_dir: Path) -> list[Checkpoint]:
         if path.name.startswith(".") or not path.is_dir():
             continue
         round_info = _read_json(path / "round.json")
-        if round_info is None or not (path / "adapter").is_dir():
+        weights = next((path / name for name in ("adapter", "model") if (path / name).is_dir()), None)
+        if round_info is None or weights is None:
             continue  # not a finished round
-        report, fingerprint = _read_json(path / "eval.json"), _fingerprint(path / "adapter")
+        report, fingerprint = _read_json(path / "eval.json"), _fingerprint(weights)
         if report is not None and report.get("adapter_fingerprint") not in (None, fingerprint):
             # the gate's verdict belongs to the weights it evaluated, not to the round's name: an
             # adapter replaced on disk after its evals is unevaluated again

@@ -1,8 +1,8 @@
-"""One training round: a snapshot file in, `checkpoints/<round-id>/{adapter/, round.json}` out.
+"""One training round: a snapshot file in, `checkpoints/<round-id>/{adapter/ or model/, round.json}` out.
 
 Read top to bottom: check the config and the data, load the base (4-bit NF4 when asked
 and bitsandbytes runs here; otherwise the round stops before training), attach LoRA
-(fresh, or the adapter of an earlier round), train with trl while a held-out slice picks
+(fresh, or the adapter of an earlier round; none for full fine-tuning), train with trl while a held-out slice picks
 the best step and stops the round when its loss stops improving, then move the finished
 dir into place. Progress goes to `<log_dir>/metrics.jsonl`, `train.log` and `status.json`.
 
@@ -37,6 +37,7 @@ from training.trainer import attach_lora, build_trainer, compute_dtype, find_ada
 
 __all__ = ["BadInput", "Cancelled", "load_snapshot", "one_line", "plan_steps", "run_round"]
 
+STEPS_DIR = "steps"  # <checkpoint>/steps/step-N/: the weights every save_every steps (the over-training window)
 ROUND_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")
 SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
@@ -179,9 +180,11 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
         data = load_snapshot(data_path, config.method, config.min_pairs, tmp / "datasets-cache")
     train, holdout = split_holdout(data, config.holdout_fraction, config.seed)
     resolved, init, dtype, model, tokenizer, quantization = _load(config, cache_dir, files)
-    model, peft_config = attach_lora(config, model, init)
+    # full fine-tuning trains the loaded weights themselves; otherwise a LoRA adapter on top of them
+    model, peft_config = (model, None) if config.full else attach_lora(config, model, init)
     trainer = build_trainer(config, model, tokenizer, train, holdout, tmp / "trainer",
-                            plan_steps(len(train), config), dtype, Progress(files), peft_config)
+                            plan_steps(len(train), config), dtype, Progress(files), peft_config,
+                            steps_dir=tmp / STEPS_DIR)
     # trl drops DPO rows whose prompt alone fills max_length; say so instead of training on nothing
     n_train, n_holdout = len(trainer.train_dataset), len(trainer.eval_dataset)
     if not n_train or not n_holdout:
@@ -212,8 +215,8 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     }
 
     before = trainer.evaluate()["eval_loss"] if config.method == "cpt" else None  # a fresh LoRA is the base
-    trainer.train()  # ends with the best held-out step's adapter loaded back
-    trainer.model.save_pretrained(str(tmp / "adapter"), selected_adapters=["default"])
+    trainer.train()  # ends with the best held-out step's weights loaded back
+    weights = save_weights(trainer.model, tokenizer, tmp, config.full)
     counts = {"n_train": n_train, "n_holdout": n_holdout, "n_dropped_too_long": dropped}
     metrics = {**round_metrics(trainer.state, max_steps, t0), **counts}
     if before is not None:  # what continued pre-training bought: held-out perplexity on the corpus
@@ -221,12 +224,28 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
                                          "after": round(math.exp(metrics["best_eval_loss"]), 3)}
         files.say(f"held-out perplexity {metrics['heldout_perplexity']['before']} -> "
                   f"{metrics['heldout_perplexity']['after']}")
-    info.update(lora=_lora_shape(trainer.model.peft_config["default"]),
-                metrics=metrics,
-                adapter_fingerprint=adapter_fingerprint(tmp / "adapter"), started_at=started_at,
-                finished_at=now_iso())
+    if config.full:
+        info.update(full=True, trainable_parameters=sum(p.numel() for p in trainer.model.parameters()))
+    else:
+        info.update(lora=_lora_shape(trainer.model.peft_config["default"]))
+    steps_saved = sorted(int(d.name.split("-")[1]) for d in (tmp / STEPS_DIR).glob("step-*"))
+    info.update(metrics=metrics, fingerprint=adapter_fingerprint(weights), started_at=started_at,
+                finished_at=now_iso(), **({"steps_saved": steps_saved} if steps_saved else {}))
+    if not config.full:
+        info["adapter_fingerprint"] = info["fingerprint"]  # the name older readers know
     (tmp / "round.json").write_text(json.dumps(info, indent=2))
     return _publish(tmp, final, files, info["metrics"])
+
+
+def save_weights(model, tokenizer, tmp: Path, full: bool) -> Path:
+    """Write the trained weights into the round's dir: `model/` (a whole model with its tokenizer, loadable
+    as a base) for full fine-tuning, else `adapter/` (the LoRA only)."""
+    if full:
+        model.save_pretrained(str(tmp / "model"))
+        tokenizer.save_pretrained(str(tmp / "model"))
+        return tmp / "model"
+    model.save_pretrained(str(tmp / "adapter"), selected_adapters=["default"])
+    return tmp / "adapter"
 
 
 def _lora_shape(lora) -> dict:
@@ -254,7 +273,7 @@ def round_metrics(state, max_steps: int, t0: float) -> dict:
 
 def _publish(tmp: Path, final: Path, files: ProgressFiles, m: dict) -> Path:
     for leftover in tmp.iterdir():  # the checkpoint is the adapter and its description, nothing else
-        if leftover.name not in ("adapter", "round.json"):
+        if leftover.name not in ("adapter", "model", STEPS_DIR, "round.json"):
             shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
     os.replace(tmp, final)  # atomic; a cancel landing after it finds the round complete (run_round)
     files.event("end", step=m["steps"], max_steps=m["max_steps"], loss=m["final_train_loss"],

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from transformers import TrainerCallback
+
 from models.loading import ModelLoadError, load_base, validate_adapter_dir
 from training.callbacks import Progress
 from training.config import RoundConfig
@@ -104,7 +106,7 @@ def use_checkpointing(config: RoundConfig, model) -> bool:
 
 
 def build_trainer(config: RoundConfig, model, tokenizer, train, holdout, out_dir: Path, max_steps: int,
-                  dtype: str, progress: Progress, peft_config):
+                  dtype: str, progress: Progress, peft_config, steps_dir: Path | None = None):
     """trl's trainer for the method. Every eval_every steps (and at the last) it scores the held-out slice
     and saves the adapter to out_dir; at the end the best one is loaded back, and EarlyStoppingCallback
     ends the round after early_stopping_patience evals without a better eval_loss."""
@@ -132,6 +134,8 @@ def build_trainer(config: RoundConfig, model, tokenizer, train, holdout, out_dir
         args = Args(**common, loss_type=config.loss_type, packing=config.method == "cpt",
                     dataset_text_field="text")
     callbacks = [progress]
+    if config.save_every and steps_dir is not None:
+        callbacks.append(SaveEvery(config.save_every, steps_dir, tokenizer))
     if config.early_stopping_patience:
         callbacks.append(EarlyStoppingCallback(early_stopping_patience=config.early_stopping_patience))
     trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=holdout,
@@ -144,6 +148,23 @@ def build_trainer(config: RoundConfig, model, tokenizer, train, holdout, out_dir
             if param.requires_grad and param.dtype == torch.bfloat16:
                 param.data = param.data.float()
     return trainer
+
+
+class SaveEvery(TrainerCallback):
+    """Keep the weights of every Nth step (`steps_dir/step-N/`), whatever held-out loss says: the window of
+    useful steps is judged afterwards on generated answers (bench/bench_window.py), not on the loss alone."""
+
+    def __init__(self, every: int, steps_dir: Path, tokenizer):
+        self.every, self.steps_dir, self.tokenizer = every, Path(steps_dir), tokenizer
+
+    def on_step_end(self, args, state, control, model=None, **kwargs):
+        if state.global_step % self.every == 0 and model is not None:
+            out = self.steps_dir / f"step-{state.global_step}"
+            if getattr(model, "peft_config", None):
+                model.save_pretrained(str(out), selected_adapters=["default"])
+            else:
+                model.save_pretrained(str(out))
+                self.tokenizer.save_pretrained(str(out))
 
 
 def heldout_results(state) -> tuple[dict, list[dict]]:

@@ -142,7 +142,7 @@ class Services:
         checkpoint = get_checkpoint(self.settings.checkpoints_dir, choice)
         if checkpoint is None:
             raise ModelLoadError(f"checkpoint {choice!r} not found in {self.settings.checkpoints_dir}")
-        self.chat.ensure_adapter(choice, checkpoint.adapter_dir)
+        self.chat.ensure_weights(choice, checkpoint.weights_dir)  # a full fine-tune loads a second model
         return choice
 
     def prepare(self, choice: str, messages: list[dict]) -> tuple[list[dict], list[str]]:
@@ -156,7 +156,7 @@ class Services:
 
     def fingerprint(self, choice: str) -> str | None:
         adapter = self.adapter_for(choice)
-        return None if adapter is None else self.chat.adapters[adapter]
+        return None if adapter is None else self.chat.fingerprint(adapter)
 
 
 def check_prompt(text: str | None) -> str:

@@ -168,6 +168,9 @@ def round_config(services: Services, recipe: str, method: str, start_from: str |
         checkpoint = next((c for c in services.checkpoints() if c.round_id == start_from), None)
         if checkpoint is None:
             raise ValueError(f"Checkpoint {start_from} no longer exists.")
+        if checkpoint.full:
+            raise ValueError(f"{start_from} is a full fine-tune (a whole model, no adapter to continue): "
+                             "start from the base.")
         init_adapter = str(checkpoint.adapter_dir)
     return load_recipe(recipe).with_overrides(
         method=method, base_model=services.settings.base_model, init_adapter=init_adapter, **edits,

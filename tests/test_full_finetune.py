@@ -1,0 +1,86 @@
+"""Full fine-tuning (`--full`): a round that trains every weight and writes a whole model dir, which
+the registry lists, the app serves beside the base (a second model with its own decode loop) and the
+evals gate like any adapter. Also `save_every`, which keeps the weights of every few steps for the
+over-training window."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from evals.report import run_eval
+from models.chat import ChatModel, SamplingParams
+from models.loading import load_base
+from training.registry import list_checkpoints
+from tests.test_training import cli, sft_rows, tiny_args, write_jsonl
+
+QUESTION = [{"role": "user", "content": "write a poem 3"}]
+GREEDY = SamplingParams(temperature=0, max_new_tokens=8)
+
+
+@pytest.fixture(scope="module")
+def full_round(tiny_model_dir, tmp_path_factory):
+    root = tmp_path_factory.mktemp("full")
+    data = write_jsonl(root / "sft.jsonl", sft_rows(8))
+    out = root / "checkpoints"
+    result = cli(*tiny_args(tiny_model_dir, data, out, "f1", "--method", "sft", "--full", "--steps", "3",
+                            "--lr", "1e-2", "--save-every", "1", "--eval-every", "3"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out
+
+
+def test_full_round_writes_a_whole_model_that_the_registry_lists(full_round, tiny_model_dir):
+    checkpoint = list_checkpoints(full_round)[0]
+    assert checkpoint.full and checkpoint.weights_dir == full_round / "f1" / "model"
+    assert not (full_round / "f1" / "adapter").exists()
+    info = json.loads((full_round / "f1" / "round.json").read_text())
+    assert info["recipe"] == "sft_full" and info["full"] is True and "lora" not in info
+    assert info["config"]["load_in_4bit"] is False and info["quantization"] == "none"
+    assert info["steps_saved"] == [1, 2, 3] and (full_round / "f1" / "steps" / "step-2" / "config.json").is_file()
+    assert checkpoint.fingerprint == info["fingerprint"]
+    tuned = load_file(str(checkpoint.weights_dir / "model.safetensors"))
+    base = load_file(str(tiny_model_dir / "model.safetensors"))
+    changed = [k for k in base if k in tuned and not torch.equal(base[k].float(), tuned[k].float())]
+    assert len(changed) > len(base) // 2  # every layer trained, not a few adapter matrices
+
+
+def test_full_and_4bit_together_are_refused_in_one_line(tiny_model_dir, tmp_path):
+    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(6))
+    result = cli(*tiny_args(tiny_model_dir, data, tmp_path / "checkpoints", "f2", "--method", "sft", "--full",
+                            "--recipe", "sft_qlora"))
+    assert result.returncode == 2
+    assert "full fine-tuning trains unquantized weights: add --no-4bit" in result.stderr
+    assert not (tmp_path / "checkpoints" / "f2").exists()
+
+
+def alone(model_dir, conversation) -> str:
+    model, tokenizer = load_base(str(model_dir), dtype="fp32")
+    return ChatModel(model, tokenizer).generate([conversation], [None], GREEDY)[0]
+
+
+def test_a_full_fine_tune_is_served_beside_the_base_in_one_stream(full_round, tiny_model_dir):
+    checkpoint = list_checkpoints(full_round)[0]
+    model, tokenizer = load_base(str(tiny_model_dir), dtype="fp32")
+    chat = ChatModel(model, tokenizer)
+    assert chat.ensure_weights("f1", checkpoint.weights_dir) == checkpoint.fingerprint
+    expected = [alone(tiny_model_dir, QUESTION), alone(checkpoint.weights_dir, QUESTION)]
+    assert expected[0] != expected[1]  # the sides can be told apart
+    *_, streamed = chat.stream([QUESTION, QUESTION], [None, "f1"], GREEDY)
+    assert streamed == expected
+    assert chat.generate([QUESTION, QUESTION], ["f1", None], GREEDY) == expected[::-1]
+    assert chat.full["f1"].scheduler.stats["rows"] == 1 and chat.scheduler.stats["rows"] == 1
+
+
+def test_evals_gate_a_full_fine_tune_against_its_base(full_round, tiny_model_dir, tmp_path):
+    checkpoint = list_checkpoints(full_round)[0]
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": "write a poem 3"}, {"prompt": "hello"}])
+    report = run_eval(checkpoint.weights_dir, prompts_file=prompts, base_model=str(tiny_model_dir),
+                      cache_dir=tmp_path / "cache", max_new_tokens=8, dtype="fp32", use_base_cache=False)
+    assert report["full_fine_tune"] is True and report["adapter_fingerprint"] == checkpoint.fingerprint
+    first = report["samples"][0]
+    conversation = [{"role": "user", "content": "write a poem 3"}]
+    assert first["base"] == alone(tiny_model_dir, conversation).strip()  # the report keeps answers stripped
+    assert first["candidate"] == alone(checkpoint.weights_dir, conversation).strip() != first["base"]
