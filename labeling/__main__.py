@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from formats import load_prompt_file, write_rows
-from labeling import journal, pairs
+from labeling import journal, lint, pairs
 from labeling.store import Store, StoreLocked
 from labeling.users import ROLES, add_user
 
@@ -90,16 +90,22 @@ def _export(args) -> None:
     if args.out.suffix.lower() not in (".parquet", ".jsonl"):
         raise ValueError(f"--out must end in .parquet or .jsonl, got {args.out.name}")
     with _reading(args) as store:
-        labeled = store.labeled_rows()
+        labeled = store.labeled_rows()  # less the comparisons reviewers excluded
+        excluded = store.exclusions()
     rows, report = pairs.build(args.format, labeled)
     write_rows(rows, args.out)
     print(f"wrote {len(rows)} {args.format} rows to {args.out} "
           f"({report['votes']} votes, {len(report['conflicts'])} conflicts, {report['dropped_split']} dropped)")
+    if excluded:
+        print(f"left out {sum(e['votes'] for e in excluded)} votes on {len(excluded)} comparisons excluded by "
+              f"reviewers ({', '.join(sorted({e['by_user'] for e in excluded}))})")
     data = pairs.training_data_report(labeled)  # DPO and SFT are linted alike: SFT answers are DPO chosen sides
     print(data.lint.summary())
     for issue in data.lint.issues:
-        print(f"  {issue.severity}: {issue.code} x{issue.count}: {issue.message} "
-              f"(comparisons {', '.join(str(r['comparison_id'])[:8] for r in issue.rows[:5])})")
+        print(f"  {issue.severity}: {issue.code} x{issue.count}: {issue.message}\n"
+              f"    comparisons: {lint.comparison_list(issue)}")
+    if data.lint.issues:
+        print("  a reviewer can exclude any of these in the app's Annotators tab (Review), with a reason")
     if data.excluded:
         print(f"a training round leaves out {len(data.excluded)} comparisons by default: "
               f"DPO {data.usable_dpo} of {data.dpo_rows} rows, SFT {data.usable_sft} of {data.sft_rows} rows usable")
@@ -117,6 +123,8 @@ def _format_stats(s: dict) -> str:
     bias, agree = s["position_bias"], s["agreement"]
     lines = [f"prompts {s['prompts']}  comparisons {s['comparisons']}  votes {s['votes']}",
              "choices: " + (", ".join(f"{c} {s['choices'].get(c, 0)}" for c in pairs.CHOICES))]
+    if s.get("excluded"):
+        lines.append(f"excluded from training by reviewers: {s['excluded']} comparisons (counted above)")
     lines += ["annotators:"] + [f"  {name}: {n}" for name, n in s["annotators"].items()]
     share = "n/a" if bias["left_share"] is None else f"{bias['left_share']:.1%}"
     lines.append(f"position bias: left won {share} of {bias['decisive']} decisive votes (50% = unbiased)")

@@ -78,7 +78,10 @@ class LintReport:
     def to_dict(self) -> dict:
         return {"rows": self.rows, "ok": self.ok,
                 "issues": [{"severity": i.severity, "code": i.code, "message": i.message, "count": i.count,
-                            "examples": list(i.examples), "sample": i.sample} for i in self.issues]}
+                            "examples": list(i.examples), "sample": i.sample,
+                            "comparison_ids": list(dict.fromkeys(r["comparison_id"] for r in i.rows
+                                                                 if r["comparison_id"] is not None))}
+                           for i in self.issues]}
 
     def to_frame_rows(self) -> list[dict]:
         """One dict per flagged row, errors first: severity, code, reason, prompt, answer, comparison_id.
@@ -102,6 +105,16 @@ class LintReport:
             examples = ", ".join(map(str, i.examples[:5]))
             lines.append(f"| {i.severity} | `{i.code}` | {i.count} | {message} | {examples} |")
         return "\n".join(lines)
+
+
+COMPARISONS_LISTED = 10  # full ids per issue in the CLI, the rest counted
+
+
+def comparison_list(issue: LintIssue, limit: int = COMPARISONS_LISTED) -> str:
+    """The comparisons behind an issue, whole ids (what a reviewer pastes to exclude one), the rest counted."""
+    ids = list(dict.fromkeys(str(r["comparison_id"]) for r in issue.rows if r["comparison_id"] is not None))
+    more = f" and {len(ids) - limit} more" if len(ids) > limit else ""
+    return (", ".join(ids[:limit]) + more) or "unknown (rows given without comparison ids)"
 
 
 def looks_truncated(text: str) -> bool:

@@ -75,6 +75,13 @@ def test_export_lints_sft_too_and_says_what_a_round_leaves_out(data_dir, tmp_pat
     assert "wrote 2 sft rows" in printed  # the export holds everything; a round would not
     assert "lint NOT ok" in printed and "error: sales_chosen x1" in printed
     assert "leaves out 1 comparisons by default" in printed and "SFT 1 of 2 rows usable" in printed
+    assert f"comparisons: {cid}\n" in printed  # the whole id of the pitch's comparison, to exclude it by
+    with Store(data_dir) as store:
+        store.exclude(cid, "rita", "pitch")
+    assert main(["export", "--data-dir", str(data_dir), "--format", "sft", "--out", str(tmp_path / "s.jsonl")]) == 0
+    printed = capsys.readouterr().out
+    assert "wrote 1 sft rows" in printed and "left out 1 votes on 1 comparisons excluded by reviewers (rita)" in printed
+    assert "lint ok" in printed
 
 
 @pytest.mark.parametrize("args, message", [
