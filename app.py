@@ -26,7 +26,7 @@ from labeling.hub_sync import HubSyncError  # noqa: E402
 from labeling.store import DB_NAME, StoreLocked, StoreWriteError  # noqa: E402
 from labeling.store import Store  # noqa: E402
 from labeling.users import read_users  # noqa: E402
-from ui import annotators, arena, evals, train  # noqa: E402
+from ui import annotators, arena, evals, review, train  # noqa: E402
 from ui.chat import chat_tab, refresh_pickers  # noqa: E402
 from pipeline import JobManager  # noqa: E402
 from ui.services import Services, Settings, annotator_of, bind  # noqa: E402
@@ -56,6 +56,7 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
                 evals_picker, evals_outputs = evals.evals_tab(services)
             with gr.Tab("Annotators", id="annotators") as annotators_page:
                 annotators_outputs = annotators.annotators_tab(services)
+                review_outputs = review.review_section(services)  # reviewers exclude votes from training
         private = dict(api_visibility="private")
 
         def load_progress(request: gr.Request) -> str:
@@ -74,6 +75,7 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         demo.load(pages_for, None, [chat_page, train_page, evals_page, arena_admin, annotators_page], **private)
         annotators_refresh = bind(annotators.refresh, services)
         annotators_page.select(annotators_refresh, None, annotators_outputs, **private)
+        annotators_page.select(bind(review.refresh_review, services), None, review_outputs, **private)
         demo.load(bind(arena.team_sampling_for, services), None, arena_sampling, **private)
         demo.load(bind(arena.overlap_for, services), None, arena_overlap, **private)
         demo.load(load_progress, None, arena_progress, **private)

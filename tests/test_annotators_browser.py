@@ -1,6 +1,7 @@
 """Two annotators label overlapping comparisons in two browsers (the double-labeled share set to
-100%), and a reviewer's Annotators tab shows their agreement and position bias. The real app on
-the tiny model, with PBKDF2 logins."""
+100%), and a reviewer's Annotators tab shows their agreement and position bias; the reviewer then
+excludes one comparison from training in the Review section, and the journal (what the CLI reads
+while the app runs) leaves its votes out. The real app on the tiny model, with PBKDF2 logins."""
 
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ def team_app(tmp_path, tiny_model_dir):
         add_user(auth, user, role, PASSWORDS[user])
     with serving_app(data_dir, "--auth-file", str(auth), "--base-model", str(tiny_model_dir),
                      log=tmp_path / "app.log") as (url, _):
-        yield url
+        yield url, data_dir
 
 
 def log_in(browser, url: str, user: str):
@@ -67,6 +68,7 @@ def label_shared(page, key: str) -> list[str]:
 
 
 def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement(browser, team_app):
+    team_app, data_dir = team_app
     ann, bob = log_in(browser, team_app, "ann"), log_in(browser, team_app, "bob")
     assert ann.locator("#annotators-table").count() == 0 or not ann.is_visible("#annotators-table")
     votes = [("1", "1"), ("1", "2")]  # ann's key, then bob's on the same comparison
@@ -84,3 +86,26 @@ def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement
     rita.screenshot(path=str(ARTIFACTS / "annotators.png"), full_page=True)
     summary = rita.inner_text("#annotators-summary")
     assert "Krippendorff's alpha over them" in summary and "n/a" not in summary
+
+    # Review: rita picks the newest vote's comparison, is refused without a reason, then excludes it
+    wait_text(rita, "#review-votes", "bob")
+    newest = rita.locator("#review-votes [data-testid='cell-0-1']")  # the annotator cell of the newest vote
+    assert newest.inner_text().strip() == "bob"
+    newest.click()
+    rita.wait_for_function("() => document.querySelector('#review-comparison textarea').value.length == 36")
+    picked = rita.input_value("#review-comparison textarea")
+    rita.click("#review-exclude")
+    rita.get_by_text("the reason is empty").first.wait_for()
+    rita.fill("#review-reason textarea", "bob pressed a key by mistake")
+    rita.click("#review-exclude")
+    wait_text(rita, "#review-status", f"Excluded {picked}")
+    table = rita.inner_text("#review-exclusions")
+    assert picked in table and "rita" in table and "bob pressed a key by mistake" in table
+    rita.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
+    store, _ = Store.from_journal(data_dir / "journal")  # what `python -m labeling export` reads meanwhile
+    with store:
+        kept = {r["comparison_id"] for r in store.labeled_rows()}
+        assert picked not in kept and len(kept) == 1
+        assert [e["by_user"] for e in store.exclusions()] == ["rita"]
+    bob_clicks = bob.locator("#review-exclude")
+    assert bob_clicks.count() == 0 or not bob_clicks.is_visible()  # an annotator never sees the section

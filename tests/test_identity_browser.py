@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from labeling.review import version_of
 from tests.test_browser import CHROMIUM, browser, serving_app  # noqa: F401 (fixture)
 from tests.test_loop_browser import wait_text
 
@@ -19,6 +20,7 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)"),
 ]
 USERS = {"ann": "ann-secret", "bob": "bob-secret"}
+GUIDELINES = "## How to vote\nPrefer the answer that is correct; if both are, the shorter one."
 
 
 @pytest.fixture
@@ -59,17 +61,30 @@ def test_each_logged_in_user_votes_under_their_own_name(browser, login_app):
     sessions = {user: log_in(browser, url, user) for user in USERS}
     for user, (_, page) in sessions.items():
         wait_text(page, "#arena-progress", f"{user} · labeled today: 0")  # the greeting names the user
+    bob = sessions["bob"][1]  # an admin writes the labeling guidelines in the Arena's admin panel
+    bob.get_by_text("Models compared (admins)").click()
+    bob.fill("#arena-guidelines-editor textarea", GUIDELINES)
+    bob.click("#arena-guidelines-save")
+    wait_text(bob, "#arena-guidelines-note", f"Saved: version {version_of(GUIDELINES)}")
+    ann = sessions["ann"][1]
+    ann.reload()  # the guidelines are read on every page load
+    ann.get_by_text("Labeling guidelines (read these before voting)").click()
+    wait_text(ann, "#arena-guidelines-text", "edited by bob")
+    assert "Prefer the answer that is correct" in ann.inner_text("#arena-guidelines-text")
     vote_once(sessions["ann"][1], "hello from ann", "1")
     vote_once(sessions["bob"][1], "hello from bob", "2")
     vote_once(sessions["ann"][1], "ann again", "3")
     wait_text(sessions["ann"][1], "#arena-progress", "ann · labeled today: 2")
     wait_text(sessions["bob"][1], "#arena-progress", "bob · labeled today: 1")
-    bob = sessions["bob"][1]  # legacy user:password logins are admins: bob promotes, in his own browser
+    # legacy user:password logins are admins: bob promotes, in his own browser
     bob.get_by_role("tab", name="Evals").click()
     wait_text(bob, "#evals-gate", "Not evaluated yet")
     bob.get_by_label("Override reason (required only when the gate blocks)").fill("bob checked it by hand")
     bob.click("#evals-promote")
     wait_text(bob, "#evals-gate", "Current candidate: r-trained")
+    wait_text(bob, "#evals-overrides", "bob checked it by hand")  # listed among the gate's overrides
+    overrides = bob.inner_text("#evals-overrides")
+    assert "r-trained" in overrides and "bob" in overrides
     for context, _ in sessions.values():
         context.close()
     process.terminate()  # DuckDB allows one process: read what was stored once the app let go
@@ -78,7 +93,9 @@ def test_each_logged_in_user_votes_under_their_own_name(browser, login_app):
 
     store = Store(data_dir)
     by_user = sorted((row["annotator"], row["messages"][-1]["content"]) for row in store.labeled_rows())
+    versions = {row["guidelines_version"] for row in store.labeled_rows()}
     promotions = [(p["round_id"], p["promoted_by"], p["reason"]) for p in store.promotions()]
     store.close()
     assert promotions == [("r-trained", "bob", "bob checked it by hand")]  # from the session, not a field
     assert by_user == [("ann", "ann again"), ("ann", "hello from ann"), ("bob", "hello from bob")]
+    assert versions == {version_of(GUIDELINES)}  # every vote records the guidelines in force

@@ -79,6 +79,14 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
         # the picker an annotator gets is empty, so gradio itself refuses their promote / run_evals
         assert "needs the admin role" in json.dumps(result) or name in ("promote", "run_evals"), (name, result)
     assert not (data_dir / "runs").exists() and not (data_dir / "snapshots").exists()  # nothing started or written
+    nobody = "00000000-0000-4000-8000-000000000000"
+    for name in ("exclude_vote", "lift_exclusion"):  # the Review section's actions need a reviewer
+        refused = call(ann, fns[name], [nobody, "spam"])
+        assert refused["success"] is False and "needs the reviewer role" in json.dumps(refused), refused
+    past_the_role = call(ada, fns["exclude_vote"], [nobody, "spam"])
+    assert "unknown comparison id" in json.dumps(past_the_role), past_the_role
+    refused = call(ann, fns["save_guidelines"], ["# Anything goes"])
+    assert refused["success"] is False and "needs the admin role" in json.dumps(refused), refused
     stale = call(ada, fns["promote"], ["r-trained", ""])
     assert "blocked by the eval gate" in json.dumps(stale), stale  # keyed on the fingerprint, not the name
     result = call(ada, fns["promote"], calls["promote"])

@@ -348,6 +348,30 @@ def team_sampling_for(services, request: gr.Request = None):
     return temperature, top_p, max_new_tokens, system_prompt
 
 
+def guidelines_markdown(services) -> str:
+    """The labeling guidelines in force, as annotators read them beside the Arena."""
+    current = services.store.guidelines()
+    if current is None or not current["text"]:
+        return "_No labeling guidelines yet: an admin writes them in the Arena's admin panel._"
+    return (f"{current['text']}\n\n<small>Version `{current['version']}`, edited by {current['edited_by']} on "
+            f"{current['created_at']:%Y-%m-%d %H:%M} UTC; every vote records the version in force.</small>")
+
+
+def guidelines_text(services) -> str:
+    current = services.store.guidelines()
+    return current["text"] if current else ""
+
+
+def save_guidelines(services, text, request: gr.Request = None):
+    """Admins: make `text` (Markdown) the guidelines; later votes record its version. Outputs: view, note."""
+    editor = services.require(request, "admin")
+    try:
+        version = services.store.save_guidelines(text or "", editor)
+    except (ValueError, StoreWriteError) as exc:
+        raise gr.Error(f"Guidelines not saved: {exc}") from exc
+    return guidelines_markdown(services), f"Saved: version `{version}` is in force for every vote from now on."
+
+
 def copy_answer(state, side):
     return (state or {}).get(f"answer_{side}", "")
 
@@ -392,6 +416,8 @@ def api_undo(services: Services, comparison_id: str, request: gr.Request = None)
 def arena_tab(services: Services) -> None:
     state = gr.State({})
     progress = gr.Markdown(elem_id="arena-progress")
+    with gr.Accordion("Labeling guidelines (read these before voting)", open=False, elem_id="arena-guidelines"):
+        guidelines = gr.Markdown(lambda: guidelines_markdown(services), elem_id="arena-guidelines-text")  # per load
     with gr.Row():
         prompt = gr.Textbox(placeholder="Type a prompt, or take the next one from the queue", show_label=False,
                             scale=6, lines=2, elem_id="arena-prompt")
@@ -434,6 +460,14 @@ def arena_tab(services: Services) -> None:
             overlap = gr.Slider(0, 100, value=10, step=5, scale=3, elem_id="arena-overlap",
                                 label="Share of queued prompts labeled by two annotators (%), for agreement")
             overlap_note = gr.Markdown()
+        # everyone's page carries the text (annotators read it anyway); only an admin's save is accepted
+        guidelines_editor = gr.Textbox(lambda: guidelines_text(services), lines=8, max_length=50_000,
+                                       label="Labeling guidelines (Markdown), shown to annotators beside the Arena",
+                                       elem_id="arena-guidelines-editor")
+        with gr.Row():
+            save_guidelines_button = gr.Button("Save the guidelines", size="sm", scale=0, min_width=200,
+                                               elem_id="arena-guidelines-save")
+            guidelines_note = gr.Markdown(elem_id="arena-guidelines-note")
 
     private = dict(api_visibility="private")
     start_outputs = [state, view_a, view_b, prompt, reveal, *buttons]
@@ -443,6 +477,8 @@ def arena_tab(services: Services) -> None:
     queued.click(bind(take_queued, services), None, [prompt, state, view_a, view_b, reveal, *buttons], **private)
     overlap.release(bind(set_overlap, services), overlap, overlap_note, **private)
     import_button.click(bind(import_prompts, services), prompt_file, progress, **private)
+    save_guidelines_button.click(bind(save_guidelines, services), guidelines_editor, [guidelines, guidelines_note],
+                                 **private)
     for key, button in zip(CHOICES, buttons):
         # Lock all four buttons in the browser first, so a double click cannot send twice;
         # the store's unique keys make a replay harmless anyway.

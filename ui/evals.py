@@ -137,7 +137,7 @@ def promote(services: Services, round_id: str, reason: str, request: gr.Request 
     services.store.record_promotion(round_id, promoter, reason, overridden=bool(blocked),
                                     adapter_fingerprint=checkpoint.fingerprint)
     gr.Info(f"{round_id} is now the current candidate" + (" (gate overridden, reason recorded)." if blocked else "."))
-    return gate_text(services, round_id), ""
+    return gate_text(services, round_id), "", overrides_frame(services)
 
 
 def run_evals(services: Services, round_id: str, baseline_system_prompt: str = "", with_retrieval: bool = False,
@@ -160,6 +160,17 @@ def run_evals(services: Services, round_id: str, baseline_system_prompt: str = "
     return gate_text(services, round_id)
 
 
+OVERRIDE_COLUMNS = ["when (UTC)", "checkpoint", "promoted by", "reason", "adapter weights"]
+
+
+def overrides_frame(services: Services | None) -> pd.DataFrame:
+    """Every promotion that overrode a blocked gate (flagged or not evaluated), newest first."""
+    promotions = services.store.promotions() if services else []
+    return pd.DataFrame([[f"{p['created_at']:%Y-%m-%d %H:%M:%S}", p["round_id"], p["promoted_by"], p["reason"],
+                          p.get("adapter_fingerprint") or "–"] for p in reversed(promotions) if p["overridden"]],
+                        columns=OVERRIDE_COLUMNS)
+
+
 def win_rates(services: Services | None):
     votes = services.store.vote_pairs_by_model() if services else []
     board = winrate.leaderboard(votes) if votes else []
@@ -169,12 +180,13 @@ def win_rates(services: Services | None):
 
 def refresh(services: Services, round_id: str | None, request: gr.Request = None):
     if services.role_of(request) == "annotator":  # the Evals tab is for reviewers and admins
-        return (gr.update(choices=[], value=None), checks_frame(None), "", "", trend_frame(None), *win_rates(None))
+        return (gr.update(choices=[], value=None), checks_frame(None), "", "", trend_frame(None), *win_rates(None),
+                overrides_frame(None))
     choices = [c.round_id for c in reversed(services.checkpoints())]
     round_id = round_id if round_id in choices else (choices[0] if choices else None)
     board, pair_rows = win_rates(services)
     return (gr.update(choices=choices, value=round_id), *show_checkpoint(services, round_id, request),
-            trend_frame(services), board, pair_rows)
+            trend_frame(services), board, pair_rows, overrides_frame(services))
 
 
 def evals_tab(services: Services):
@@ -192,6 +204,9 @@ def evals_tab(services: Services):
     with gr.Row():
         reason = gr.Textbox(label="Override reason (required only when the gate blocks)", scale=4)
         promote_button = gr.Button("Promote to current candidate", variant="primary", scale=1, elem_id="evals-promote")
+    overrides = gr.Dataframe(pd.DataFrame(columns=OVERRIDE_COLUMNS), interactive=False, wrap=True,
+                             label="Promotions that overrode the gate (flagged or not evaluated), newest first",
+                             elem_id="evals-overrides")
     with gr.Accordion("Offending examples", open=False):
         examples = gr.Markdown()
     trend = gr.LinePlot(trend_frame(services), x="round", y="value", color="check", color_map=TREND_COLORS, y_lim=[0, 1],
@@ -202,9 +217,9 @@ def evals_tab(services: Services):
     pairwise = gr.Dataframe(headers=PAIRWISE_COLUMNS, interactive=False, label="Win rate per model pair")
 
     private = dict(api_visibility="private")
-    outputs = [picker, table, examples, gate, trend, board, pairwise]
+    outputs = [picker, table, examples, gate, trend, board, pairwise, overrides]
     refresh_button.click(bind(refresh, services), picker, outputs, **private)
     picker.change(bind(show_checkpoint, services), picker, [table, examples, gate], **private)
-    promote_button.click(bind(promote, services), [picker, reason], [gate, reason], **private)
+    promote_button.click(bind(promote, services), [picker, reason], [gate, reason, overrides], **private)
     rerun.click(bind(run_evals, services), [picker, baseline, with_retrieval], gate, **private)
     return picker, outputs
