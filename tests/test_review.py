@@ -109,3 +109,17 @@ def test_each_vote_records_the_guidelines_version_in_force(data_dir):
         assert versions == {first: None, second: version, third: edited} and version != edited
         assert store.guidelines()["text"] == "Correct first. Ties are fine."
         assert store.guidelines()["edited_by"] == "admin"
+
+
+def test_the_train_tabs_lint_table_names_each_rows_comparison(data_dir):
+    from types import SimpleNamespace
+
+    from ui.train import lint_table
+
+    with Store(data_dir) as store:
+        bad = add(store, a=PITCH)
+        store.record_vote(bad, "ann", "a")
+        shown = lint_table(SimpleNamespace(store=store))
+        assert f"<code>{bad}</code>" in shown and "Annotators tab (Review)" in shown
+        store.exclude(bad, "rita", "a pitch")
+        assert bad not in lint_table(SimpleNamespace(store=store))

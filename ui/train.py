@@ -120,9 +120,12 @@ def lint_table(services: Services) -> str:
 
     body = "".join(
         f"<tr><td>{html.escape(r['severity'])}</td><td><code>{html.escape(r['code'])}</code></td>"
-        f"<td>{html.escape(r['reason'])}</td>{cell(r['prompt'])}{cell(r['answer'])}</tr>" for r in rows)
-    return ("<table style='width:100%;font-size:0.9em'><thead><tr><th>severity</th><th>check</th><th>why</th>"
-            f"<th>prompt</th><th>answer</th></tr></thead><tbody>{body}</tbody></table>")
+        f"<td>{html.escape(r['reason'])}</td>{cell(r['prompt'])}{cell(r['answer'])}"
+        f"<td><code>{html.escape(str(r['comparison_id']))}</code></td></tr>" for r in rows)
+    # the comparison ids are what a reviewer excludes by (Annotators tab, Review), with a reason
+    return ("<p>To settle a row for good, a reviewer excludes its comparison in the Annotators tab (Review).</p>"
+            "<table style='width:100%;font-size:0.9em'><thead><tr><th>severity</th><th>check</th><th>why</th>"
+            f"<th>prompt</th><th>answer</th><th>comparison</th></tr></thead><tbody>{body}</tbody></table>")
 
 
 @functools.lru_cache(maxsize=None)
