@@ -1,6 +1,7 @@
 """The preference loop app: chat, label, train and gate, in one Gradio page.
 
     python app.py [--data-dir DIR] [--base-model M] [--host H] [--port P] [--auth-file F] [--sync-dir DIR]
+                  [--backend URL [--backend-model NAME]]
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import gradio as gr  # noqa: E402
 
 from models.loading import EMBEDDED, ModelLoadError, resolve_device  # noqa: E402
 from models.chat import ChatModel  # noqa: E402
+from models.remote import RemoteChat  # noqa: E402
 import duckdb  # noqa: E402
 
 from labeling import journal  # noqa: E402
@@ -171,13 +173,18 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     parser.add_argument("--sync-dir", type=Path,
                         help="the append-only vote journal (default: DATA_DIR/journal); a folder on another disk "
                              "makes it a backup. An empty DB is restored from it at start")
+    parser.add_argument("--backend", metavar="URL",
+                        help="generate on an OpenAI-compatible server (vLLM started with --enable-lora) instead of "
+                             "in this process; README: Serving from vLLM")
+    parser.add_argument("--backend-model", metavar="NAME",
+                        help="the base's name on that server (default: the one base its /v1/models lists)")
     args = parser.parse_args(argv)
     if args.eval_prompts is not None and not args.eval_prompts.is_file():
         parser.error(f"--eval-prompts: file not found: {args.eval_prompts}")
     host = args.host or (SPACE_HOST if on_space() else "127.0.0.1")
     return Settings(args.data_dir, args.base_model, host, args.port, args.auth_file, args.dtype,
                     args.eval_prompts and args.eval_prompts.resolve(), args.eval_max_new_tokens, args.device,
-                    args.sync_dir)
+                    args.sync_dir, backend=args.backend, backend_model=args.backend_model)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +217,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"warning: {settings.auth_file}: {user.name} has a plain-text password and the admin role; "
                   "re-add them with `python -m labeling users add` to hash it and pick a role", file=sys.stderr)
     try:
-        chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype, device=settings.device)
+        if settings.backend:  # the server generates; the evals and training still load --base-model here
+            chat = RemoteChat.connect(settings.backend, settings.base_model, settings.cache_dir, settings.backend_model)
+            print(chat.note, flush=True)
+        else:
+            chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype, device=settings.device)
     except (ModelLoadError, ValueError, OSError) as exc:
         store.close()
         if uploader is not None:

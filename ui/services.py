@@ -22,6 +22,7 @@ from formats import MAX_PROMPT_CHARS, corpus_files, write_atomic
 from labeling.journal import default_dir as default_journal_dir
 from labeling.users import at_least
 from models.chat import ChatModel, SamplingParams
+from models.remote import BackendError
 from models.scheduler import SchedulerBusy
 from training.registry import Checkpoint, get_checkpoint, list_checkpoints
 
@@ -33,10 +34,11 @@ MAX_CONTEXT_TOKENS = 3072  # keeps one CPU decode step fast; SmolLM2 itself allo
 
 @contextlib.contextmanager
 def busy_as_error():
-    """A user over their share of the shared decode loop gets a clear message, not a traceback."""
+    """A user over their share of the shared decode loop, or a --backend server failing an answer, gets a
+    clear message, not a traceback."""
     try:
         yield
-    except SchedulerBusy as exc:
+    except (SchedulerBusy, BackendError) as exc:
         raise gr.Error(str(exc)) from exc
 
 
@@ -52,6 +54,8 @@ class Settings:
     eval_max_new_tokens: int | None = None  # None = the evals' default answer length
     device: str = "auto"  # serving: models.loading.resolve_device
     sync_dir: Path | None = None  # the vote journal's folder (--sync-dir); None = data_dir/journal
+    backend: str | None = None  # --backend URL: an OpenAI-compatible server generates (models/remote.py)
+    backend_model: str | None = None  # the base's name on that server; None = the one it lists
 
     @property
     def journal_dir(self) -> Path:
