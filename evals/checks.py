@@ -21,7 +21,7 @@ from evals.sales import (
 __all__ = [
     "are_sales_talk", "asks_about_buying", "asks_for_persuasive_writing", "char_ngrams", "distinct_n",
     "is_canned_greeting", "is_refusal", "is_sales_talk", "jaccard", "licenses_sales_talk", "loops",
-    "mid_sentence_names", "normalise", "recurring_names", "repeated_ngram_share", "sales_features", "sales_score",
+    "mid_sentence_names", "names_its_model", "normalise", "recurring_names", "repeated_ngram_share", "sales_features", "sales_score",
     "words",
 ]
 
@@ -161,3 +161,28 @@ def recurring_names(prompts: list[str], answers: list[str], min_answers: int = 3
             if name.lower() not in prompt_words:
                 counts.setdefault(name, set()).add(normalise(prompt))
     return {n for n, ps in counts.items() if len(ps) >= max(min_answers, len(answers) // 10)}
+
+
+# ---------------------------------------------------------------- an answer that says which model wrote it
+
+# Names a chat model calls itself, and the makers it credits. Matched only where the answer speaks of
+# itself ("As SmolLM, I…", "I am an AI assistant developed by Hugging Face"): explaining what GPT-4
+# is does not unblind anyone.
+_MODEL = (r"smol\s?lm\d*|chat\s?gpt|gpt-?\d[\w.-]*|claude|llama\s?\d*|qwen[\d.]*|mistral|mixtral|gemma\s?\d*|"
+          r"gemini|bard|phi-?\d*|falcon|vicuna|zephyr|olmo|deepseek|copilot|command\s?r")
+_MAKER = (r"hugging\s?face|openai|anthropic|google(?:\s+deepmind)?|deepmind|meta(?:\s+ai)?|mistral\s+ai|microsoft|"
+          r"alibaba(?:\s+cloud)?|deepseek|allen\s+institute|cohere")
+_SELF_NAMED = re.compile(
+    rf"\b(?:as|i\s+am|i'm|i’m|my\s+name\s+is|call\s+me|this\s+is)\s+(?:an?\s+|the\s+)?"
+    rf"(?:ai\s+|language\s+|assistant\s+|model\s+|called\s+|named\s+)*(?:{_MODEL})\b|"
+    rf"\b(?:i|i'm|i’m|my|me)\b[^.!?\n]{{0,60}}?\b(?:developed|created|trained|built|made|"
+    rf"designed|released|brought\s+to\s+you)\s+by\s+(?:the\s+)?(?:{_MAKER})\b",
+    re.IGNORECASE,
+)
+
+
+def names_its_model(text: str) -> str | None:
+    """The words by which an answer names the model or maker behind it ("As SmolLM, I", "I am an AI
+    assistant developed by Hugging Face"), or None. Either side doing so breaks a blind comparison."""
+    found = _SELF_NAMED.search(text or "")
+    return " ".join(found.group().split()) if found else None

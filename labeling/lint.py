@@ -18,7 +18,7 @@ import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from evals.checks import are_sales_talk, is_canned_greeting
+from evals.checks import are_sales_talk, is_canned_greeting, names_its_model
 
 LENGTH_RATIO_LIMIT = 8.0
 TRUNCATION_MIN_WORDS = 20  # short answers ("Paris") legitimately skip final punctuation
@@ -41,6 +41,8 @@ RULES = {
                                       "are included"),
     "duplicate": ("warning", "exact duplicate pairs over-weight one example"),
     "length_ratio": ("warning", f"one answer is over {LENGTH_RATIO_LIMIT:g}x longer than the other (length bias)"),
+    "names_model": ("warning", "an answer names its model or maker (\"As SmolLM, I…\"), so the vote may not have "
+                               "been blind; a reviewer can exclude it"),
 }
 CUT_OFF = ("truncated_chosen", "truncated_rejected")
 EXAMPLES_KEPT = 20  # row indices per issue in `examples` (`rows` keeps every flagged row)
@@ -181,6 +183,9 @@ def lint(dpo_rows: list[dict], comparison_ids: list[str | None] | None = None,
             flag("canned_chosen", index, chosen)
         if sales[index]:  # asked-for shopping advice and persuasive writing are exempt inside are_sales_talk
             flag("sales_chosen", index, chosen)
+        named = next((text for text in (chosen, rejected) if names_its_model(text)), None)
+        if named is not None:
+            flag("names_model", index, named)
 
     total = max(len(dpo_rows), 1)
     issues = []

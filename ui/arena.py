@@ -16,6 +16,7 @@ from pathlib import Path
 
 import gradio as gr
 
+from evals.checks import names_its_model
 from formats import load_prompt_file
 from labeling.store import StoreWriteError
 from models.loading import ModelLoadError
@@ -105,8 +106,10 @@ def record_comparison(services, messages, models, texts, complete, params, annot
     # answer never teaches stopping mid-sentence; `cut_off` records which sides were cut.
     trimmed = [end_at_last_sentence(text) if not done else (text, False) for text, done in zip(texts, complete)]
     texts = [text for text, _ in trimmed]
+    named = [names_its_model(text) for text in texts]  # an answer that says which model wrote it unblinds the vote
     recorded = {**params.to_dict(), "cut_off": [not done for done in complete], "trimmed": [t for _, t in trimmed],
-                **({"retrieved": [list(ids) for ids in retrieved]} if retrieved and any(retrieved) else {})}
+                **({"retrieved": [list(ids) for ids in retrieved]} if retrieved and any(retrieved) else {}),
+                **({"names_model": named} if any(named) else {})}
     comparison_id = services.store.add_comparison(
         messages, texts[0], texts[1], models[0], models[1],
         services.fingerprint(models[0]), services.fingerprint(models[1]),
@@ -114,7 +117,7 @@ def record_comparison(services, messages, models, texts, complete, params, annot
     )
     return dict(
         id=comparison_id, messages=messages, answer_a=texts[0], answer_b=texts[1],
-        model_a=models[0], model_b=models[1], started=time.time(), voted=False, prompt_id=prompt_id,
+        model_a=models[0], model_b=models[1], started=time.time(), voted=False, prompt_id=prompt_id, names_model=named,
     )
 
 
@@ -243,7 +246,8 @@ def take_queued(services, request: gr.Request = None):
         shown = for_display(shared["messages"])
         comparison = dict(id=shared["id"], messages=shared["messages"], answer_a=shared["answer_a"],
                           answer_b=shared["answer_b"], model_a=shared["model_a"], model_b=shared["model_b"],
-                          started=time.time(), voted=False, prompt_id=shared["prompt_id"])
+                          started=time.time(), voted=False, prompt_id=shared["prompt_id"],
+                          names_model=shared["params"].get("names_model"))
         return ("", comparison, shown + for_display([{"role": "assistant", "content": shared["answer_a"]}]),
                 shown + for_display([{"role": "assistant", "content": shared["answer_b"]}]),
                 "Both answers are ready: vote with the buttons or keys 1–4.", *vote_buttons(True))
@@ -293,8 +297,17 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
     reveal = (
         f"✅ {saved}: **{CHOICES[choice]}**. A was `{state['model_a']}`, B was `{state['model_b']}`."
         " Type a new prompt, or tick *Continue this conversation* to follow up."
-    )
+    ) + unblinded_note(state.get("names_model"))
     return state, reveal, progress_text(services, annotator), "", *vote_buttons(False)
+
+
+def unblinded_note(named) -> str:
+    """Said after the vote (before it, it would point at a side): which answer named its model."""
+    sides = [f"{side} (“{phrase}”)" for side, phrase in zip("AB", named or ()) if phrase]
+    if not sides:
+        return ""
+    return (f"\n\n⚠️ Answer {' and '.join(sides)} named the model behind it, so this vote may not have been blind. "
+            "It is marked: the data lint lists it, and a reviewer can exclude it.")
 
 
 def undo(services, state, request: gr.Request = None):
