@@ -331,10 +331,16 @@ class Store:
             UNION SELECT c.prompt_id FROM votes v JOIN comparisons c ON c.id = v.comparison_id
                   WHERE v.annotator = ? AND c.prompt_id IS NOT NULL),
         labels AS (
-            SELECT c.prompt_id, count(*) AS n FROM votes v JOIN comparisons c ON c.id = v.comparison_id
-            GROUP BY c.prompt_id)
-        SELECT p.id, p.messages, p.source, p.category, p.reference, coalesce(l.n, 0) AS labels
-        FROM prompts p LEFT JOIN labels l ON l.prompt_id = p.id
+            SELECT c.prompt_id, count(*) AS n, count(DISTINCT v.choice) AS choices
+            FROM votes v JOIN comparisons c ON c.id = v.comparison_id GROUP BY c.prompt_id),
+        gaps AS (
+            SELECT prompt_id, max(abs(length(answer_a) - length(answer_b))
+                                  / greatest(length(answer_a), length(answer_b), 1)) AS gap
+            FROM comparisons WHERE prompt_id IS NOT NULL GROUP BY prompt_id)
+        SELECT p.id, p.messages, p.source, p.category, p.reference, coalesce(l.n, 0) AS labels,
+               CASE WHEN l.n IS NULL THEN 1.0
+                    ELSE 2.0 * (l.choices > 1)::INTEGER + coalesce(g.gap, 0.0) END AS information
+        FROM prompts p LEFT JOIN labels l ON l.prompt_id = p.id LEFT JOIN gaps g ON g.prompt_id = p.id
         WHERE p.id NOT IN (SELECT prompt_id FROM seen)"""
 
     # Which prompts are labeled twice: a fixed share picked by a hash of the prompt id, so every
@@ -365,7 +371,17 @@ class Store:
         return row
 
     def next_prompt(self, annotator: str) -> dict | None:
-        rows = self._db.rows(self._UNSEEN + " ORDER BY labels, p.id LIMIT 1", [annotator, annotator])
+        """The unseen queued prompt expected to teach the most, scored from cheap signals of the earlier
+        comparisons on it (`information`):
+        - 2 when its votes split (annotators chose differently): the preference is still uncertain;
+        - plus the largest length gap between two answers, |len a - len b| / longer, 0 to 1: the
+          models answer it differently, so a label separates them;
+        - a prompt nobody labeled yet scores 1 (unknown; about one big gap).
+        So split votes come first, then never-labeled prompts, then labeled ones whose answers differ
+        most; a prompt the models answer alike (small gap, agreed vote) waits at the end. Ties go to
+        the least labeled, then the oldest. Eval flags and ROUGE-L are not used: no cheap per-prompt
+        figure of them exists at vote time."""
+        rows = self._db.rows(self._UNSEEN + " ORDER BY information DESC, labels, p.id LIMIT 1", [annotator, annotator])
         if not rows:
             return None
         row = rows[0]

@@ -123,3 +123,26 @@ def test_the_train_tabs_lint_table_names_each_rows_comparison(data_dir):
         assert f"<code>{bad}</code>" in shown and "Annotators tab (Review)" in shown
         store.exclude(bad, "rita", "a pitch")
         assert bad not in lint_table(SimpleNamespace(store=store))
+
+
+def test_the_queue_serves_split_votes_first_then_unlabeled_then_the_widest_answer_gap(data_dir):
+    with Store(data_dir) as store:
+        store.import_prompts([{"prompt": p} for p in ("agreed", "gap", "split", "fresh")], source="t")
+        ids = {json.loads(row["messages"])[0]["content"]: row["id"]
+               for row in store._db.rows("SELECT id, messages FROM prompts")}
+
+        def label(prompt, a, b, *choices):
+            cid = add(store, [{"role": "user", "content": prompt}], a=a, b=b, prompt_id=ids[prompt])
+            for who, choice in zip(("ann", "bob"), choices):
+                store.record_vote(cid, who, choice)
+
+        label("agreed", "Red.", "Rot.", "a", "a")  # alike answers, agreed votes: little left to learn
+        label("gap", "Red.", "Red is a primary colour in the painters' model.", "a")
+        label("split", "Red.", "Rot.", "a", "b")
+        order = []
+        for _ in range(4):
+            row = store.next_prompt("cy")
+            order.append(row["prompt"])
+            add(store, row["messages"], annotator="cy", prompt_id=row["id"])  # served: the next one comes
+        assert order == ["split", "fresh", "gap", "agreed"]
+        assert store.next_prompt("cy") is None
