@@ -6,6 +6,7 @@ over-training window."""
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -84,3 +85,37 @@ def test_evals_gate_a_full_fine_tune_against_its_base(full_round, tiny_model_dir
     conversation = [{"role": "user", "content": "write a poem 3"}]
     assert first["base"] == alone(tiny_model_dir, conversation).strip()  # the report keeps answers stripped
     assert first["candidate"] == alone(checkpoint.weights_dir, conversation).strip() != first["base"]
+
+
+def test_the_arena_serves_a_promoted_full_fine_tune_through_the_real_app(full_round, tiny_model_dir, tmp_path):
+    """/arena_generate on a real app whose promoted candidate is a full fine-tune: each side's answer is what
+    that model samples with the stored seed, and the comparison records the full model's fingerprint."""
+    from gradio_client import Client
+
+    from labeling.store import Store
+    from models.chat import end_at_last_sentence
+    from tests.test_browser import serving_app
+
+    data_dir = tmp_path / "data"
+    shutil.copytree(full_round / "f1", data_dir / "checkpoints" / "f1")
+    with Store(data_dir) as store:  # promoted: the Arena's default pair is base vs this candidate
+        store.record_promotion("f1", "admin", "", False)
+    with serving_app(data_dir, "--base-model", str(tiny_model_dir), "--dtype", "fp32",
+                     log=tmp_path / "app.log") as (url, _):
+        comparison_id, answer_a, answer_b = Client(url, verbose=False).predict(
+            QUESTION[0]["content"], 8, api_name="/arena_generate")
+    with Store(data_dir) as store:
+        stored = store.get_comparison(comparison_id)
+    checkpoint = list_checkpoints(data_dir / "checkpoints")[0]
+    assert {stored["model_a"], stored["model_b"]} == {"base", "f1"}
+    fingerprints = dict(zip((stored["model_a"], stored["model_b"]), (stored["adapter_a"], stored["adapter_b"])))
+    assert fingerprints["f1"] == checkpoint.fingerprint
+
+    p = stored["params"]
+    for i, (model, answer) in enumerate(zip((stored["model_a"], stored["model_b"]), (answer_a, answer_b))):
+        # row i of a request samples with seed + i; each model alone, loaded straight from its own dir
+        weights = tiny_model_dir if model == "base" else checkpoint.weights_dir
+        chat = ChatModel(*load_base(str(weights), dtype="fp32"))
+        params = SamplingParams(temperature=p["temperature"], top_p=p["top_p"], max_new_tokens=8, seed=p["seed"] + i)
+        *_, (text,) = chat.stream([QUESTION], [None], params)
+        assert answer == end_at_last_sentence(text)[0], model

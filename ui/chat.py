@@ -104,6 +104,19 @@ def clear():
     return [], [], [], [], ""
 
 
+def model_note(services: Services, model_left: str, model_right: str, request: gr.Request = None) -> str:
+    """Say what a full fine-tune costs before it is loaded: a whole second copy of the weights."""
+    if services.role_of(request) == "annotator":  # checkpoint names are for reviewers
+        return ""
+    notes = []
+    for checkpoint in services.checkpoints():
+        if checkpoint.full and checkpoint.round_id in (model_left, model_right):
+            size = sum(f.stat().st_size for f in checkpoint.weights_dir.glob("*.safetensors")) / 2**20
+            notes.append(f"**{checkpoint.round_id}** is a full fine-tune: serving it loads a second copy of the "
+                         f"weights ({size:,.0f} MB on disk) beside the base, and its rows decode in their own loop.")
+    return "\n\n".join(notes)
+
+
 def refresh_pickers(services: Services, model_left: str, model_right: str, request: gr.Request = None):
     if services.role_of(request) == "annotator":  # model names are for reviewers: the Arena is blind
         return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
@@ -123,6 +136,7 @@ def chat_tab(services: Services) -> None:
         # no value until refresh_pickers: it then defaults to the newest checkpoint (a set value would be kept)
         model_right = gr.Dropdown([BASE_CHOICE], value=None, label="Right model", scale=3)
         refresh = gr.Button("↻ Refresh checkpoints", scale=1, size="sm")
+    note = gr.Markdown(elem_id="chat-model-note")
     with gr.Accordion("System prompt per side (compare a prompt with a fine-tune)", open=False):
         with gr.Row():
             system_left = gr.Textbox(label="Left system prompt (replaces the shared one)", lines=2,
@@ -161,4 +175,7 @@ def chat_tab(services: Services) -> None:
     clear_button.click(clear, None, [*views, stats], api_visibility="private")
     refresh.click(bind(refresh_pickers, services), [model_left, model_right], [model_left, model_right],
                   api_visibility="private")
+    for picker in (model_left, model_right):
+        picker.change(bind(model_note, services), [model_left, model_right], note, api_visibility="private",
+                      queue=False)
     return model_left, model_right
