@@ -3,10 +3,14 @@
 
 Keeping the best held-out step and stopping early are transformers' own
 (`load_best_model_at_end`, `EarlyStoppingCallback`; see training/trainer.py).
+
+Under `accelerate launch` (or torchrun) every GPU runs the whole round; only the main process
+writes progress, so a rank other than 0 gets `Unwritten` files instead (see training/run.py).
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 from transformers import TrainerCallback
@@ -46,3 +50,26 @@ class Progress(TrainerCallback):
                  and isinstance(v, (int, float)) and "runtime" not in k and "per_second" not in k}
         self.files.event("eval", eval_loss=metrics.get("eval_loss"), **extra, **self._timing(state))
         self.files.say(f"step {state.global_step} held-out loss {metrics.get('eval_loss', float('nan')):.4f}")
+
+
+def is_main_process() -> bool:
+    """Global rank 0, or no launcher at all. Read from the environment that accelerate launch and torchrun
+    set before the process starts, so it is known before anything is loaded or written (accelerate's
+    PartialState would initialise the process group just to say so)."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+class Unwritten:
+    """ProgressFiles' writing side for the other ranks: they train, and rank 0 alone reports."""
+
+    def __init__(self, run_id: str):
+        self.run_id = run_id
+
+    def event(self, event: str, **fields) -> None:
+        pass
+
+    def say(self, message: str) -> None:
+        pass
+
+    def status(self, state: str, **fields) -> None:
+        pass

@@ -20,6 +20,7 @@ import re
 import resource
 import shutil
 import signal
+import tempfile
 import threading
 import time
 import traceback
@@ -29,7 +30,7 @@ from pathlib import Path
 
 from formats import ProgressFiles, now_iso, read_manifest
 from models.loading import ModelLoadError, adapter_fingerprint, resolve_base_model
-from training.callbacks import Progress
+from training.callbacks import Progress, Unwritten, is_main_process
 from training.config import RoundConfig
 from training.data import BadInput, file_sha256, load_corpus, load_snapshot, one_line, split_holdout
 from training.registry import remove_stale_temp_dirs, temp_dir_for
@@ -56,7 +57,8 @@ def default_round_id(method: str) -> str:
 
 def plan_steps(n_train: int, config: RoundConfig) -> int:
     """Optimizer steps for num_epochs over n_train rows, capped at max_steps (0 = no cap)."""
-    batches = -(-n_train // config.batch_size)
+    # under accelerate launch each of WORLD_SIZE ranks takes its own batch_size rows a step
+    batches = -(-n_train // (config.batch_size * int(os.environ.get("WORLD_SIZE", "1"))))
     per_epoch = -(-batches // config.grad_accum)
     steps = max(1, round(per_epoch * config.num_epochs))
     return min(steps, config.max_steps) if config.max_steps else steps
@@ -108,7 +110,8 @@ def run_round(config: RoundConfig, data_path: Path, checkpoints_dir: Path, *, ro
     final, tmp = checkpoints_dir / round_id, temp_dir_for(checkpoints_dir, round_id)
     if final.exists():  # checked before touching its logs, which belong to the finished round
         raise BadInput(f"checkpoint {final} already exists: pick another round id")
-    files = ProgressFiles(Path(log_dir) if log_dir else checkpoints_dir / ".runs" / round_id, round_id)
+    files = (ProgressFiles(Path(log_dir) if log_dir else checkpoints_dir / ".runs" / round_id, round_id)
+             if is_main_process() else Unwritten(round_id))  # other ranks (accelerate launch) train only
     files.status("running")
     previous = _set_handlers(_cancel)
     try:
@@ -151,8 +154,19 @@ def _claim(tmp: Path, files: ProgressFiles) -> None:
     (tmp / ".pid").write_text(str(os.getpid()))  # lets a later round tell a crashed temp dir from a live one
 
 
+def use_own_gpu() -> None:
+    """Under accelerate launch every rank loads the base onto "cuda", which is the current GPU: make that
+    the rank's own (LOCAL_RANK) before loading, or every rank's 4-bit weights land on GPU 0, where
+    accelerate refuses to train them."""
+    import torch
+
+    if "LOCAL_RANK" in os.environ and torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ["LOCAL_RANK"]))
+
+
 def _load(config: RoundConfig, cache_dir: Path, files: ProgressFiles):
     """(resolved base, init adapter or None, dtype, model, tokenizer, quantization that ran)."""
+    use_own_gpu()
     try:
         resolved = resolve_base_model(config.base_model, cache_dir)
         init = find_adapter(config.init_adapter) if config.init_adapter else None
@@ -169,7 +183,11 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
         config.validate()
     except ValueError as exc:
         raise BadInput(str(exc)) from exc
-    _claim(tmp, files)
+    main = is_main_process()
+    if main:  # the other ranks never create, own or sweep the temp dir: rank 0 publishes it alone
+        _claim(tmp, files)
+    # another rank's own datasets cache: rank 0's temp dir may not exist yet (removed with this frame, or below)
+    scratch = None if main else tempfile.TemporaryDirectory(prefix="round-rank-")
     files.say(f"round {files.run_id}: {config.method} on {data_path}")
     # what the store left out of this snapshot and why (lint errors, cut-off answers), read now:
     # a later snapshot with the same rows rewrites the manifest
@@ -177,7 +195,8 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     if config.method == "cpt":
         data = load_corpus(data_path, config.min_pairs)
     else:
-        data = load_snapshot(data_path, config.method, config.min_pairs, tmp / "datasets-cache")
+        data = load_snapshot(data_path, config.method, config.min_pairs,
+                             tmp / "datasets-cache" if scratch is None else Path(scratch.name))
     train, holdout = split_holdout(data, config.holdout_fraction, config.seed)
     resolved, init, dtype, model, tokenizer, quantization = _load(config, cache_dir, files)
     # full fine-tuning trains the loaded weights themselves; otherwise a LoRA adapter on top of them
@@ -216,6 +235,11 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
 
     before = trainer.evaluate()["eval_loss"] if config.method == "cpt" else None  # a fresh LoRA is the base
     trainer.train()  # ends with the best held-out step's weights loaded back
+    # every rank reads the best step from rank 0's temp dir; none may still be reading when rank 0 moves it
+    trainer.accelerator.wait_for_everyone()
+    if not main:
+        scratch.cleanup()
+        return final  # rank 0 writes the weights, round.json and the rename
     weights = save_weights(trainer.model, tokenizer, tmp, config.full)
     counts = {"n_train": n_train, "n_holdout": n_holdout, "n_dropped_too_long": dropped}
     metrics = {**round_metrics(trainer.state, max_steps, t0), **counts}

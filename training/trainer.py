@@ -158,7 +158,7 @@ class SaveEvery(TrainerCallback):
         self.every, self.steps_dir, self.tokenizer = every, Path(steps_dir), tokenizer
 
     def on_step_end(self, args, state, control, model=None, **kwargs):
-        if state.global_step % self.every == 0 and model is not None:
+        if state.global_step % self.every == 0 and model is not None and state.is_world_process_zero:  # rank 0 only
             out = self.steps_dir / f"step-{state.global_step}"
             if getattr(model, "peft_config", None):
                 model.save_pretrained(str(out), selected_adapters=["default"])
