@@ -117,7 +117,16 @@ class RemoteChat:
         return asyncio.run_coroutine_threadsafe(coroutine, self._loop)
 
     def close(self) -> None:
-        self._run(self._client.aclose()).result(timeout=CONNECT_S)
+        """End every request still streaming, then the loop (tests; the app's loop lives as long as it does)."""
+        async def shut():
+            rows = [task for task in asyncio.all_tasks() if task is not asyncio.current_task()]
+            for task in rows:
+                task.cancel()
+            await asyncio.gather(*rows, return_exceptions=True)
+            await self._client.aclose()
+            await self._loop.shutdown_asyncgens()
+
+        self._run(shut()).result(timeout=CONNECT_S)
         self._loop.call_soon_threadsafe(self._loop.stop)
 
     # ------------------------------------------------------------ adapters

@@ -142,6 +142,19 @@ def test_connect_finds_the_served_base_and_the_local_tokenizer(remote):
     assert remote.prompt_tokens(messages, "Be brief.") > remote.prompt_tokens(messages) > 2
 
 
+def test_without_a_local_tokenizer_the_start_line_says_the_length_check_is_off(backend, tmp_path):
+    from models.remote import RemoteChat
+
+    chat = RemoteChat.connect(backend.url, "nobody/not-on-this-machine", tmp_path / "cache")  # offline: no hub
+    try:
+        assert chat.local_tokenizer is None and "\n" not in chat.note
+        assert "prompt-length check with nobody/not-on-this-machine's tokenizer OFF" in chat.note
+        assert chat.prompt_tokens([{"role": "user", "content": "hello there"}]) == 0
+        assert len(chat.tokenizer("three words here")["input_ids"]) == 3  # Chat's stats count words, as said
+    finally:
+        chat.close()
+
+
 def test_base_and_adapter_rows_are_concurrent_requests_with_their_model_and_sampling(backend, remote, tmp_path):
     from models.chat import SamplingParams
 
