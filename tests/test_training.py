@@ -449,10 +449,11 @@ def test_gradient_checkpointing_follows_the_recipe_and_the_model_size(tiny_model
 
     model, _ = load_base(str(tiny_model_dir), dtype="fp32")
     size = sum(p.numel() for p in model.parameters())
-    assert trainer.use_checkpointing(RoundConfig(), model) is False  # a tiny model: speed wins
+    assert trainer.use_checkpointing(RoundConfig(load_in_4bit=False), model) is False  # a tiny model: speed wins
+    assert trainer.use_checkpointing(RoundConfig(), model) is True  # QLoRA: memory wins
     assert trainer.use_checkpointing(RoundConfig(gradient_checkpointing="on"), model) is True
     monkeypatch.setattr(trainer, "CHECKPOINTING_ABOVE", size - 1)  # as if it were a 7B model
-    assert trainer.use_checkpointing(RoundConfig(), model) is True
+    assert trainer.use_checkpointing(RoundConfig(load_in_4bit=False), model) is True
     assert trainer.use_checkpointing(RoundConfig(gradient_checkpointing="off"), model) is False
     assert load_recipe("dpo_qlora_7b").validate().gradient_checkpointing == "on"
 

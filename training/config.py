@@ -93,7 +93,8 @@ class RoundConfig:
                 "stops before training", "label": "Load the base in 4-bit (QLoRA)", "knob": True})
     # recomputes activations in the backward pass: ~30% slower steps, far less memory on big models
     gradient_checkpointing: str = field(default="auto", metadata={
-        "help": "recompute activations instead of keeping them: auto = on above 1B parameters",
+        "help": "recompute activations instead of keeping them: auto = on for 4-bit (QLoRA) rounds and "
+                "above 1B parameters",
         "choices": ("auto", "on", "off")})
     # bf16 is emulated, and slow, on most CPUs
     dtype: str = field(default="auto", metadata={

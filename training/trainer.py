@@ -100,9 +100,24 @@ CHECKPOINTING_ABOVE = 1_000_000_000  # parameters; below it a model's activation
 
 
 def use_checkpointing(config: RoundConfig, model) -> bool:
+    """auto: on for QLoRA (4-bit is asked for to save memory, and recomputing activations halves a DPO
+    step's peak on the embedded model: 1.89 -> 1.21 GB RSS) and above 1B parameters; off otherwise."""
     if config.gradient_checkpointing != "auto":
         return config.gradient_checkpointing == "on"
-    return sum(p.numel() for p in model.parameters()) > CHECKPOINTING_ABOVE
+    return config.load_in_4bit or sum(p.numel() for p in model.parameters()) > CHECKPOINTING_ABOVE
+
+
+# trl scores log-probs through the LM head in tiles of (tokens, this many vocabulary columns), never
+# materialising all the logits; its default of 32768 columns makes each fp32 temporary of a 4-pair batch
+# ~95 MB, and a few live at once. 8192 cut the default DPO round's peak RSS by ~0.4 GB at no measured cost.
+LOGPROB_VOCAB_TILE = 8192
+
+
+def narrow_logprob_tiles() -> None:
+    import trl.trainer.utils as trl_utils
+
+    if hasattr(trl_utils, "_CHUNKED_LOGPROB_CHUNK_SIZE"):  # private in trl 1.x: skip quietly if it moves
+        trl_utils._CHUNKED_LOGPROB_CHUNK_SIZE = LOGPROB_VOCAB_TILE
 
 
 def build_trainer(config: RoundConfig, model, tokenizer, train, holdout, out_dir: Path, max_steps: int,
@@ -133,6 +148,7 @@ def build_trainer(config: RoundConfig, model, tokenizer, train, holdout, out_dir
         # cpt: raw text, loss on every token, rows packed into max_length blocks (no padding wasted)
         args = Args(**common, loss_type=config.loss_type, packing=config.method == "cpt",
                     dataset_text_field="text")
+    narrow_logprob_tiles()
     callbacks = [progress]
     if config.save_every and steps_dir is not None:
         callbacks.append(SaveEvery(config.save_every, steps_dir, tokenizer))
