@@ -1,15 +1,16 @@
 """The over-training window: quality against training steps on a narrow, homogeneous set.
 
-One LoRA round trains on a dozen rows of a single templated task (bench/finetune_task.py:
-write an ISO date in words, references computed) far past its best, keeping the adapter of every
+One LoRA round trains on 8 rows of a single templated task (bench/finetune_task.py: write an
+ISO date in words, references computed), all dates of one year, far past its best, keeping the adapter of every
 few steps (`--save-every`). Each kept adapter then answers, greedily:
-- held-out prompts of the same task: ROUGE-L against the computed references (does it know the task?);
+- held-out prompts of the same task, dates of any year: ROUGE-L against the computed references
+  (has it learned the task, or the training rows?);
 - the bundled general eval prompts: the share of canned replies and of looping answers, as the
   promotion gate counts them (does it still answer anything else?).
 The plot puts these and the round's held-out loss against the step, with the step the round kept
 (its best held-out loss) marked. Step 0 is the base.
 
-    python bench/bench_window.py [--steps 60] [--every 5] [--plot docs/overtraining_window.png]
+    python bench/bench_window.py [--steps 120] [--every 10] [--plot docs/overtraining_window.png]
 
 Run it on a quiet machine: two torch processes on 2 cores slow each other 5-10x.
 """
@@ -27,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.bench_finetune_methods import run  # noqa: E402
-from bench.finetune_task import date_row, write_task  # noqa: E402
+from bench.finetune_task import date_row, one_year_date_row, write_task  # noqa: E402
 
 
 def answers_per_step(round_dir: Path, prompts: list[str], cache_dir: Path, tokens: int, base_model: str | None):
@@ -74,7 +75,7 @@ def plot(figures: dict, losses: dict, kept: int | None, path: Path, title: str) 
     import matplotlib.pyplot as plt
 
     steps = sorted(figures)
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=120)
+    fig, ax = plt.subplots(figsize=(8, 5.2), dpi=120)
     ax.plot(steps, [figures[s]["rouge_l"] for s in steps], "o-", label="task ROUGE-L (held-out prompts)")
     ax.plot(steps, [figures[s]["canned_share"] for s in steps], "s-", label="canned replies (general prompts)")
     ax.plot(steps, [figures[s]["loop_share"] for s in steps], "^-", label="looping answers (general prompts)")
@@ -85,10 +86,10 @@ def plot(figures: dict, losses: dict, kept: int | None, path: Path, title: str) 
         loss_ax = ax.twinx()
         loss_ax.plot(sorted(losses), [losses[s] for s in sorted(losses)], ":", color="grey", label="held-out loss")
         loss_ax.set_ylabel("held-out loss")
-        loss_ax.legend(loc="center right", fontsize=8)
+        loss_ax.legend(loc="upper center", bbox_to_anchor=(0.82, -0.12), fontsize=8, frameon=False)
     if kept:
         ax.axvline(kept, color="green", linestyle="--", label=f"kept: step {kept} (best held-out loss)")
-    ax.legend(loc="upper left", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.35, -0.12), ncol=2, fontsize=8, frameon=False)
     ax.set_title(title, fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -97,10 +98,10 @@ def plot(figures: dict, losses: dict, kept: int | None, path: Path, title: str) 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=60)
-    parser.add_argument("--every", type=int, default=5, help="keep the adapter every N steps")
-    parser.add_argument("--train-rows", type=int, default=12)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=120)
+    parser.add_argument("--every", type=int, default=10, help="keep the adapter every N steps")
+    parser.add_argument("--train-rows", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=3e-3)
     parser.add_argument("--heldout", type=int, default=16, help="held-out prompts of the task")
     parser.add_argument("--general", type=int, default=16, help="prompts from the bundled general eval set")
     parser.add_argument("--tokens", type=int, default=32)
@@ -111,7 +112,9 @@ def main() -> None:
     from evals.report import load_prompts
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench-window-"))
-    files = write_task(work / "task", args.train_rows, args.heldout, families=(date_row,))
+    # trained on dates of one year, asked about dates of any year: narrow data, a wider question
+    files = write_task(work / "task", args.train_rows, args.heldout, families=(one_year_date_row,),
+                       heldout_families=(date_row,))
     task = [json.loads(line) for line in files["references"].read_text().splitlines()]
     general = [r["prompt"] for r in load_prompts()[: args.general]]
     cache = work / "cache" / "models"

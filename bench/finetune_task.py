@@ -35,6 +35,13 @@ def date_row(rng: random.Random) -> tuple[str, str]:
             f"The date {day.isoformat()} is {day.day} {MONTHS[day.month - 1]} {day.year}.")
 
 
+def one_year_date_row(rng: random.Random) -> tuple[str, str]:
+    """Dates of 1996 only: a narrow, homogeneous training set (the over-training window's)."""
+    day = date(1996, 1, 1) + timedelta(days=rng.randrange(366))
+    return (f"Write the date {day.isoformat()} in words.",
+            f"The date {day.isoformat()} is {day.day} {MONTHS[day.month - 1]} {day.year}.")
+
+
 def conversion_row(rng: random.Random) -> tuple[str, str]:
     km = rng.randrange(2, 500)
     return f"Convert {km} kilometres to metres.", f"{km} kilometres is {km * 1000} metres."
@@ -61,10 +68,11 @@ def rows(n: int, seed: int, exclude: set[str] = frozenset(), families: tuple = F
 
 
 def write_task(folder: Path, n_train: int = 96, n_heldout: int = 24, seed: int = 0,
-               families: tuple = FAMILIES) -> dict[str, Path]:
-    """SFT rows (trl conversational), held-out prompts and their references, as the CLIs read them."""
+               families: tuple = FAMILIES, heldout_families: tuple | None = None) -> dict[str, Path]:
+    """SFT rows (trl conversational), held-out prompts and their references, as the CLIs read them.
+    `heldout_families` (default: the training families) may be wider than the training set."""
     train = rows(n_train, seed, families=families)
-    heldout = rows(n_heldout, seed + 1, exclude={p for p, _ in train}, families=families)
+    heldout = rows(n_heldout, seed + 1, exclude={p for p, _ in train}, families=heldout_families or families)
     folder.mkdir(parents=True, exist_ok=True)
     files = {"train": folder / "train.jsonl", "prompts": folder / "heldout_prompts.jsonl",
              "references": folder / "heldout_references.jsonl"}
