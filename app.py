@@ -59,7 +59,9 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             with gr.Tab("Annotators", id="annotators") as annotators_page:
                 annotators_outputs = annotators.annotators_tab(services)
                 review_outputs = review.review_section(services)  # reviewers exclude votes from training
-        private = dict(api_visibility="private")
+        # page loads and tab refreshes are quick reads: no concurrency
+        # limit, so they never wait for a worker slot behind each other or behind generation
+        private = dict(api_visibility="private", concurrency_limit=None)
 
         def load_progress(request: gr.Request) -> str:
             return arena.progress_text(services, annotator_of(request))
@@ -93,8 +95,9 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         demo.load(evals_refresh, evals_picker, evals_outputs, **private)
         evals_page.select(evals_refresh, evals_picker, evals_outputs, **private)
     # Generation handlers only feed the shared decode loop (models/scheduler.py), which batches
-    # them, so many run at once; votes and page refreshes are short and thread-safe (the store
-    # serialises writes itself). max_size bounds the waiting line: past it a client is told the
+    # them, so many run at once; votes, undo and page refreshes are short and thread-safe (the store
+    # serialises writes itself) and set concurrency_limit=None, so only gradio's thread pool bounds
+    # them. max_size bounds the waiting line: past it a client is told the
     # app is busy instead of piling up work that nobody will wait for.
     demo.queue(default_concurrency_limit=HANDLER_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
     return demo

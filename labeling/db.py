@@ -78,8 +78,10 @@ class Database:
     def write(self, then: Callable[[], None] | None = None):
         """The connection inside BEGIN ... COMMIT, under the writer lock; any exception rolls back.
 
-        `then` runs after the COMMIT returned, still under the lock, so what it does (the journal)
-        happens in commit order; if it raises, the data is committed all the same."""
+        `then` runs after the COMMIT returned and the lock was released, so its slow part (the
+        journal's fsync, shared by the writes that arrive together) does not hold up the next
+        writer; if it raises, the data is committed all the same. The journal's order is not
+        commit order then, and need not be: its records carry times taken inside the transaction."""
         if self.read_only:
             raise RuntimeError("store was opened read-only")
         with self._lock:
@@ -97,8 +99,8 @@ class Database:
                 raise
             finally:
                 self.writes += 1  # under the lock; counting a rolled-back one too only costs a cache miss
-            if then is not None:
-                then()
+        if then is not None:
+            then()
 
     def cursor(self):
         """This thread's cursor: DuckDB connections must not be shared across threads."""

@@ -5,7 +5,8 @@ one that survives losing that file (a Space without persistent disk, a dead disk
 - one segment per process, `segment-<utc start>-<pid>-<uuid8>.jsonl`, so two processes, or an
   uploader copying the folder away, never write to the same file;
 - a segment is only ever appended to: one JSON line per record, flushed and fsynced before the
-  write is acknowledged, so a vote the app acknowledged is in the journal;
+  write is acknowledged, so a vote the app acknowledged is in the journal (writes that arrive
+  together share one fsync: `Journal.append`);
 - a record is `{"type": prompt|comparison|vote|undo|promotion|exclusion|guideline, "id": ..., "at": UTC ISO time,
   "row": {column: value}}`, the row whole, so rows can be rebuilt without the database.
 
@@ -43,7 +44,12 @@ def record(kind: str, row_id, row: dict) -> dict:
 
 
 class Journal:
-    """This process's segment in `directory`; the file is created on the first record."""
+    """This process's segment in `directory`; the file is created on the first record.
+
+    Group commit: lines are written in call order under a short lock, and one fsync covers every
+    line written before it started, so votes arriving together share one fsync instead of queueing
+    for one each. `append` returns only once an fsync that began after its own write has succeeded.
+    """
 
     def __init__(self, directory):
         self.directory = Path(directory)
@@ -51,6 +57,13 @@ class Journal:
         self.path = self.directory / f"segment-{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.jsonl"
         self._file = None
         self._lock = threading.Lock()
+        self._synced_or_failed = threading.Condition(self._lock)
+        self._written = 0  # appends written to the file so far (numbered 1, 2, ...)
+        self._synced = 0  # appends up to this one are on disk
+        self._failed = 0  # appends up to this one met a failed fsync: they are not known to be on disk
+        self._failure: BaseException | None = None
+        self._syncing = False  # one fsync at a time; the others wait for it, then one syncs for all
+        self.fsyncs = 0
 
     def append(self, records: list[dict]) -> None:
         """Write `records` and fsync them: when this returns they survive a crash or power loss."""
@@ -63,11 +76,36 @@ class Journal:
                 self._file = open(self.path, "ab")
                 _fsync_dir(self.directory)  # the new file's name must be durable too, not only its bytes
             self._file.write(data)
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            self._file.flush()  # in the OS before any fsync that starts from now on
+            self._written += 1
+            mine = self._written
+            while True:
+                # failure first: after a failed fsync the kernel may have dropped those pages, and a
+                # later fsync that succeeds says nothing about them
+                if self._failed >= mine:
+                    raise OSError(f"the journal {self.path} could not be synced to disk: {self._failure}")
+                if self._synced >= mine:
+                    return
+                if not self._syncing:
+                    break  # this thread syncs, for itself and every line written before it starts
+                self._synced_or_failed.wait()
+            self._syncing, covers, fd = True, self._written, self._file.fileno()
+        try:
+            os.fsync(fd)  # outside the lock: the next lines are written meanwhile, for the next fsync
+        except BaseException as exc:  # whatever it was, the waiters must not wait for this fsync forever
+            with self._lock:
+                self._syncing, self._failed, self._failure = False, self._written, exc
+                self._synced_or_failed.notify_all()
+            raise
+        with self._lock:
+            self._syncing, self._synced = False, covers
+            self.fsyncs += 1
+            self._synced_or_failed.notify_all()
 
     def close(self) -> None:
         with self._lock:
+            while self._syncing:  # not under a running fsync
+                self._synced_or_failed.wait()
             if self._file is not None:
                 self._file.close()
                 self._file = None

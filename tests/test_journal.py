@@ -4,8 +4,10 @@ while the app holds the database (labeling/journal.py, Store.restore_from_journa
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -233,3 +235,89 @@ def test_votes_through_the_api_export_while_the_app_runs_and_come_back_once_afte
     with Store(data_dir) as store:
         votes = [r["comparison_id"] for r in store.labeled_rows()]
     assert sorted(votes) == sorted(ids)  # each once
+
+
+REAL_FSYNC = os.fsync
+
+
+class SlowDisk:
+    """labeling.journal's os.fsync, recording what each completed fsync made durable: the file's bytes
+    when it started (lines written after that are not covered by it). The first fsync does not return
+    until `followers` other writers have written and queued behind it, so they must share the next one."""
+
+    def __init__(self, journal_: journal.Journal, followers: int):
+        self.journal, self.followers = journal_, followers
+        self.durable = b""  # the bytes every completed fsync covers
+        self.calls = 0
+        self.queued = threading.Semaphore(0)
+        waits = journal_._synced_or_failed.wait
+        lock = threading.Lock()
+
+        def counted_wait(*args, **kwargs):  # a writer has written its line and now waits for an fsync
+            self.queued.release()
+            return waits(*args, **kwargs)
+
+        journal_._synced_or_failed.wait = counted_wait
+        self._lock = lock
+
+    def fsync(self, fd: int) -> None:
+        with self._lock:
+            self.calls += 1
+            first = self.calls == 1
+        covered = self.journal.path.read_bytes()
+        REAL_FSYNC(fd)
+        if first:  # a slow disk: the others write while it runs (a timeout only so a broken build fails, not hangs)
+            assert all(self.queued.acquire(timeout=60) for _ in range(self.followers)), "writers never queued up"
+        with self._lock:
+            self.durable = max(self.durable, covered, key=len)
+
+
+def test_concurrent_votes_share_fsyncs_and_each_is_acknowledged_only_once_on_disk(data_dir, monkeypatch):
+    """Group commit: votes cast together share an fsync, outside the database's writer lock, and a vote
+    returns (is acknowledged) only after an fsync that began after its line was written."""
+    voters = 12
+    store = Store(data_dir, journal_dir=data_dir / "journal")
+    ids = [store.add_comparison([{"role": "user", "content": f"q{i}"}], "a", "b", "base", "r1", None, "fp", {}, "setup")
+           for i in range(voters + 1)]
+    disk = SlowDisk(store.journal, followers=voters)
+    monkeypatch.setattr(journal.os, "fsync", disk.fsync)
+    uncovered, errors = [], []
+
+    def cast(comparison_id: str, annotator: str) -> None:
+        try:
+            result = store.record_vote(comparison_id, annotator, "a")
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+            return
+        if result.vote_id.encode() not in disk.durable:  # acknowledged now: its line must be on disk now
+            uncovered.append(result.vote_id)
+
+    first = threading.Thread(target=cast, args=(ids[0], "first"))
+    first.start()  # its fsync waits until every other voter has written and queued behind it
+    others = [threading.Thread(target=cast, args=(cid, f"voter{i}")) for i, cid in enumerate(ids[1:])]
+    for thread in others:
+        thread.start()
+    for thread in [first, *others]:
+        thread.join(timeout=120)
+    store.close()
+    assert not errors, errors
+    assert not uncovered, f"{len(uncovered)} votes acknowledged before an fsync covered them"
+    assert disk.calls == 2, f"{voters + 1} concurrent votes took {disk.calls} fsyncs"  # the first, then all the rest
+    records, _ = journal.read(data_dir / "journal")
+    assert sum(r["type"] == "vote" for r in records) == voters + 1
+
+
+def test_a_failed_fsync_fails_every_write_it_would_have_covered(tmp_path, monkeypatch):
+    log = journal.Journal(tmp_path / "journal")
+    log.append([journal.record("vote", "v0", {})])
+
+    def broken(fd):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(journal.os, "fsync", broken)
+    with pytest.raises(OSError, match="Input/output error"):
+        log.append([journal.record("vote", "v1", {})])
+    monkeypatch.undo()
+    log.append([journal.record("vote", "v2", {})])  # the disk is back: later writes are acknowledged again
+    log.close()
+    assert [r["id"] for r in journal.read(tmp_path / "journal")[0]] == ["v0", "v1", "v2"]

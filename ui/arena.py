@@ -492,13 +492,16 @@ def arena_tab(services: Services) -> None:
     import_button.click(bind(import_prompts, services), prompt_file, progress, **private)
     save_guidelines_button.click(bind(save_guidelines, services), guidelines_editor, [guidelines, guidelines_note],
                                  **private)
+    # Votes and undos are quick and thread-safe (the store serialises its writes), so they never
+    # wait for a worker slot behind each other: no concurrency limit.
+    quick = dict(private, concurrency_limit=None)
     for key, button in zip(CHOICES, buttons):
         # Lock all four buttons in the browser first, so a double click cannot send twice;
         # the store's unique keys make a replay harmless anyway.
         button.click(lambda: vote_buttons(False), None, buttons, queue=False, **private).then(
-            bind(vote, services, key), [state, better], [state, reveal, progress, better, *buttons], **private
+            bind(vote, services, key), [state, better], [state, reveal, progress, better, *buttons], **quick
         )
-    undo_button.click(bind(undo, services), state, [state, reveal, progress, *buttons], **private)
+    undo_button.click(bind(undo, services), state, [state, reveal, progress, *buttons], **quick)
     from_a.click(partial(copy_answer, side="a"), state, better, **private)
     from_b.click(partial(copy_answer, side="b"), state, better, **private)
 
@@ -525,6 +528,6 @@ def arena_tab(services: Services) -> None:
             raise gr.Error(f"not undone: {exc}") from exc
 
     gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
-    gr.api(arena_vote, api_name="arena_vote")
-    gr.api(arena_undo, api_name="arena_undo")
+    gr.api(arena_vote, api_name="arena_vote", concurrency_limit=None)
+    gr.api(arena_undo, api_name="arena_undo", concurrency_limit=None)
     return progress, admin_panel, model_x, model_y, [controls[0], controls[1], controls[2], controls[4]], overlap
