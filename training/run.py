@@ -209,9 +209,13 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     if not n_train or not n_holdout:
         raise BadInput(f"every {'training' if not n_train else 'held-out'} row has a prompt longer than "
                        f"max_length={config.max_length} tokens: raise --max-length")
-    dropped = len(train) + len(holdout) - n_train - n_holdout
+    # CPT packs its chunks into max_length blocks, so fewer rows than chunks is packing, not dropping
+    packed = config.method == "cpt"
+    dropped = 0 if packed else len(train) + len(holdout) - n_train - n_holdout
     max_steps = trainer.args.max_steps = plan_steps(n_train, config)
-    files.say(f"{n_train} training rows, {n_holdout} held out"
+    files.say(f"{n_train} training {'blocks' if packed else 'rows'}, {n_holdout} held out"
+              + (f" (packed from {len(train)} + {len(holdout)} chunks into {config.max_length}-token blocks)"
+                 if packed else "")
               + (f" ({dropped} dropped: prompt longer than max_length)" if dropped else "")
               + f", {max_steps} steps, quantization {quantization}")
     info = {

@@ -51,7 +51,10 @@ def corpus_summary(services: Services) -> tuple[str, str | None]:
     summary = (f"**Corpus**: {len(files)} files, {sum(f.stat().st_size for f in files) / 1024:.0f} KiB → "
                f"**{len(chunks)} chunks** (a tenth held out for perplexity before and after).")
     min_rows = recipe_min_rows("cpt")
-    return summary, None if len(chunks) >= min_rows else f"{len(chunks)} chunks; a CPT round needs {min_rows}."
+    return summary, None if len(chunks) >= min_rows else (
+        f"{len(chunks)} chunks; a CPT round needs {min_rows}. A chunk is a paragraph group of up to 2000 "
+        "characters: upload more text (or more, smaller files), or train from the command line with "
+        "--min-pairs lowered.")
 
 
 def save_corpus(services: Services, uploads, request: gr.Request = None) -> str:
