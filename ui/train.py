@@ -350,7 +350,11 @@ def knob_component(f, value, method: str):
     if kind is bool:
         return gr.Checkbox(value=value, label=label, info=info)
     if f.name == "loss_type":  # its help lists every loss of both methods; the dropdown shows this method's
-        return gr.Dropdown(LOSSES[method], value=value, label=label, min_width=160, elem_id="knob-loss_type")
+        # allow_custom_value: switching the method swaps this list, and the summary events that fire meanwhile
+        # still carry the old method's loss, which gradio refused with an error toast per event;
+        # RoundConfig.validate still refuses a loss that does not fit the method when a round starts
+        return gr.Dropdown(LOSSES[method], value=value, label=label, min_width=160, elem_id="knob-loss_type",
+                           allow_custom_value=True)
     return gr.Number(value=value, label=label, info=info, minimum=meta.get("min"), maximum=meta.get("max"),
                      precision=0 if kind is int else None, min_width=160, elem_id=f"knob-{f.name}")
 
