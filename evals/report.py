@@ -84,10 +84,13 @@ def add_baseline(report: dict, name: str, prompts: list[str], base_answers: list
         check[name] = other["checks"][check_name]["candidate"]
         check[f"beats_{name}"] = wins[check_name] = beats(check_name, check["candidate"], check[name])
     decided = {check_name: won for check_name, won in wins.items() if won is not None}
+    ties = sum(1 for check_name, check in report["checks"].items()
+               if check_name in decided and check["candidate"] == check[name])
     report[name] = {
         **about,
         "beats": wins,
         "summary": f"the candidate beats the {BASELINES[name]} on {sum(decided.values())} of {len(decided)} checks"
+                   + (f" ({ties} tied)" if ties else "")
                    + ("" if "rouge_l" not in decided else
                       f"; ROUGE-L {'beats' if decided['rouge_l'] else 'does not beat'} it"),
         "flagged_against_base": other["flagged"],  # what the gate would say of the baseline itself

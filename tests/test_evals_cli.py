@@ -266,6 +266,13 @@ def test_prompted_base_verdicts_follow_each_checks_direction():
     worse = build_report(prompts, base, prompted, references)
     add_prompted_base(worse, prompts, base, candidate, "be helpful", references)  # roles swapped
     assert worse["checks"]["rouge_l"]["beats_prompted_base"] is False
+    # 0 empty answers on both sides is a tie: shown and summarised as one, not as a loss
+    from ui.evals import checks_frame
+
+    assert report["checks"]["empty_answers"]["beats_prompted_base"] is False
+    assert checks_frame(report).set_index("check").loc["empty_answers", "vs prompted base"] == "= tie"
+    assert checks_frame(worse).set_index("check").loc["rouge_l", "vs prompted base"] == "❌ does not beat it"
+    assert "tied)" in report["prompted_base"]["summary"]
 
 
 def test_the_baseline_system_prompt_reaches_the_model(tiny_model_dir):

@@ -32,6 +32,14 @@ def note(check: dict) -> str:
 BEATS = {True: "✅ beats it", False: "❌ does not beat it", None: "–"}
 
 
+def versus(check: dict, baseline: str) -> str:
+    """Whether the candidate beats a baseline on one check; an equal figure is a tie, not a loss."""
+    won = check.get(f"beats_{baseline}")
+    if won is False and check.get("candidate") == check.get(baseline):
+        return "= tie"
+    return BEATS[won]
+
+
 def checks_frame(report: dict | None) -> pd.DataFrame:
     """One row per check; each baseline in the report (prompted base, retrieval base) joins as two
     columns: its figure and whether the candidate beats it."""
@@ -46,7 +54,7 @@ def checks_frame(report: dict | None) -> pd.DataFrame:
             "base": number(check.get("base")),
             "candidate": number(check.get("candidate")),
             **{label: number(check.get(key)) for key, label in baselines.items()},
-            **{f"vs {label}": BEATS[check.get(f"beats_{key}")] for key, label in baselines.items()},
+            **{f"vs {label}": versus(check, key) for key, label in baselines.items()},
             "note": note(check),
         }
         for name, check in report.get("checks", {}).items()
