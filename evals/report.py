@@ -188,7 +188,7 @@ def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, m
 
 
 def generate_base(chat, conversations: list[list[dict]], *, batch_size: int, max_new_tokens: int,
-                  system_prompt: str = "") -> list[str]:
+                  system_prompt: str = "", progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Greedy base answers to `conversations` (a baseline's), `batch_size` x 2 rows a batch."""
     from models.chat import SamplingParams
 
@@ -201,14 +201,24 @@ def generate_base(chat, conversations: list[list[dict]], *, batch_size: int, max
         texts = chat.generate([conversations[i] for i in chunk], [None] * len(chunk), params)
         for i, text in zip(chunk, texts):
             answers[i] = text.strip()
+        if progress:
+            progress(start + len(chunk), len(conversations))
     return answers
 
 
 def generate_prompted(chat, prompts: list[str], system_prompt: str, *, batch_size: int,
-                      max_new_tokens: int) -> list[str]:
+                      max_new_tokens: int, progress: Callable[[int, int], None] | None = None) -> list[str]:
     """Greedy base answers with `system_prompt` (the prompted-base baseline)."""
     return generate_base(chat, [[{"role": "user", "content": p}] for p in prompts], batch_size=batch_size,
-                         max_new_tokens=max_new_tokens, system_prompt=system_prompt)
+                         max_new_tokens=max_new_tokens, system_prompt=system_prompt, progress=progress)
+
+
+def passes_progress(progress: Callable[[int, int], None] | None, passes: int, n: int):
+    """One progress bar over several passes of n prompts (the pairs, then each baseline): pass k reports as
+    k * n + done of passes * n, so the bar does not sit at "n/n" while a baseline decodes."""
+    if progress is None:
+        return lambda k: None
+    return lambda k: (lambda done, _total: progress(k * n + done, passes * n))
 
 
 def base_cache_file(cache_dir: Path, base_name: str, prompts: list[str], max_new_tokens: int,
@@ -283,8 +293,9 @@ def run_eval(
         Path(cache_dir), str(base_model or chat.base_name), prompts, max_new_tokens, weights_dtype
     )
     cached = read_base_cache(cache_file, len(prompts)) if use_base_cache else None
+    passes = passes_progress(progress, 1 + bool(baseline_system_prompt) + bool(index), len(prompts))
     base, candidate = generate_pairs(
-        chat, name, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=progress,
+        chat, name, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=passes(0),
         base_answers=cached,
     )
     if use_base_cache and cached is None:
@@ -292,11 +303,12 @@ def run_eval(
     prompted = None
     if baseline_system_prompt:
         prompted = generate_prompted(chat, prompts, baseline_system_prompt, batch_size=batch_size,
-                                     max_new_tokens=max_new_tokens)
+                                     max_new_tokens=max_new_tokens, progress=passes(1))
     retrieved = [retrieval.augment([{"role": "user", "content": p}], index) for p in prompts] if index else None
     if retrieved:
         retrieval_answers = generate_base(chat, [c for c, _ in retrieved], batch_size=batch_size,
-                                          max_new_tokens=max_new_tokens)
+                                          max_new_tokens=max_new_tokens,
+                                          progress=passes(1 + bool(baseline_system_prompt)))
     generated = time.perf_counter()
 
     references = [r["reference"] for r in rows]

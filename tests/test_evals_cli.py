@@ -290,3 +290,15 @@ def test_the_baseline_system_prompt_reaches_the_model(tiny_model_dir):
     chat.generate = spy
     answers = generate_prompted(chat, EVAL_PROMPTS[:5], "You are a terse pirate.", batch_size=1, max_new_tokens=4)
     assert len(answers) == 5 and seen == [(2, "You are a terse pirate.", 0.0)] * 2 + [(1, "You are a terse pirate.", 0.0)]
+
+
+def test_one_progress_bar_spans_the_pairs_and_each_baseline():
+    from evals.report import passes_progress
+
+    seen = []
+    passes = passes_progress(lambda done, total: seen.append((done, total)), 3, 5)
+    passes(0)(5, 5)  # the pairs finished
+    passes(1)(2, 5)  # the prompted base under way: the bar moves on instead of sitting at 5/5
+    passes(2)(5, 5)
+    assert seen == [(5, 15), (7, 15), (15, 15)]
+    passes_progress(None, 2, 5)(1)  # no bar: nothing to call
