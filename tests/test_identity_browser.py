@@ -20,6 +20,7 @@ pytestmark = [
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)"),
 ]
 USERS = {"ann": "ann-secret", "bob": "bob-secret"}
+FIRST_GUIDELINES = "Be kind."
 GUIDELINES = "## How to vote\nPrefer the answer that is correct; if both are, the shorter one."
 
 
@@ -31,6 +32,10 @@ def login_app(tmp_path_factory, tiny_model_dir, trained_checkpoint):
     shutil.copytree(trained_checkpoint, data_dir / "checkpoints" / trained_checkpoint.name)  # one to promote
     auth = data_dir / "users.txt"
     auth.write_text("".join(f"{user}:{password}\n" for user, password in USERS.items()))
+    from labeling.store import Store
+
+    with Store(data_dir) as store:  # a first version: the test sees it arrive in the editor before typing
+        store.save_guidelines(FIRST_GUIDELINES, "bob")
     with serving_app(data_dir, "--auth-file", str(auth), "--base-model", str(tiny_model_dir),
                      log=data_dir / "app.log") as (url, process):
         yield url, data_dir, process
@@ -63,6 +68,9 @@ def test_each_logged_in_user_votes_under_their_own_name(browser, login_app):
         wait_text(page, "#arena-progress", f"{user} · labeled today: 0")  # the greeting names the user
     bob = sessions["bob"][1]  # an admin writes the labeling guidelines in the Arena's admin panel
     bob.get_by_text("Models compared (admins)").click()
+    # opening the panel loads the saved text into the editor; typing before it lands would be replaced
+    bob.wait_for_function("text => document.querySelector('#arena-guidelines-editor textarea')?.value === text",
+                          arg=FIRST_GUIDELINES)
     bob.fill("#arena-guidelines-editor textarea", GUIDELINES)
     bob.click("#arena-guidelines-save")
     wait_text(bob, "#arena-guidelines-note", f"Saved: version {version_of(GUIDELINES)}")

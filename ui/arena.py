@@ -375,6 +375,12 @@ def guidelines_text(services) -> str:
     return current["text"] if current else ""
 
 
+def guidelines_for_admin(services, request: gr.Request = None) -> str:
+    """The editor's text when an admin opens the panel: the guidelines in force."""
+    services.require(request, "admin")
+    return guidelines_text(services)
+
+
 def save_guidelines(services, text, request: gr.Request = None):
     """Admins: make `text` (Markdown) the guidelines; later votes record its version. Outputs: view, note."""
     editor = services.require(request, "admin")
@@ -474,7 +480,9 @@ def arena_tab(services: Services) -> None:
                                 label="Share of queued prompts labeled by two annotators (%), for agreement")
             overlap_note = gr.Markdown()
         # everyone's page carries the text (annotators read it anyway); only an admin's save is accepted
-        guidelines_editor = gr.Textbox(lambda: guidelines_text(services), lines=8, max_length=50_000,
+        # filled when the panel opens, not per page load: a page-load value arriving after an admin began
+        # typing replaced the edit, and Save stored an empty text (seen in the identity browser test)
+        guidelines_editor = gr.Textbox("", lines=8, max_length=50_000,
                                        label="Labeling guidelines (Markdown), shown to annotators beside the Arena",
                                        elem_id="arena-guidelines-editor")
         with gr.Row():
@@ -492,6 +500,7 @@ def arena_tab(services: Services) -> None:
     import_button.click(bind(import_prompts, services), prompt_file, progress, **private)
     save_guidelines_button.click(bind(save_guidelines, services), guidelines_editor, [guidelines, guidelines_note],
                                  **private)
+    admin_panel.expand(bind(guidelines_for_admin, services), None, guidelines_editor, **private)
     # Votes and undos are quick and thread-safe (the store serialises its writes), so they never
     # wait for a worker slot behind each other: no concurrency limit.
     quick = dict(private, concurrency_limit=None)
