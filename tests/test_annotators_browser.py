@@ -51,6 +51,11 @@ def label_new(page, key: str) -> list[str]:
     page.wait_for_function("() => document.querySelector('#arena-prompt textarea').value.length > 0")
     page.click("#arena-generate")
     page.wait_for_selector("#vote-a:not([disabled])", timeout=60_000)
+    return vote_on_shown(page, key)
+
+
+def vote_on_shown(page, key: str) -> list[str]:
+    """Read both answers on screen, vote with the keyboard shortcut, wait until it is saved."""
     shown = answers(page)
     page.keyboard.press(key)
     wait_text(page, "#arena-reveal", "Vote saved")
@@ -61,10 +66,7 @@ def label_shared(page, key: str) -> list[str]:
     """Take the next queued task, which is someone else's comparison: its answers appear at once."""
     page.click("#arena-next")
     page.wait_for_selector("#vote-a:not([disabled])", timeout=30_000)
-    shown = answers(page)
-    page.keyboard.press(key)
-    wait_text(page, "#arena-reveal", "Vote saved")
-    return shown
+    return vote_on_shown(page, key)
 
 
 def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement(browser, team_app):
