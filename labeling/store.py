@@ -24,6 +24,7 @@ from formats import (
 )
 from labeling import agreement, journal, pairs, review
 from labeling.db import Database, StoreLocked, StoreWriteError, utc_now as _now
+from labeling.group_commit import GroupCommit
 
 __all__ = ["DB_NAME", "MIGRATIONS", "Store", "StoreLocked", "StoreWriteError", "VoteResult"]
 
@@ -31,6 +32,16 @@ DB_NAME = "preferences.duckdb"
 COMPARISON_ID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")  # uuid4, as stored
 MAX_BETTER_ANSWER_CHARS = 20_000
 UNDO_WINDOW_S = 300  # an annotator may take back their own vote this long after casting it
+
+
+@dataclass(frozen=True)
+class _VoteRequest:  # a checked vote on its way to the writer
+    comparison_id: str
+    annotator: str
+    choice: str
+    better_answer: str | None
+    idempotency_key: str | None
+    time_spent_s: float | None
 
 
 @dataclass(frozen=True)
@@ -154,6 +165,7 @@ class Store:
         self.journal = journal.Journal(journal_dir) if journal_dir is not None else None
         self._report_lock = threading.Lock()  # two page loads at once compute the report once
         self._report: tuple[tuple[int, int], pairs.TrainingDataReport] | None = None
+        self._votes = GroupCommit(self._write_votes)  # votes arriving together share one transaction
 
     @classmethod
     def from_journal(cls, journal_dir) -> tuple[Store, dict]:
@@ -178,17 +190,16 @@ class Store:
         finds the row and journals it again, and restore keys rows by id, so duplicates are harmless.
         """
         records: list[dict] = []
-
-        def append() -> None:
-            if self.journal is not None and records:
-                try:
-                    self.journal.append(records)
-                except OSError as exc:
-                    raise StoreWriteError(f"saved in the database but not in the journal {self.journal.directory} "
-                                          f"({exc}); try again once it is writable") from exc
-
-        with self._db.write(then=append) as db:
+        with self._db.write(then=lambda: self._append_journal(records)) as db:
             yield db, records
+
+    def _append_journal(self, records: list[dict]) -> None:
+        if self.journal is not None and records:
+            try:
+                self.journal.append(records)
+            except OSError as exc:
+                raise StoreWriteError(f"saved in the database but not in the journal {self.journal.directory} "
+                                      f"({exc}); try again once it is writable") from exc
 
     def __enter__(self):
         return self
@@ -241,24 +252,67 @@ class Store:
         if time_spent_s is not None and not (isinstance(time_spent_s, (int, float)) and math.isfinite(time_spent_s)
                                              and time_spent_s >= 0):
             raise ValueError("time_spent_s must be a non-negative number")
-        columns = ", ".join(JOURNALED["vote"][1])
-        with self._write() as (db, journaled):
+        return self._votes.submit(_VoteRequest(comparison_id, annotator, choice, better_answer, idempotency_key,
+                                               time_spent_s))
+
+    def _write_votes(self, requests: list[_VoteRequest]):
+        """GroupCommit's writer: the votes that arrived together, in one transaction, and then their
+        journal lines (fsynced while the next batch's transaction runs). If the transaction fails,
+        each vote is tried alone, so one bad vote does not fail the others."""
+        try:
+            outcomes, records = self._write_vote_batch(requests)
+        except StoreWriteError:
+            if len(requests) == 1:
+                raise
+            outcomes, records = [], []
+            for request in requests:
+                try:
+                    outcome, more = self._write_vote_batch([request])
+                    outcomes, records = outcomes + outcome, records + more
+                except StoreWriteError as exc:
+                    outcomes.append(exc)
+        return outcomes, lambda: self._append_journal(records)
+
+    def _write_vote_batch(self, requests: list[_VoteRequest]) -> tuple[list[VoteResult | Exception], list[dict]]:
+        """One transaction for `requests`: (an outcome per request, the journal records to append)."""
+        names = JOURNALED["vote"][1]
+        columns = ", ".join(names)
+        ids = sorted({r.comparison_id for r in requests})
+        outcomes: list[VoteResult | Exception] = []
+        journaled: list[dict] = []
+        with self._db.write() as db:
             # replays are answered with the earlier vote; the single writer makes check-then-insert safe
-            existing = db.execute(
-                f"SELECT {columns} FROM votes WHERE idempotency_key = ? OR (annotator = ? AND comparison_id = ?) LIMIT 1",
-                [idempotency_key, annotator, comparison_id]).fetchone()
-            if existing:  # journaled again: the first try may have committed and then failed to journal
-                journaled.append(_journal_record("vote", existing[0], existing))
-                return VoteResult(existing[0], created=False, choice=existing[3])
-            if not db.execute("SELECT 1 FROM comparisons WHERE id = ?", [comparison_id]).fetchone():
-                raise ValueError(f"unknown comparison id {comparison_id!r}")
-            vote_id = str(uuid.uuid4())
-            guidelines = db.execute(review.CURRENT_GUIDELINES).fetchone()  # the version the annotator was shown
-            row = [vote_id, comparison_id, annotator, choice, better_answer, idempotency_key, time_spent_s, _now(),
-                   guidelines and guidelines[0]]
-            db.execute(f"INSERT INTO votes ({columns}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
-            journaled.append(_journal_record("vote", vote_id, row))
-        return VoteResult(vote_id, created=True, choice=choice)
+            keys = [r.idempotency_key for r in requests if r.idempotency_key]
+            earlier = [dict(zip(names, row)) for row in db.execute(
+                f"SELECT {columns} FROM votes WHERE list_contains(?::VARCHAR[], comparison_id) "
+                "OR list_contains(?::VARCHAR[], idempotency_key)", [ids, keys]).fetchall()]
+            by_key = {v["idempotency_key"]: v for v in earlier if v["idempotency_key"]}
+            by_pair = {(v["annotator"], v["comparison_id"]): v for v in earlier}
+            known = {row[0] for row in db.execute(
+                "SELECT id FROM comparisons WHERE list_contains(?::VARCHAR[], id)", [ids]).fetchall()}
+            guidelines = db.execute(review.CURRENT_GUIDELINES).fetchone()  # the version the annotators were shown
+            new_rows = []
+            for r in requests:
+                prior = (r.idempotency_key and by_key.get(r.idempotency_key)) or by_pair.get((r.annotator, r.comparison_id))
+                if prior:  # journaled again: the first try may have committed and then failed to journal
+                    journaled.append(journal.record("vote", prior["id"], prior))
+                    outcomes.append(VoteResult(prior["id"], created=False, choice=prior["choice"]))
+                elif r.comparison_id not in known:
+                    outcomes.append(ValueError(f"unknown comparison id {r.comparison_id!r}"))
+                else:
+                    vote_id = str(uuid.uuid4())
+                    row = [vote_id, r.comparison_id, r.annotator, r.choice, r.better_answer, r.idempotency_key,
+                           r.time_spent_s, _now(), guidelines and guidelines[0]]
+                    new_rows.append(row)
+                    journaled.append(_journal_record("vote", vote_id, row))
+                    by_pair[(r.annotator, r.comparison_id)] = dict(zip(names, row))  # a second try in this batch
+                    if r.idempotency_key:
+                        by_key[r.idempotency_key] = by_pair[(r.annotator, r.comparison_id)]
+                    outcomes.append(VoteResult(vote_id, created=True, choice=r.choice))
+            if new_rows:
+                placeholders = ", ".join(["(" + ", ".join("?" * len(names)) + ")"] * len(new_rows))
+                db.execute(f"INSERT INTO votes ({columns}) VALUES {placeholders}", [v for row in new_rows for v in row])
+        return outcomes, journaled
 
     def undo_vote(self, comparison_id: str, annotator: str, within_s: float = UNDO_WINDOW_S) -> str:
         """Take back `annotator`'s own vote on the comparison, cast less than `within_s` ago; its id."""

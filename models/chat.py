@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
+from models.own_thread import on_own_thread
 from models.scheduler import BASE, Scheduler, follow
 from models.loading import (
     EMBEDDED, ModelLoadError, adapter_fingerprint, is_full_model_dir, load_base, resolve_base_model,
@@ -53,11 +54,14 @@ class ChatModel:
         self._lock = threading.Lock()  # one forward pass / adapter change at a time on shared weights
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
+        # the decode loop's narrow steps read int8 copies of the weights (models/narrow_int8.py); the
+        # app turns it on, so generate(), evals and tests keep the model's own weights unless asked
+        self.int8_decode = False
 
     @classmethod
     def load(cls, spec: str | None, cache_dir: Path, dtype: str = "auto", device: str = "cpu") -> "ChatModel":
         path = resolve_base_model(spec, cache_dir)
-        model, tokenizer = load_base(path, dtype=dtype, device=device)
+        model, tokenizer = on_own_thread(lambda: load_base(path, dtype=dtype, device=device), "load-base")
         return cls(model, tokenizer, base_name=spec or EMBEDDED)
 
     def ensure_adapter(self, name: str, adapter_dir: Path) -> str:
@@ -66,13 +70,17 @@ class ChatModel:
             if name in self.adapters:
                 return self.adapters[name]
             validate_adapter_dir(adapter_dir)
+            self._release_adapters()
             from peft import PeftModel
 
-            try:
+            def attach():
                 if hasattr(self.model, "load_adapter") and hasattr(self.model, "peft_config"):
                     self.model.load_adapter(str(adapter_dir), adapter_name=name)
                 else:
                     self.model = PeftModel.from_pretrained(self.model, str(adapter_dir), adapter_name=name)
+
+            try:
+                on_own_thread(attach, "load-adapter")  # models/own_thread.py: no OpenMP team left behind
             except Exception as exc:  # safetensors/peft raise many types on corrupt files
                 raise ModelLoadError(f"cannot load adapter {adapter_dir}: {exc}") from exc
             self.model.eval()
@@ -93,8 +101,10 @@ class ChatModel:
                 return self.full_fingerprints[name]
             validate_model_dir(model_dir)
             dtype = {"torch.bfloat16": "bf16", "torch.float16": "fp16"}.get(str(self.model.dtype), "fp32")
-            model, _ = load_base(str(model_dir), dtype=dtype, device=str(self.model.device))
+            model, _ = on_own_thread(lambda: load_base(str(model_dir), dtype=dtype, device=str(self.model.device)),
+                                     "load-full")
             self.full[name] = ChatModel(model, self.tokenizer, base_name=str(model_dir))
+            self.full[name].int8_decode = self.int8_decode
             self.full_fingerprints[name] = adapter_fingerprint(model_dir)
             return self.full_fingerprints[name]
 
@@ -179,6 +189,12 @@ class ChatModel:
             raise
         yield from follow(rows, listener, self.tokenizer, complete)
 
+    def _release_adapters(self) -> None:
+        """The decode loop leaves its per-row adapter settings in the LoRA layers between steps;
+        anything else that uses the model (under self._lock) first gives them back to peft."""
+        if self._scheduler is not None:
+            self._scheduler.release_adapters()
+
     def _check_adapters(self, conversations, adapters) -> None:
         if len(conversations) != len(adapters):
             raise ValueError("one adapter (or None) per conversation")
@@ -220,6 +236,7 @@ class ChatModel:
             return texts
         stop_ids = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id} - {None}
         with self._lock:
+            self._release_adapters()
             inputs = self._encode(conversations, params.system_prompt)
             with torch.inference_mode():
                 torch.manual_seed(params.seed)

@@ -9,7 +9,8 @@ limit, or its own Stop; columns of padding nobody needs any more are cropped awa
 
 Each row samples with its own temperature, top-p and seeded generator, so a batch neighbour
 does not change which tokens a row draws (only float rounding of its logits can differ).
-Rows pick their LoRA adapter per row, as peft's mixed batches allow.
+Rows pick their LoRA adapter per row, as peft's mixed batches allow. A served bf16 model on the
+CPU reads int8 copies of its weights on steps of at most four rows (models/narrow_int8.py).
 
 Fairness: when more rows wait than fit, the users with the fewest rows in the batch go
 first, and one user may have at most `max_rows_per_user` rows waiting or running.
@@ -21,11 +22,13 @@ from __future__ import annotations
 
 import atexit
 import queue
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+from models import narrow_int8
 from models.lora_rows import RowAdapters
 
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
@@ -170,6 +173,11 @@ class Scheduler:
     def _loop(self) -> None:
         import torch
 
+        if self.chat.int8_decode:  # on this thread: see models/narrow_int8.py
+            try:
+                narrow_int8.prepare(self.chat.model)
+            except (ValueError, RuntimeError) as exc:  # the app checked first; decoding goes on in the model's dtype
+                print(f"warning: int8 decode is off: {exc}", file=sys.stderr, flush=True)
         batch: Batch | None = None
         while True:
             joining = self._take_pending()
@@ -207,11 +215,18 @@ class Scheduler:
         loaded = tuple(self.chat.adapters)
         if self._row_adapters is None or self._row_adapters.model is not model or self._adapters_seen != loaded:
             # the first adapter wraps the model in a PeftModel; a later one may add LoRA layers
+            self.release_adapters()
             self._row_adapters, self._adapters_seen = RowAdapters(model), loaded
         if not self.row_masks or not self._row_adapters.layers():  # peft's own mixed batch
+            self._row_adapters.restore()
             return model(**kwargs, adapter_names=[a or BASE for a in adapters]).logits[:, -1, :]
-        with self._row_adapters.rows(adapters, model.dtype, input_ids.device):
-            return model(**kwargs).logits[:, -1, :]
+        self._row_adapters.apply(adapters, model.dtype, input_ids.device)
+        return model(**kwargs).logits[:, -1, :]
+
+    def release_adapters(self) -> None:
+        """Give the LoRA layers back to peft as it set them; the caller holds the model's lock."""
+        if self._row_adapters is not None:
+            self._row_adapters.restore()
 
     def _prefill(self, rows: list[Row]) -> tuple[object, Batch]:
         import torch

@@ -243,22 +243,23 @@ REAL_FSYNC = os.fsync
 class SlowDisk:
     """labeling.journal's os.fsync, recording what each completed fsync made durable: the file's bytes
     when it started (lines written after that are not covered by it). The first fsync does not return
-    until `followers` other writers have written and queued behind it, so they must share the next one."""
+    until `lines` more lines were written: the other writers wrote while it ran, so they must share the next."""
 
-    def __init__(self, journal_: journal.Journal, followers: int):
-        self.journal, self.followers = journal_, followers
+    def __init__(self, journal_: journal.Journal, lines: int):
+        self.journal = journal_
+        self.lines = journal_.path.read_bytes().count(b"\n") + lines  # the setup's records are there already
         self.durable = b""  # the bytes every completed fsync covers
         self.calls = 0
-        self.queued = threading.Semaphore(0)
+        self.all_written = threading.Event()
         waits = journal_._synced_or_failed.wait
-        lock = threading.Lock()
 
-        def counted_wait(*args, **kwargs):  # a writer has written its line and now waits for an fsync
-            self.queued.release()
+        def counted_wait(*args, **kwargs):  # a writer has written its lines and now waits for an fsync
+            if self.journal.path.read_bytes().count(b"\n") >= self.lines:
+                self.all_written.set()
             return waits(*args, **kwargs)
 
         journal_._synced_or_failed.wait = counted_wait
-        self._lock = lock
+        self._lock = threading.Lock()
 
     def fsync(self, fd: int) -> None:
         with self._lock:
@@ -267,7 +268,7 @@ class SlowDisk:
         covered = self.journal.path.read_bytes()
         REAL_FSYNC(fd)
         if first:  # a slow disk: the others write while it runs (a timeout only so a broken build fails, not hangs)
-            assert all(self.queued.acquire(timeout=60) for _ in range(self.followers)), "writers never queued up"
+            assert self.all_written.wait(timeout=60), "the other writers never wrote while the first fsync ran"
         with self._lock:
             self.durable = max(self.durable, covered, key=len)
 
@@ -279,7 +280,7 @@ def test_concurrent_votes_share_fsyncs_and_each_is_acknowledged_only_once_on_dis
     store = Store(data_dir, journal_dir=data_dir / "journal")
     ids = [store.add_comparison([{"role": "user", "content": f"q{i}"}], "a", "b", "base", "r1", None, "fp", {}, "setup")
            for i in range(voters + 1)]
-    disk = SlowDisk(store.journal, followers=voters)
+    disk = SlowDisk(store.journal, lines=voters + 1)
     monkeypatch.setattr(journal.os, "fsync", disk.fsync)
     uncovered, errors = [], []
 

@@ -106,3 +106,10 @@ def test_rows_of_several_adapters_and_the_base_equal_each_served_alone(chat, tin
     base_only = list(chat.stream([PROMPTS[1]], [None], GREEDY))[-1]  # the LoRA layers switched off
     assert base_only == [plain]
     assert chat.generate([PROMPTS[1]], ["r2"], GREEDY) == [expected[2]]  # peft's own path is left as it was
+    assert list(chat.stream([PROMPTS[1]] * 2, ["r2", "r1"], GREEDY))[-1] == [expected[2], expected[1]]
+    # the loop keeps its settings in the layers between steps; an adapter loaded after it must not see them
+    chat.ensure_adapter("r3", make_adapter(tiny_model_dir, tmp_path / "a3", seed=3))
+    third = chat.generate([PROMPTS[1]], ["r3"], GREEDY)
+    assert third != [plain]
+    assert list(chat.stream([PROMPTS[1]] * 3, ["r1", None, "r3"], GREEDY))[-1] == [expected[1], plain, *third]
+    assert chat.generate([PROMPTS[1]], ["r1"], GREEDY) == [expected[1]]

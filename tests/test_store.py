@@ -161,6 +161,54 @@ def test_concurrent_votes_from_20_threads(store):
     assert store.annotator_progress("t3") == {"today": 10, "total": 10}
 
 
+
+def test_votes_arriving_together_share_one_transaction_and_a_bad_one_fails_alone(store):
+    """Group commit: votes cast while a transaction runs go together in the next one; each caller gets
+    its own outcome (a double click in the same batch is the earlier vote, an unknown id fails alone)."""
+    ids = [add(store, annotator="setup") for _ in range(5)]
+    unknown = "00000000-0000-4000-8000-000000000000"
+    batches, queued_up = [], threading.Event()
+    write_batch = store._write_vote_batch
+
+    def first_waits_for_the_rest(requests):
+        batches.append([r.comparison_id for r in requests])
+        if len(batches) == 1:  # the rest arrive while this transaction runs
+            assert queued_up.wait(timeout=60), "the other voters never queued"
+        return write_batch(requests)
+
+    store._write_vote_batch = first_waits_for_the_rest
+    outcomes, lock = {}, threading.Lock()
+
+    def cast(name: str, comparison_id: str, annotator: str) -> None:
+        try:
+            outcome = store.record_vote(comparison_id, annotator, "a")
+        except ValueError as exc:
+            outcome = exc
+        with lock:
+            outcomes[name] = outcome
+
+    first = threading.Thread(target=cast, args=("first", ids[0], "ann0"))
+    first.start()
+    while not batches:  # the first vote's transaction has started
+        first.join(timeout=0.01)
+    casts = [(f"v{i}", cid, f"ann{i}") for i, cid in enumerate(ids[1:], start=1)]
+    casts += [("unknown", unknown, "ann1"), ("double click", ids[1], "ann1")]
+    threads = [threading.Thread(target=cast, args=c) for c in casts]
+    for thread in threads:
+        thread.start()
+    while len(store._votes._pending) < len(casts):  # every later vote is waiting for the next batch
+        threads[0].join(timeout=0.01)
+    queued_up.set()
+    for thread in [first, *threads]:
+        thread.join(timeout=60)
+
+    assert [len(b) for b in batches] == [1, len(casts)]
+    assert isinstance(outcomes["unknown"], ValueError) and "unknown comparison" in str(outcomes["unknown"])
+    assert all(outcomes[f"v{i}"].created for i in range(1, 5)) and outcomes["first"].created
+    assert not outcomes["double click"].created and outcomes["double click"].vote_id == outcomes["v1"].vote_id
+    assert count(store, "votes") == 5
+
+
 DURABILITY_CHILD = """
 import sys
 from labeling.store import Store

@@ -1,0 +1,125 @@
+"""Int8 weights for narrow decode steps (models/narrow_int8.py) and torch work on its own thread
+(models/own_thread.py): which calls take the int8 path, what they compute, how close the real
+embedded model stays to bf16, and that loading leaves no OpenMP team behind."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from models import narrow_int8
+from models.chat import ChatModel, SamplingParams
+from models.loading import load_base
+from models.own_thread import on_own_thread
+from tests.test_models import make_adapter
+
+ROOT = Path(__file__).resolve().parent.parent
+GREEDY = SamplingParams(temperature=0, max_new_tokens=12)
+PROMPT = [{"role": "user", "content": "tell me about the sea"}]
+
+
+def int8_reference(layer: torch.nn.Linear, x: torch.Tensor) -> torch.Tensor:
+    """The layer with its weight rounded to int8 per output channel, computed in fp32 from scratch."""
+    w = layer.weight.detach().float()
+    scale = w.abs().amax(dim=1, keepdim=True) / 127
+    return x.float() @ (torch.round(w / scale).clamp(-127, 127) * scale).T
+
+
+def test_only_the_prepared_thread_takes_int8_and_only_for_narrow_calls(tiny_model_dir):
+    model, _ = load_base(str(tiny_model_dir), dtype="bf16")
+    layer = model.model.layers[0].mlp.down_proj
+    narrow, wide = torch.randn(1, 3, layer.in_features, dtype=torch.bfloat16), \
+        torch.randn(2, 4, layer.in_features, dtype=torch.bfloat16)
+    with torch.inference_mode():
+        before = {"narrow": layer(narrow), "wide": layer(wide)}
+
+        def on_the_loop_thread():
+            with torch.inference_mode():  # thread-local, like the loop's own
+                narrow_int8.prepare(model)
+                return layer(narrow), layer(wide)
+
+        calls = narrow_int8.stats["int8_calls"]
+        int8_narrow, loop_wide = on_own_thread(on_the_loop_thread)
+        assert narrow_int8.stats["int8_calls"] == calls + 1  # the 3-row call; the 8-row one stayed bf16
+        assert torch.equal(loop_wide, before["wide"])
+        assert not torch.equal(int8_narrow, before["narrow"])
+        assert torch.allclose(int8_narrow.float(), int8_reference(layer, narrow), rtol=0.02, atol=0.02)
+        assert torch.equal(layer(narrow), before["narrow"])  # this thread never prepared: bf16 as before
+
+
+def test_the_decode_loop_reads_int8_and_generate_does_not(tiny_model_dir, tmp_path):
+    chat = ChatModel(*load_base(str(tiny_model_dir), dtype="bf16"), base_name=str(tiny_model_dir))
+    chat.ensure_adapter("r1", make_adapter(tiny_model_dir, tmp_path / "a1", seed=1))
+    chat.int8_decode = True
+    calls = narrow_int8.stats["int8_calls"]
+    chat.generate([PROMPT], ["r1"], GREEDY)
+    assert narrow_int8.stats["int8_calls"] == calls
+    side_by_side = list(chat.stream([PROMPT, PROMPT], [None, "r1"], GREEDY))[-1]
+    assert narrow_int8.stats["int8_calls"] > calls and all(side_by_side)
+    chat.scheduler.close()
+
+
+def test_int8_decode_keeps_the_embedded_models_next_token_nearly_always(embedded_model_dir):
+    """Teacher-forced over an answer the bf16 model wrote: at each position, does the int8 step pick
+    the same next token as the bf16 step? Measured 0.97-0.99 while this was built."""
+    chat = ChatModel(*load_base(str(embedded_model_dir), dtype="bf16"), base_name="embedded")
+    prompt = [{"role": "user", "content": "Write a short story about a lighthouse keeper and the sea."}]
+    answer = chat.generate([prompt], [None], SamplingParams(temperature=0, max_new_tokens=96))[0]
+    ids = chat.prompt_ids(prompt) + chat.tokenizer(answer, add_special_tokens=False)["input_ids"]
+
+    def next_tokens(int8: bool) -> list[int]:
+        from transformers import DynamicCache
+
+        if int8:
+            narrow_int8.prepare(chat.model)
+        cache, picks = DynamicCache(), []
+        with torch.inference_mode():
+            chat.model(input_ids=torch.tensor([ids[:8]]), past_key_values=cache, use_cache=True)
+            for token in ids[8:]:  # one row per step: the narrow path
+                logits = chat.model(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True).logits
+                picks.append(int(logits[0, -1].argmax()))
+        return picks
+
+    plain, int8 = on_own_thread(lambda: next_tokens(False)), on_own_thread(lambda: next_tokens(True))
+    agree = sum(a == b for a, b in zip(plain, int8)) / len(plain)
+    assert len(plain) > 60 and agree >= 0.9, f"int8 picked the bf16 token at {agree:.0%} of {len(plain)} positions"
+
+
+COUNT_TEAMS = """
+import json, os, sys, threading, time
+sys.path.insert(0, sys.argv[1])
+import torch
+from models.own_thread import on_own_thread
+def threads():  # the OS threads Python did not start: torch's, OpenMP's
+    return len(os.listdir("/proc/self/task")) - threading.active_count()
+def parallel_work():  # big enough that torch runs it on all its threads
+    x = torch.randn(1024, 1024)
+    return float((x @ x).abs().amax(dim=1).sum())
+torch.ones(1).add_(1)
+before = threads()
+on_own_thread(parallel_work)
+deadline = time.monotonic() + 30
+while threads() != before and time.monotonic() < deadline:  # the ended thread's workers exit just after it
+    time.sleep(0.01)
+after_own_thread = threads()
+parallel_work()
+print(json.dumps({"before": before, "own_thread": after_own_thread, "direct": threads(),
+                  "torch_threads": torch.get_num_threads()}))
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads through /proc (Linux)")
+def test_parallel_work_on_its_own_thread_leaves_no_openmp_team_behind():
+    """What ChatModel.load and ensure_adapter rely on: torch work run through on_own_thread leaves no
+    OpenMP workers on the caller, where the same work run directly leaves torch_threads - 1 of them
+    (and the decode loop's workers then stop spinning: models/own_thread.py has the figures)."""
+    out = subprocess.run([sys.executable, "-c", COUNT_TEAMS, str(ROOT)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    counts = json.loads(out.stdout.strip().splitlines()[-1])
+    assert counts["own_thread"] == counts["before"], counts
+    assert counts["direct"] == counts["before"] + counts["torch_threads"] - 1, counts  # the control
