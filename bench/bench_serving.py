@@ -1,9 +1,11 @@
 """Serving a team: N annotators ask for a comparison at the same moment. Baseline, measured in the
 same run: the comparisons served one after another (how the app served before the shared decode
 loop: one generation event at a time). Then the same comparisons through the shared loop
-(models/scheduler.py), all at once. Embedded model, greedy, bf16 unless told otherwise.
+(models/scheduler.py), all at once. Embedded model, greedy, bf16 unless told otherwise, with the
+app's int8 decode on narrow steps (models/narrow_int8.py) unless --no-int8-decode: it speeds the
+2-row baseline more than the wide shared batch, which stays bf16.
 
-    python bench/bench_serving.py [--users 8] [--tokens 128] [--dtype bf16]
+    python bench/bench_serving.py [--users 8] [--tokens 128] [--dtype bf16] [--no-int8-decode]
 """
 
 from __future__ import annotations
@@ -41,8 +43,10 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--dtype", default="bf16", choices=["bf16", "fp32"])
     parser.add_argument("--cache-dir", type=Path, default=Path("data/cache/models"))
+    parser.add_argument("--no-int8-decode", dest="int8_decode", action="store_false")
     args = parser.parse_args()
     chat = ChatModel.load(None, args.cache_dir, dtype=args.dtype)
+    chat.int8_decode = args.int8_decode and args.dtype == "bf16"
     params = SamplingParams(temperature=0, max_new_tokens=args.tokens)
     topics = [TOPICS[i % len(TOPICS)] for i in range(args.users)]
     comparison(chat, "warm-up", SamplingParams(temperature=0, max_new_tokens=8), "warm")
@@ -72,7 +76,8 @@ def main() -> None:
         print(f"{name:<38}{seconds:>8.1f}{tokens / seconds:>9.1f}{statistics.median(r[0] for r in runs):>11.2f}"
               f"{waits[-1]:>11.1f}{sequential_s / seconds:>9.2f}x")
 
-    print(f"{args.users} comparisons (2 rows each), {args.tokens} new tokens, {args.dtype}, greedy")
+    print(f"{args.users} comparisons (2 rows each), {args.tokens} new tokens, {args.dtype}, greedy, "
+          f"int8 decode {'on' if chat.int8_decode else 'off'}")
     print(f"{'variant':<38}{'seconds':>8}{'tok/s':>9}{'1st text':>11}{'slowest':>11}{'speed-up':>10}")
     row("one after another (baseline)", sequential_s, one_by_one)
     row("all at once, shared decode loop", shared_s, results)

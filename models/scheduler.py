@@ -198,6 +198,8 @@ class Scheduler:
                             self._active += joining
                     self._advance(torch.cat(logits).float().cpu())  # sampling runs on the CPU generators
                     batch = self._retire(batch)
+                    if batch is None:  # idle: leave the LoRA layers as peft set them
+                        self.release_adapters()
             except BaseException as exc:  # every row in the batch fails with it; the loop goes on
                 with self._cond:
                     failed, self._active = self._active + [r for r in joining if r not in self._active], []
@@ -205,6 +207,8 @@ class Scheduler:
                     row.error, row.done = exc, True
                     row.listener.put(None)
                 batch = None
+                with self.chat._lock:
+                    self.release_adapters()
 
     def _forward(self, input_ids, attention_mask, position_ids, cache, adapters):
         model = self.chat.model
