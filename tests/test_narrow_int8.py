@@ -64,15 +64,17 @@ def test_the_decode_loop_reads_int8_and_generate_does_not(tiny_model_dir, tmp_pa
     chat.scheduler.close()
 
 
-def test_int8_decode_keeps_the_embedded_models_next_token_nearly_always(embedded_model_dir):
-    """Teacher-forced over an answer the bf16 model wrote: at each position, does the int8 step pick
-    the same next token as the bf16 step? Measured 0.97-0.99 while this was built."""
-    chat = ChatModel(*load_base(str(embedded_model_dir), dtype="bf16"), base_name="embedded")
+def test_int8_decode_stays_about_as_close_to_fp32_as_bf16_does_on_the_embedded_model(embedded_model_dir):
+    """Teacher-forced over an answer the model wrote: at each position, does a step pick the same next
+    token as the fp32 model? bf16 (what the app serves) is the yardstick; int8 steps may lose at most 5
+    points more. Measured while this was built: bf16 0.954, int8 0.931 of 130 positions."""
+    bf16 = ChatModel(*load_base(str(embedded_model_dir), dtype="bf16"), base_name="embedded")
+    fp32 = ChatModel(*load_base(str(embedded_model_dir), dtype="fp32"), base_name="embedded")
     prompt = [{"role": "user", "content": "Write a short story about a lighthouse keeper and the sea."}]
-    answer = chat.generate([prompt], [None], SamplingParams(temperature=0, max_new_tokens=96))[0]
-    ids = chat.prompt_ids(prompt) + chat.tokenizer(answer, add_special_tokens=False)["input_ids"]
+    answer = bf16.generate([prompt], [None], SamplingParams(temperature=0, max_new_tokens=96))[0]
+    ids = bf16.prompt_ids(prompt) + bf16.tokenizer(answer, add_special_tokens=False)["input_ids"]
 
-    def next_tokens(int8: bool) -> list[int]:
+    def next_tokens(chat: ChatModel, int8: bool = False) -> list[int]:
         from transformers import DynamicCache
 
         if int8:
@@ -85,9 +87,17 @@ def test_int8_decode_keeps_the_embedded_models_next_token_nearly_always(embedded
                 picks.append(int(logits[0, -1].argmax()))
         return picks
 
-    plain, int8 = on_own_thread(lambda: next_tokens(False)), on_own_thread(lambda: next_tokens(True))
-    agree = sum(a == b for a, b in zip(plain, int8)) / len(plain)
-    assert len(plain) > 60 and agree >= 0.9, f"int8 picked the bf16 token at {agree:.0%} of {len(plain)} positions"
+    reference = on_own_thread(lambda: next_tokens(fp32))
+    calls = narrow_int8.stats["int8_calls"]
+    plain, int8 = on_own_thread(lambda: next_tokens(bf16)), on_own_thread(lambda: next_tokens(bf16, int8=True))
+    assert narrow_int8.stats["int8_calls"] - calls >= len(int8) * 7  # every step's linear layers took int8
+
+    def agreement(picks: list[int]) -> float:
+        return sum(a == b for a, b in zip(picks, reference)) / len(reference)
+
+    assert len(reference) > 60
+    assert agreement(int8) >= agreement(plain) - 0.05, f"fp32's next token: int8 {agreement(int8):.3f}, " \
+        f"bf16 {agreement(plain):.3f} of {len(reference)} positions"
 
 
 COUNT_TEAMS = """
