@@ -111,6 +111,7 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
     assert {k: annotators[k] for k in ("temperature", "top_p", "max_new_tokens", "system_prompt")} == \
         {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16, "system_prompt": ""}
     assert annotators["seed"] != 7  # a fresh seed, not the page's
+    assert annotators["int8_decode"] is True  # the app's default for a bf16 model on the CPU, recorded per comparison
     assert {asked["annotator asks"]["model_a"], asked["annotator asks"]["model_b"]} == {"base", "r-trained"}
     with Store(data_dir) as store:
         promoted_by = store._db.rows("SELECT promoted_by, reason, overridden, adapter_fingerprint FROM promotions")
