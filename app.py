@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype, device=settings.device)
             print(enable_int8_decode(chat, settings.int8_decode), flush=True)
+            chat.scheduler.start()  # its int8 copies are made now, not on the first user's Generate
     except (ModelLoadError, ValueError, OSError) as exc:
         store.close()
         if uploader is not None:

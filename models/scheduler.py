@@ -126,11 +126,19 @@ class Scheduler:
                 raise SchedulerBusy(f"{rows[0].user} already has {mine} answers generating (at most "
                                     f"{self.max_rows_per_user} at once): wait for them or stop them first")
             self._pending.extend(rows)
-            if self._thread is None:
-                self._thread = threading.Thread(target=self._loop, name="decode-loop", daemon=True)
-                self._thread.start()
-                atexit.register(self.close)  # a daemon thread killed inside torch at exit aborts the process
+            self._start()
             self._cond.notify()
+
+    def start(self) -> None:
+        """Start the loop now rather than on the first request, so its setup (int8 copies) is done by then."""
+        with self._cond:
+            self._start()
+
+    def _start(self) -> None:
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="decode-loop", daemon=True)
+            self._thread.start()
+            atexit.register(self.close)  # a daemon thread killed inside torch at exit aborts the process
 
     # ------------------------------------------------------------ the worker
 
@@ -139,11 +147,11 @@ class Scheduler:
         A request's rows join together, so both sides of a comparison start on the same step."""
         with self._cond:
             if not self._active:
-                deadline = time.monotonic() + GATHER_S
                 while not self._pending and not self._closed:
                     self._cond.wait()
                 if self._closed:
                     return None
+                deadline = time.monotonic() + GATHER_S  # from the first request's arrival, not the loop's last step
                 while (left := deadline - time.monotonic()) > 0:  # let the others of a burst arrive too
                     self._cond.wait(left)
             self._pending = [row for row in self._pending if not row.stopped.is_set() or self._drop(row)]
