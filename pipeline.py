@@ -28,6 +28,9 @@ from training.config import RoundConfig, write_recipe
 ROOT = Path(__file__).resolve().parent  # the repo root: subprocesses run `python -m training` from here
 
 
+KIND_NAMES = {"train": "training round", "eval": "eval run"}
+
+
 class JobBusy(RuntimeError):
     """A second start while a round or eval is running."""
 
@@ -67,7 +70,10 @@ class Job:
     process: subprocess.Popen | AdoptedProcess
     started: float = field(default_factory=time.time)
     returncode: int | None = None
-    cancelled: bool = False
+    ended: float | None = None  # time.time() once the watcher saw the process end
+    cancelled: bool = False  # by this app's cancel(); a signal from elsewhere shows only in the status file
+    cancelled_by: str | None = None  # the user who pressed Cancel
+    cancelled_at: float | None = None  # time.time() of the press
     handled: threading.Event = field(default_factory=threading.Event)  # set once the watcher has acted on the end
 
     @property
@@ -201,7 +207,7 @@ class JobManager:
         returncode = job.process.wait()
         try:
             with self._lock:  # no gap between a round and its evals in which a second round could start
-                job.returncode = returncode
+                job.returncode, job.ended = returncode, time.time()
                 if job.kind == "train" and returncode == 0 and not job.cancelled:
                     self.start_eval(job.round_id)  # every finished round is evaluated before promotion
             if self.on_finished is not None:
@@ -209,11 +215,13 @@ class JobManager:
         finally:
             job.handled.set()
 
-    def cancel(self) -> str:
+    def cancel(self, by: str | None = None, kind: str | None = None) -> str:
+        """Stop the running job (only if it is of `kind`, when given), remembering who asked and when,
+        so the tabs can say so instead of a bare "cancelled"."""
         job = self.current
-        if job is None or not job.running:
-            return "Nothing is running."
-        job.cancelled = True
+        if job is None or not job.running or (kind is not None and job.kind != kind):
+            return "Nothing is running." if kind is None else f"No {KIND_NAMES[kind]} is running."
+        job.cancelled, job.cancelled_by, job.cancelled_at = True, by, time.time()
         try:
             os.killpg(job.process.pid, signal.SIGTERM)  # the trainer cleans up its temp dir on SIGTERM
             job.process.wait(timeout=60)
@@ -222,6 +230,55 @@ class JobManager:
         except ProcessLookupError:
             pass
         return f"Cancelled {job.kind} {job.round_id}."
+
+    def was_cancelled(self, job: Job) -> bool:
+        """Cancelled from this app, or by a signal from elsewhere (the subprocess recorded "cancelled")."""
+        if job.running:
+            return False
+        return job.cancelled or self.progress(job.round_id, job.kind).read_status().get("state") == "cancelled"
+
+    def cancellation(self, job: Job) -> str:
+        """What a cancel did, in one markdown sentence: who and when, how far the job had got, and what
+        is left on disk. A cancel can land after the work was saved (the trainer's final rename, the
+        eval's report write), so what was kept is read from disk, not assumed."""
+        what = "training" if job.kind == "train" else "evals of"
+        if job.cancelled:
+            who = f" by {job.cancelled_by}" if job.cancelled_by else ""
+            when = f" at {time.strftime('%H:%M:%S', time.gmtime(job.cancelled_at))} UTC" if job.cancelled_at else ""
+        else:  # not from this app: a kill, a Ctrl-C, a restart's SIGTERM
+            error = self.progress(job.round_id, job.kind).read_status().get("error")
+            who, when = " from outside the app", f" ({error})" if error else ""
+        done, total = self._reached(job)
+        reached = f" after {done}/{total} {'prompts' if job.kind == 'eval' else 'steps'}" if total else \
+            " before it began (while loading the model)"
+        return f"**{what}** `{job.round_id}` cancelled{who}{when}{reached}: {self._kept(job, begun=bool(total))}"
+
+    def _reached(self, job: Job) -> tuple[int, int]:
+        """(done, total) prompts or steps from the job's own progress events; (0, 0) before it began."""
+        if job.kind == "eval":
+            return self.eval_progress(job)
+        steps = [e for e in self.metrics(job.round_id) if e.get("step") is not None]
+        return (int(steps[-1]["step"]), int(steps[-1].get("max_steps") or 0)) if steps else (0, 0)
+
+    def _kept(self, job: Job, begun: bool) -> str:
+        checkpoint = self.settings.checkpoints_dir / job.round_id
+        if job.kind == "train":
+            if checkpoint.is_dir():
+                return (f"the round had already finished, so checkpoint `{job.round_id}` is kept, but its evals were "
+                        "not started: run them in the Evals tab before promoting it.")
+            return (f"nothing was written under checkpoints/; its log stays in runs/{job.round_id}/ "
+                    "(Past rounds).")
+        dropped = "the answers generated so far were dropped; " if begun else ""
+        report = checkpoint / "eval.json"
+        try:
+            written = report.stat().st_mtime
+        except OSError:
+            return (f"{dropped}no eval report was written, and the checkpoint itself is kept, not evaluated "
+                    "(run the evals again before promoting it).")
+        if written >= job.started:
+            return "its report had just been written when the cancel arrived, and is kept."
+        return (f"{dropped}its earlier report (written {time.strftime('%Y-%m-%d %H:%M', time.gmtime(written))} "
+                "UTC) is kept.")
 
     def progress(self, round_id: str, kind: str = "train") -> ProgressFiles:
         return ProgressFiles(self.settings.runs_dir / round_id, round_id, kind, fresh=False)

@@ -42,8 +42,9 @@ def services(tiny_model_dir, data_dir, trained_checkpoint):
 def test_chat_send_streams_both_sides_and_regenerate_replaces_answers(services):
     updates = list(chat.send(services, "hello there", [], [], "base", "base", *SAMPLING))
     assert len(updates) >= 3  # the user turn, then streamed tokens, then stats
-    left, right, left_view, right_view, box, stats = updates[-1]
+    left, right, left_view, right_view, box, stats, passages = updates[-1]
     assert [m["role"] for m in left] == ["user", "assistant"] and left[-1]["content"]
+    assert updates[1][-1] == ""  # no "base + retrieval" side: no passages to show
     assert left == right  # same model and greedy: identical
     assert box == "" and "tok/s" in stats
     regenerated = list(chat.regenerate(services, left, right, "base", "base", *SAMPLING))[-1]

@@ -146,3 +146,75 @@ def test_a_dead_or_reused_pid_in_an_old_status_file_is_not_adopted(tiny_model_di
         (settings.runs_dir / round_id / "status.json").write_text(json.dumps({"state": "running", "pid": pid}))
     jobs = JobManager(settings)
     assert jobs.current is None and jobs.busy() is None
+
+
+# ---------------------------------------------------------------- what a cancel reports
+
+def stand_in_job(jobs: JobManager, kind: str, round_id: str):
+    """A job whose process only waits to be stopped: cancel() and the watcher see a real process group,
+    and the test decides what the round left on disk."""
+    import subprocess
+    import sys
+    import threading
+
+    from pipeline import Job
+
+    process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"], start_new_session=True)
+    job = Job(kind, round_id, jobs.settings.runs_dir / round_id, process)
+    jobs.current = job
+    jobs.history.append(job)
+    threading.Thread(target=jobs._watch, args=(job,), daemon=True).start()
+    return job
+
+
+def cancel_and_describe(jobs: JobManager, job, by: str | None = "bob") -> str:
+    jobs.cancel(by=by)
+    assert job.handled.wait(30) and jobs.was_cancelled(job)
+    return jobs.cancellation(job)
+
+
+def test_a_cancel_says_who_when_how_far_and_what_was_kept(data_dir):
+    import os
+    import re
+    import signal
+
+    from formats import ProgressFiles
+
+    jobs = JobManager(Settings(data_dir=data_dir))
+    checkpoints = jobs.settings.checkpoints_dir
+
+    # training stopped mid-way: the trainer removed its temp dir, nothing is under checkpoints/
+    job = stand_in_job(jobs, "train", "r-mid")
+    ProgressFiles(job.log_dir, "r-mid").event("step", step=3, max_steps=8)
+    text = cancel_and_describe(jobs, job)
+    assert re.fullmatch(r"\*\*training\*\* `r-mid` cancelled by bob at \d\d:\d\d:\d\d UTC after 3/8 steps: "
+                        r"nothing was written under checkpoints/; its log stays in runs/r-mid/ \(Past rounds\)\.", text)
+
+    # the cancel landed after the trainer's final rename: the round is complete, only its evals are missing
+    job = stand_in_job(jobs, "train", "r-late")
+    (checkpoints / "r-late" / "adapter").mkdir(parents=True)
+    text = cancel_and_describe(jobs, job)
+    assert "before it began" in text and "checkpoint `r-late` is kept, but its evals were not started" in text
+    assert "nothing was written" not in text
+
+    # an eval of a checkpoint never evaluated: the weights stay, unevaluated
+    job = stand_in_job(jobs, "eval", "r-late")
+    ProgressFiles(job.log_dir, "r-late", kind="eval").event("batch", step=8, max_steps=32)
+    text = cancel_and_describe(jobs, job, by="ann")
+    assert "**evals of** `r-late` cancelled by ann at " in text and "after 8/32 prompts" in text
+    assert "answers generated so far were dropped; no eval report was written" in text
+    assert "the checkpoint itself is kept, not evaluated" in text
+
+    # an eval run again: the earlier report is untouched, and said to be
+    earlier = checkpoints / "r-late" / "eval.json"
+    earlier.write_text("{}")
+    os.utime(earlier, (time.time() - 3600, time.time() - 3600))  # written an hour before this run
+    job = stand_in_job(jobs, "eval", "r-late")
+    assert "its earlier report (written " in cancel_and_describe(jobs, job)
+
+    # stopped from outside the app: the subprocess's own status says so, and nobody here is named
+    job = stand_in_job(jobs, "eval", "r-late")
+    ProgressFiles(job.log_dir, "r-late", kind="eval").status("cancelled", error="cancelled by SIGTERM")
+    os.killpg(job.process.pid, signal.SIGTERM)
+    assert job.handled.wait(30) and jobs.was_cancelled(job) and not job.cancelled
+    assert "cancelled from outside the app (cancelled by SIGTERM)" in jobs.cancellation(job)

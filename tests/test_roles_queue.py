@@ -67,6 +67,7 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
     calls = {  # privileged event -> inputs as the page would send them
         "promote": ["r-trained", "any reason at all"],
         "run_evals": ["r-trained", "", False],
+        "cancel_evals": [None],
         "export_data": ["dpo", "jsonl"],
         "cancel_round": ["dpo", False, False],
         "past_rounds": [],

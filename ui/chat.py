@@ -6,10 +6,15 @@ with per-row adapter names), so the pair costs barely more than one answer.
 
 from __future__ import annotations
 
+import functools
+import html
 import time
+from pathlib import Path
 
 import gradio as gr
 
+from evals import retrieval
+from formats import corpus_files
 from models.loading import ModelLoadError
 from ui.services import (
     annotator_of, busy_as_error, BASE_CHOICE, Services, bind, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
@@ -32,16 +37,20 @@ def stream_pair(services: Services, left: list, right: list, model_left: str, mo
     """Append an assistant turn to both histories and yield them as tokens arrive.
 
     Histories are raw role/content messages (kept in gr.State; the Chatbots show
-    escaped copies). The last message of each must be the user's. Yields (left, right, stats).
+    escaped copies). The last message of each must be the user's. Yields (left, right, stats, passages):
+    passages is the HTML of what a "base + retrieval" side was given, then gr.skip() once it was sent.
     Stop (services.request_stop for this session) ends the answers where they are.
     """
     services.take_stop_request(session)  # a Stop pressed before this turn does not count
     try:
         adapters = [services.adapter_for(model_left), services.adapter_for(model_right)]
+        given_left, ids_left = services.prepare(model_left, left)  # ids: the passages "base + retrieval" got
+        given_right, ids_right = services.prepare(model_right, right)
         # a side's own system prompt replaces the shared one: "base + a prompt" against a fine-tune
-        conversations = [with_system(services.prepare(model_left, left)[0], side_prompts[0] or params.system_prompt),
-                         with_system(services.prepare(model_right, right)[0], side_prompts[1] or params.system_prompt)]
+        conversations = [with_system(given_left, side_prompts[0] or params.system_prompt),
+                         with_system(given_right, side_prompts[1] or params.system_prompt)]
         check_context(services.chat, conversations, "")
+        passages = passages_html(services, [("Left", model_left, ids_left), ("Right", model_right, ids_right)])
     except (ModelLoadError, ValueError) as exc:
         raise gr.Error(str(exc)) from exc
     left = left + [{"role": "assistant", "content": ""}]
@@ -57,12 +66,69 @@ def stream_pair(services: Services, left: list, right: list, model_left: str, mo
                 # leaving the loop closes the stream, which stops decoding at the next token
                 stopped = True
                 break
-            yield left, right, ""
+            yield left, right, "", passages
+            passages = gr.skip()  # sent with the first tokens of the turn, not again with every one
     elapsed = time.perf_counter() - started
     # tokens, not updates: the shared loop coalesces updates when the page falls behind
     tokens = max(len(services.chat.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
     stats = f"{tokens} tokens in {elapsed:.1f} s · {tokens / max(elapsed, 1e-6):.1f} tok/s per side"
-    yield left, right, ("stopped · " if stopped else "") + stats
+    yield left, right, ("stopped · " if stopped else "") + stats, passages
+
+
+# ---------------------------------------------------------------- the passages "base + retrieval" was given
+
+SNIPPET_CHARS = 300  # a passage's opening in the list; the whole of it one click away
+
+
+@functools.lru_cache(maxsize=256)
+def file_chunk_ids(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
+    """The ids of one corpus file's chunks (size and time in the key: an edited file is chunked again).
+    Chunks never span files and an id is its text's hash, so these are the ids the whole-corpus index has."""
+    try:
+        return tuple(chunk["id"] for chunk in retrieval.chunk_corpus(Path(path)))
+    except retrieval.RetrievalError:  # a file with no text has no chunks
+        return ()
+
+
+def chunk_sources(corpus: Path) -> dict[str, str]:
+    """Chunk id -> the corpus file it came from, relative to the corpus (the index keeps ids and texts only)."""
+    sources = {}
+    for file in corpus_files(corpus):
+        stat = file.stat()
+        for chunk_id in file_chunk_ids(str(file), stat.st_size, stat.st_mtime_ns):
+            sources.setdefault(chunk_id, str(file.relative_to(corpus)) if corpus.is_dir() else file.name)
+    return sources
+
+
+def retrieved_passages(services: Services, ids: list[str]) -> list[dict]:
+    """{"source", "text"} of each chunk id, in the order given (best match first)."""
+    corpus = services.settings.corpus_dir
+    index = retrieval.index_for(corpus, services.settings.data_dir / "retrieval")  # the one prepare just used
+    texts = {chunk["id"]: chunk["text"] for chunk in index.chunks}
+    sources = chunk_sources(corpus)
+    return [{"source": sources.get(chunk_id, "(no longer in the corpus)"), "text": texts.get(chunk_id, "")}
+            for chunk_id in ids]
+
+
+def passage_item(passage: dict) -> str:
+    text = passage["text"]
+    short = html.escape(text if len(text) <= SNIPPET_CHARS else text[:SNIPPET_CHARS].rstrip() + "…")
+    whole = (f"<details><summary>whole passage</summary><div style='white-space:pre-wrap'>{html.escape(text)}</div>"
+             "</details>" if len(text) > SNIPPET_CHARS else "")
+    return f"<li><code>{html.escape(passage['source'])}</code>: <span class='passage'>{short}</span>{whole}</li>"
+
+
+def passages_html(services: Services, sides: list[tuple[str, str, list[str]]]) -> str:
+    """What each "base + retrieval" side was given with the question: its passages, source file and text,
+    so a reviewer can check the answer against them. Empty when no side retrieved anything."""
+    parts = [f"<p><b>{side}</b> ({html.escape(model)}) was given {len(ids)} passage{'s' * (len(ids) != 1)} "
+             "with the question, best match first:</p><ol>"
+             + "".join(passage_item(p) for p in retrieved_passages(services, ids)) + "</ol>"
+             for side, model, ids in sides if ids]
+    if not parts:
+        return ""
+    return ("<details open><summary><b>Retrieved passages</b> for the last answer</summary>"
+            + "".join(parts) + "</details>")
 
 
 def send(services, message, left, right, model_left, model_right, *sampling_args, request: gr.Request = None):
@@ -77,11 +143,11 @@ def send(services, message, left, right, model_left, model_right, *sampling_args
         raise gr.Error(str(exc)) from exc
     user = {"role": "user", "content": text}
     left, right = (left or []) + [user], (right or []) + [user]
-    yield left, right, for_display(left), for_display(right), "", "generating…"
+    yield left, right, for_display(left), for_display(right), "", "generating…", ""  # the last turn's passages go
     params, side_prompts = split_inputs(sampling_args)
-    for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request),
-                                         annotator_of(request), side_prompts):
-        yield left, right, for_display(left), for_display(right), "", stats
+    for left, right, stats, passages in stream_pair(services, left, right, model_left, model_right, params,
+                                                    session_of(request), annotator_of(request), side_prompts):
+        yield left, right, for_display(left), for_display(right), "", stats, passages
 
 
 def regenerate(services, left, right, model_left, model_right, *sampling_args, request: gr.Request = None):
@@ -95,13 +161,13 @@ def regenerate(services, left, right, model_left, model_right, *sampling_args, r
     if not left or not right:
         raise gr.Error("Nothing to regenerate yet: send a message first.")
     params, side_prompts = split_inputs(sampling_args)
-    for left, right, stats in stream_pair(services, left, right, model_left, model_right, params, session_of(request),
-                                         annotator_of(request), side_prompts):
-        yield left, right, for_display(left), for_display(right), stats
+    for left, right, stats, passages in stream_pair(services, left, right, model_left, model_right, params,
+                                                    session_of(request), annotator_of(request), side_prompts):
+        yield left, right, for_display(left), for_display(right), stats, passages
 
 
 def clear():
-    return [], [], [], [], ""
+    return [], [], [], [], "", ""
 
 
 def model_note(services: Services, model_left: str, model_right: str, request: gr.Request = None) -> str:
@@ -132,9 +198,10 @@ def chat_tab(services: Services) -> None:
     choices = services.model_choices()
     with gr.Row():
         # filled per request by refresh_pickers: no checkpoint name in the page every user gets
-        model_left = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Left model", scale=3)
+        model_left = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Left model", scale=3,
+                                 elem_id="chat-left-model")
         # no value until refresh_pickers: it then defaults to the newest checkpoint (a set value would be kept)
-        model_right = gr.Dropdown([BASE_CHOICE], value=None, label="Right model", scale=3)
+        model_right = gr.Dropdown([BASE_CHOICE], value=None, label="Right model", scale=3, elem_id="chat-right-model")
         refresh = gr.Button("↻ Refresh checkpoints", scale=1, size="sm")
     note = gr.Markdown(elem_id="chat-model-note")
     with gr.Accordion("System prompt per side (compare a prompt with a fine-tune)", open=False):
@@ -158,21 +225,23 @@ def chat_tab(services: Services) -> None:
         regenerate_button = gr.Button("↻ Regenerate", size="sm")
         clear_button = gr.Button("Clear", size="sm")
         stats = gr.Markdown(elem_id="chat-stats")
+    # what a "base + retrieval" side was given; plain HTML (escaped by passages_html), opened per answer
+    passages = gr.HTML(elem_id="chat-passages")
     controls = sampling_controls()
 
     inputs = [message, left, right, model_left, model_right, *controls, system_left, system_right]
     options = dict(concurrency_id="model", api_visibility="private")
     views = [left, right, left_view, right_view]
-    send_button.click(bind(send, services), inputs, [*views, message, stats], **options)
-    message.submit(bind(send, services), inputs, [*views, message, stats], **options)
+    send_button.click(bind(send, services), inputs, [*views, message, stats, passages], **options)
+    message.submit(bind(send, services), inputs, [*views, message, stats, passages], **options)
     regenerate_button.click(
         bind(regenerate, services), [left, right, model_left, model_right, *controls, system_left, system_right],
-        [*views, stats], **options
+        [*views, stats, passages], **options
     )
     # Not gradio's `cancels`: a cancelled event left the Send button dead in gradio 6.31. The
     # running turn sees the request at its next token and ends normally, keeping what streamed.
     stop_button.click(bind(stop, services), None, None, api_visibility="private")  # queued: it knows the session
-    clear_button.click(clear, None, [*views, stats], api_visibility="private")
+    clear_button.click(clear, None, [*views, stats, passages], api_visibility="private")
     refresh.click(bind(refresh_pickers, services), [model_left, model_right], [model_left, model_right],
                   api_visibility="private")
     for picker in (model_left, model_right):

@@ -3,7 +3,10 @@ gate, a trend over rounds, and human-vote win rates beside them."""
 
 from __future__ import annotations
 
+import html
 import json
+import re
+import time
 
 import gradio as gr
 import pandas as pd
@@ -60,6 +63,31 @@ def checks_frame(report: dict | None) -> pd.DataFrame:
         for name, check in report.get("checks", {}).items()
     ]
     return pd.DataFrame(rows, columns=columns)
+
+
+# Pixel widths that fit each header's longest word and its values: left to the browser, the columns
+# were sized by their values alone and the headers broke mid-word ("fla g", "candida te").
+COLUMN_PX = {"check": 150, "flag": 140, "base": 90, "candidate": 105}
+BASELINE_PX, VERSUS_PX = 100, 130  # a baseline's figure; "vs <baseline>" ("❌ does not beat it" on two lines)
+
+
+def column_widths(columns) -> list[str]:
+    return [f"{COLUMN_PX.get(c) or (VERSUS_PX if c.startswith('vs ') else BASELINE_PX)}px" for c in columns]
+
+
+def checks_table(report: dict | None):
+    """The checks table as shown: the figures only, each column wide enough for its header. The long
+    notes go below it (check_notes), where they read as sentences instead of a squeezed column."""
+    frame = checks_frame(report).drop(columns="note")
+    return gr.update(value=frame, column_widths=column_widths(frame.columns))
+
+
+def check_notes(report: dict | None) -> str:
+    """What each check measures, with its paired evidence: the table's legend."""
+    if not report:
+        return ""
+    rows = checks_frame(report)
+    return "\n".join(f"- **{row.check}**: {row.note}" for row in rows.itertuples() if row.note)
 
 
 def examples_markdown(report: dict | None) -> str:
@@ -130,7 +158,7 @@ def show_checkpoint(services: Services, round_id: str | None, request: gr.Reques
     services.require(request, "reviewer")
     checkpoint = next((c for c in services.checkpoints() if c.round_id == round_id), None)
     report = checkpoint.eval if checkpoint else None
-    return checks_frame(report), examples_markdown(report), gate_text(services, round_id)
+    return checks_table(report), check_notes(report), examples_markdown(report), gate_text(services, round_id)
 
 
 def promote(services: Services, round_id: str, reason: str, request: gr.Request = None):
@@ -164,8 +192,96 @@ def run_evals(services: Services, round_id: str, baseline_system_prompt: str = "
                                  baseline_retrieval=corpus.resolve() if with_retrieval else None)
     except JobBusy as exc:
         raise gr.Error(str(exc)) from exc
-    gr.Info(f"Evals started for {round_id}; the report appears here when done (a few minutes).")
-    return gate_text(services, round_id)
+    gr.Info(f"Evals started for {round_id}: progress shows above the report, which appears when they finish.")
+    return gate_text(services, round_id), progress_line(services, round_id)
+
+
+CANCEL_SETTLE_S = 10  # how long Cancel waits for the job's watcher, so the line it returns is the final one
+
+
+def cancel_evals(services: Services, round_id: str | None, request: gr.Request = None):
+    """Cancel the running eval (never a training round: that has its own Cancel in the Train tab)."""
+    admin = services.require(request, "admin")
+    job = services.jobs.current
+    if job is None or not job.running or job.kind != "eval":
+        training = job is not None and job.running and job.kind == "train"
+        raise gr.Error("No eval is running" + (f": {job.round_id} is a training round, cancelled from the Train tab."
+                                               if training else "."))
+    gr.Info(services.jobs.cancel(by=admin, kind="eval"))
+    job.handled.wait(CANCEL_SETTLE_S)
+    return gate_text(services, round_id), progress_line(services, round_id)
+
+
+# ---------------------------------------------------------------- the eval's progress, polled by a timer
+
+def latest_eval(services: Services):
+    """The eval job this app started (or adopted) last, running or ended; None before any."""
+    return next((job for job in reversed(services.jobs.history) if job.kind == "eval"), None)
+
+
+def inline_html(text: str) -> str:
+    """The few markdown marks the job messages use (**bold**, `code`), as escaped HTML."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def bar_html(done: int, total: int, text: str) -> str:
+    percent = 0 if not total else min(100, round(100 * done / total))
+    return (f"<div style='margin:4px 0'>{inline_html(text)}</div>"
+            "<div style='background:#e5e7eb;border-radius:6px;height:10px'>"
+            f"<div style='width:{percent}%;background:#f97316;height:10px;border-radius:6px'></div></div>")
+
+
+def progress_line(services: Services, round_id: str | None) -> str:
+    """One line (HTML) about the evals: running with a bar, or how the last run ended. Read from the job
+    and its progress files on every timer tick, so nobody has to press Refresh to learn the outcome."""
+    current = services.jobs.current
+    if current is not None and current.running and current.kind == "train":
+        return inline_html(f"Training round `{current.round_id}` is running; its evals start by themselves "
+                           "when it finishes.")
+    job = latest_eval(services)
+    if job is None:
+        return ""
+    elapsed = (job.ended or time.time()) - job.started
+    if job.running:
+        done, total = services.jobs.eval_progress(job)
+        if not total:
+            return bar_html(0, 0, f"⏳ **Evals** of `{job.round_id}` started {elapsed:.0f} s ago: "
+                                  "loading the models…")
+        eta = f" · about {elapsed / done * (total - done):.0f} s left" if done else ""
+        return bar_html(done, total, f"⏳ **Evals** of `{job.round_id}` running · {done}/{total} prompts"
+                                     f"{eta} · {elapsed:.0f} s elapsed")
+    if services.jobs.was_cancelled(job):
+        return inline_html("■ " + services.jobs.cancellation(job))
+    where = ("The report is below." if job.round_id == round_id else
+             f"Pick `{job.round_id}` above to read the report.")
+    if job.returncode == 0:
+        return inline_html(f"✅ **Evals** of `{job.round_id}` finished in {elapsed:.0f} s: no regression. {where}")
+    if job.returncode == 1:  # exit 1 is the gate's verdict, not a crash
+        return inline_html(f"🚩 **Evals** of `{job.round_id}` finished in {elapsed:.0f} s: a regression was "
+                           f"flagged. {where}")
+    error = services.jobs.progress(job.round_id, "eval").read_status().get("error") or "see the log"
+    error = error.rstrip(".")  # the sentence below adds its own full stop
+    return inline_html(f"⛔ **Evals** of `{job.round_id}` failed (exit {job.returncode}): {error}. "
+                       f"The log: runs/{job.round_id}/eval.out.log")
+
+
+def job_key(services: Services) -> list | None:
+    """Which eval is the latest and whether it still runs: when this changes, the report may have."""
+    job = latest_eval(services)
+    return None if job is None else [job.round_id, job.started, job.running]
+
+
+def watch(services: Services, round_id: str | None, seen: dict | None, request: gr.Request = None):
+    """Timer: the progress line (sent only when it changed), and the whole view again when an eval
+    started or ended (its report, the gate, new checkpoints in the picker)."""
+    if services.role_of(request) == "annotator":
+        return (gr.skip(),) * (2 + VIEW_SIZE)
+    seen = seen or {}
+    line, key = progress_line(services, round_id), job_key(services)
+    view = refresh(services, round_id, request) if key != seen.get("job") else (gr.skip(),) * VIEW_SIZE
+    return (gr.skip() if line == seen.get("line") else line), {"job": key, "line": line}, *view
 
 
 OVERRIDE_COLUMNS = ["when (UTC)", "checkpoint", "promoted by", "reason", "adapter weights"]
@@ -188,8 +304,8 @@ def win_rates(services: Services | None):
 
 def refresh(services: Services, round_id: str | None, request: gr.Request = None):
     if services.role_of(request) == "annotator":  # the Evals tab is for reviewers and admins
-        return (gr.update(choices=[], value=None), checks_frame(None), "", "", trend_frame(None), *win_rates(None),
-                overrides_frame(None))
+        return (gr.update(choices=[], value=None), checks_table(None), "", "", "", trend_frame(None),
+                *win_rates(None), overrides_frame(None))
     choices = [c.round_id for c in reversed(services.checkpoints())]
     round_id = round_id if round_id in choices else (choices[0] if choices else None)
     board, pair_rows = win_rates(services)
@@ -197,18 +313,26 @@ def refresh(services: Services, round_id: str | None, request: gr.Request = None
             trend_frame(services), board, pair_rows, overrides_frame(services))
 
 
+VIEW_SIZE = 9  # what refresh returns: picker, table, notes, examples, gate, trend, board, pairwise, overrides
+
+
 def evals_tab(services: Services):
     with gr.Row():
         picker = gr.Dropdown([], label="Checkpoint", scale=3, elem_id="evals-picker")
         refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
-        rerun = gr.Button("Run evals again", size="sm", scale=1)
+        rerun = gr.Button("Run evals again", size="sm", scale=1, elem_id="evals-rerun")
+        cancel = gr.Button("Cancel evals", size="sm", scale=1, variant="stop", elem_id="evals-cancel")
     baseline = gr.Textbox(label="Baseline system prompt (optional): evals run again also answer with the base and "
                                "this system prompt, so you see whether the fine-tune beats a prompt",
                           lines=2, max_length=4000, elem_id="evals-baseline")
     with_retrieval = gr.Checkbox(label="Also against base + retrieval (the corpus uploaded in the Train tab)",
                                  value=False, elem_id="evals-with-retrieval")
+    progress = gr.HTML(elem_id="evals-progress")
     gate = gr.Markdown(elem_id="evals-gate")
-    table = gr.Dataframe(headers=CHECK_COLUMNS, interactive=False, wrap=True, elem_id="evals-table")
+    columns = CHECK_COLUMNS[:-1]  # the note column is shown below the table (check_notes)
+    table = gr.Dataframe(headers=columns, interactive=False, wrap=True, column_widths=column_widths(columns),
+                         elem_id="evals-table")
+    notes = gr.Markdown(elem_id="evals-notes")
     with gr.Row():
         reason = gr.Textbox(label="Override reason (required only when the gate blocks)", scale=4)
         promote_button = gr.Button("Promote to current candidate", variant="primary", scale=1, elem_id="evals-promote")
@@ -223,11 +347,16 @@ def evals_tab(services: Services):
     gr.Markdown("### Human votes (Arena): Bradley-Terry ratings with 95% bootstrap intervals")
     board = gr.Dataframe(headers=LEADERBOARD_COLUMNS, interactive=False, elem_id="evals-leaderboard")
     pairwise = gr.Dataframe(headers=PAIRWISE_COLUMNS, interactive=False, label="Win rate per model pair")
+    seen = gr.State(None)  # the eval job and progress line this page last showed
+    timer = gr.Timer(2.0)
 
     private = dict(api_visibility="private")
-    outputs = [picker, table, examples, gate, trend, board, pairwise, overrides]
+    outputs = [picker, table, notes, examples, gate, trend, board, pairwise, overrides]
+    assert len(outputs) == VIEW_SIZE
     refresh_button.click(bind(refresh, services), picker, outputs, **private)
-    picker.change(bind(show_checkpoint, services), picker, [table, examples, gate], **private)
+    picker.change(bind(show_checkpoint, services), picker, [table, notes, examples, gate], **private)
     promote_button.click(bind(promote, services), [picker, reason], [gate, reason, overrides], **private)
-    rerun.click(bind(run_evals, services), [picker, baseline, with_retrieval], gate, **private)
+    rerun.click(bind(run_evals, services), [picker, baseline, with_retrieval], [gate, progress], **private)
+    cancel.click(bind(cancel_evals, services), picker, [gate, progress], **private)
+    timer.tick(bind(watch, services), [picker, seen], [progress, seen, *outputs], **private)
     return picker, outputs

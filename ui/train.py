@@ -241,10 +241,17 @@ def export_data(services: Services, kind: str, fmt: str, request: gr.Request = N
     return str(target)
 
 
+CANCEL_SETTLE_S = 10  # how long Cancel waits for the job's watcher, so the status it returns is the final one
+
+
 def cancel_round(services: Services, method: str, include_flagged: bool, include_cut_off: bool,
                  request: gr.Request = None):
-    services.require(request, "admin")
-    gr.Info(services.jobs.cancel())
+    """Cancel whatever runs (a round or its evals), recorded under the admin's name."""
+    admin = services.require(request, "admin")
+    job = services.jobs.current
+    gr.Info(services.jobs.cancel(by=admin))
+    if job is not None:
+        job.handled.wait(CANCEL_SETTLE_S)
     return status_and_gate(services, method, include_flagged, include_cut_off)
 
 
@@ -283,9 +290,10 @@ def round_status(services: Services):
     steps = [r for r in rows if r.get("step") is not None]
     last = steps[-1] if steps else {}
     step, total = int(last.get("step") or 0), int(last.get("max_steps") or 0)
-    elapsed = time.time() - job.started
-    if job.running and job.kind == "eval":
+    if job.kind == "eval":  # the bar follows the eval's prompts, not the round's steps: a cancel shows where it stopped
         step, total = services.jobs.eval_progress(job)
+    elapsed = (job.ended or time.time()) - job.started  # a finished job's duration stays put
+    if job.running and job.kind == "eval":
         eta = elapsed / step * (total - step) if step else None
         label = (f"**evals** of `{job.round_id}` running · {step}/{total or '?'} prompts"
                  + (f" · ETA {eta:.0f} s" if eta is not None else "") + f" · {elapsed:.0f} s elapsed")
@@ -294,9 +302,8 @@ def round_status(services: Services):
         label = (f"**training** `{job.round_id}` running · step {step}/{total or '?'}"
                  + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) else "")
                  + f" · {elapsed:.0f} s elapsed")
-    elif job.cancelled:
-        what = "training" if job.kind == "train" else "evals of"
-        label = f"**{what}** `{job.round_id}` cancelled; nothing was written under checkpoints/."
+    elif services.jobs.was_cancelled(job):
+        label = services.jobs.cancellation(job)  # who, when, how far, and what was kept
     elif job.kind == "eval" and job.returncode in (0, 1):  # exit 1 is a verdict (regression), not a crash
         verdict = ("every check passed: promote it in the Evals tab." if job.returncode == 0 else
                    "a regression was flagged: read the report in the Evals tab.")
@@ -307,7 +314,28 @@ def round_status(services: Services):
         error = services.jobs.progress(job.round_id, job.kind).read_status().get("error") or "see the log below"
         what = "training" if job.kind == "train" else "evals of"
         label = f"⛔ **{what}** `{job.round_id}` failed (exit {job.returncode}): {error}"
-    return progress_html(step, total, label), label, plot_update(rows), services.jobs.log_text(job)
+    result = round_result(services, job.round_id)
+    status = label + (f"\n\n**Round result** `{job.round_id}`: {result}" if result else "")
+    return progress_html(step, total, label), status, plot_update(rows), services.jobs.log_text(job)
+
+
+def round_result(services: Services, round_id: str) -> str:
+    """A finished round's held-out figures from its round.json ("" before it finished). For CPT the
+    held-out perplexity before -> after is the figure that says whether the corpus was learned."""
+    checkpoint = next((c for c in services.checkpoints() if c.round_id == round_id), None)
+    metrics = (checkpoint.round.get("metrics") or {}) if checkpoint else {}
+    parts = []
+    perplexity = metrics.get("heldout_perplexity") or {}
+    before, after = perplexity.get("before"), perplexity.get("after")
+    if isinstance(before, (int, float)) and isinstance(after, (int, float)):
+        change = f" ({(after - before) / before:+.0%})" if before else ""
+        parts.append(f"held-out perplexity {before:.2f} → {after:.2f}{change}")
+    if isinstance(metrics.get("best_eval_loss"), (int, float)):
+        parts.append(f"best held-out loss {metrics['best_eval_loss']:.3f} at step {metrics.get('best_step')}"
+                     f" of {metrics.get('steps')}")
+    if isinstance(metrics.get("heldout_reward_accuracy"), (int, float)):
+        parts.append(f"held-out reward accuracy {metrics['heldout_reward_accuracy']:.0%}")
+    return " · ".join(parts)
 
 
 def plot_update(rows: list[dict]):
@@ -359,9 +387,13 @@ def knob_component(f, value, method: str):
                      precision=0 if kind is int else None, min_width=160, elem_id=f"knob-{f.name}")
 
 
+PAST_COLUMNS = ["round", "state", "result", "error", "log"]
+
+
 def past_rounds(services: Services, request: gr.Request = None) -> pd.DataFrame:
     services.require(request, "admin")
-    return pd.DataFrame(services.jobs.past_runs(), columns=["round", "state", "error", "log"])
+    rows = [{**run, "result": round_result(services, run["round"])} for run in services.jobs.past_runs()]
+    return pd.DataFrame(rows, columns=PAST_COLUMNS)
 
 
 def train_tab(services: Services):
@@ -402,7 +434,8 @@ def train_tab(services: Services):
     log = gr.Textbox(label="Log (tail)", lines=12, max_lines=12, autoscroll=True, elem_id="train-log")
     timer = gr.Timer(2.0)
     with gr.Accordion("Past rounds (failed and cancelled ones keep their logs)", open=False):
-        history = gr.Dataframe(pd.DataFrame(columns=["round", "state", "error", "log"]), interactive=False, wrap=True)
+        history = gr.Dataframe(pd.DataFrame(columns=PAST_COLUMNS), interactive=False, wrap=True,
+                               elem_id="train-history")
         refresh_history = gr.Button("↻ Refresh", size="sm")
     with gr.Accordion("Export the labeled data (TRL format; loads with `datasets`)", open=False):
         with gr.Row():
