@@ -103,7 +103,7 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     page.get_by_text("Models compared (admins)").click()
     page.set_input_files("input[type=file]", str(MT_BENCH))
     page.click("#arena-import")
-    wait_text(page, "#arena-progress", "in the queue: 80")
+    wait_text(page, "#arena-progress", "in the queue: 80", timeout=120_000)  # took over 30 s on a loaded 2-core machine
     assert "Cold start" in page.inner_text("#arena-progress")
     shot(page, "1-import")
     page.get_by_text("Sampling settings (apply to both sides)").locator("visible=true").first.click()
