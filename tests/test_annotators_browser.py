@@ -29,6 +29,8 @@ def team_app(tmp_path, tiny_model_dir):
     with Store(data_dir) as store:
         store.import_prompts([{"prompt": f"queued question {i}"} for i in range(4)], source="test")
     (data_dir / "labeling_settings.json").write_text(json.dumps({"overlap_share": 1.0}))  # every prompt twice
+    # the team's Arena sampling (what annotators generate with): short answers, which is all this test reads
+    (data_dir / "arena_sampling.json").write_text(json.dumps({"max_new_tokens": 32}))
     auth = tmp_path / "users.txt"
     for user, role in (("ann", "annotator"), ("bob", "annotator"), ("rita", "reviewer")):
         add_user(auth, user, role, PASSWORDS[user])

@@ -16,7 +16,8 @@ from evals.report import run_eval
 from models.chat import ChatModel, SamplingParams
 from models.loading import load_base
 from training.registry import list_checkpoints
-from tests.test_training import cli, sft_rows, tiny_args, write_jsonl
+from training.__main__ import main
+from tests.test_training import sft_rows, tiny_args, write_jsonl
 
 QUESTION = [{"role": "user", "content": "write a poem 3"}]
 GREEDY = SamplingParams(temperature=0, max_new_tokens=8)
@@ -27,9 +28,10 @@ def full_round(tiny_model_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("full")
     data = write_jsonl(root / "sft.jsonl", sft_rows(8))
     out = root / "checkpoints"
-    result = cli(*tiny_args(tiny_model_dir, data, out, "f1", "--method", "sft", "--full", "--steps", "3",
-                            "--lr", "1e-2", "--save-every", "1", "--eval-every", "3"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    # the training CLI's own main, in this process: no fresh interpreter to import torch and trl again
+    code = main([*map(str, tiny_args(tiny_model_dir, data, out, "f1", "--method", "sft", "--full", "--steps", "3",
+                                     "--lr", "1e-2", "--save-every", "1", "--eval-every", "3"))])
+    assert code == 0, "the full round failed: its error line is in the captured stderr"
     return out
 
 
@@ -48,12 +50,15 @@ def test_full_round_writes_a_whole_model_that_the_registry_lists(full_round, tin
     assert len(changed) > len(base) // 2  # every layer trained, not a few adapter matrices
 
 
-def test_full_and_4bit_together_are_refused_in_one_line(tiny_model_dir, tmp_path):
+def test_full_and_4bit_together_are_refused_in_one_line(tiny_model_dir, tmp_path, capsys):
     data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(6))
-    result = cli(*tiny_args(tiny_model_dir, data, tmp_path / "checkpoints", "f2", "--method", "sft", "--full",
-                            "--recipe", "sft_qlora"))
-    assert result.returncode == 2
-    assert "full fine-tuning trains unquantized weights: add --no-4bit" in result.stderr
+    # the CLI's own main, in this process: a refusal needs no fresh interpreter
+    code = main([*map(str, tiny_args(tiny_model_dir, data, tmp_path / "checkpoints", "f2", "--method", "sft",
+                                     "--full", "--recipe", "sft_qlora"))])
+    stderr = capsys.readouterr().err
+    assert code == 2
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "full fine-tuning trains unquantized weights: add --no-4bit" in errors[0], stderr
     assert not (tmp_path / "checkpoints" / "f2").exists()
 
 

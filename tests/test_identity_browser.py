@@ -7,6 +7,7 @@ Runs the app on the tiny random model, so it needs only Chromium and a few secon
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -32,6 +33,9 @@ def login_app(tmp_path_factory, tiny_model_dir, trained_checkpoint):
     shutil.copytree(trained_checkpoint, data_dir / "checkpoints" / trained_checkpoint.name)  # one to promote
     auth = data_dir / "users.txt"
     auth.write_text("".join(f"{user}:{password}\n" for user, password in USERS.items()))
+    # the team's Arena sampling, which fills the (admin) users' controls on page load: short answers,
+    # which is all this test needs
+    (data_dir / "arena_sampling.json").write_text(json.dumps({"max_new_tokens": 32}))
     from labeling.store import Store
 
     with Store(data_dir) as store:  # a first version: the test sees it arrive in the editor before typing

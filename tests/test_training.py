@@ -227,16 +227,13 @@ def test_list_command_prints_the_round(dpo_round, capsys):
     assert "r1\tdpo" in capsys.readouterr().out
 
 
-def test_cli_sft_round(tiny_model_dir, tmp_path):
-    data = write_jsonl(tmp_path / "sft.jsonl", sft_rows(6))
-    out = tmp_path / "checkpoints"
-    result = cli(*tiny_args(tiny_model_dir, data, out, "s1", "--method", "sft", "--steps", "2", "--no-4bit",
-                            "--lr", "5e-3"))
-    assert result.returncode == 0, result.stderr[-3000:]
-    info = json.loads((out / "s1" / "round.json").read_text())
+def test_cli_sft_round(trained_checkpoint):
+    """The session's SFT round (conftest.trained_checkpoint: `training run --method sft ... --no-4bit` through
+    the CLI's main, 8 steps): one SFT round serves this test and the Arena/Chat tests that use it."""
+    info = json.loads((trained_checkpoint / "round.json").read_text())
     assert info["method"] == "sft" and info["reference"] is None and info["config"]["loss_type"] == "nll"
     assert info["metrics"]["heldout_token_accuracy"] is not None
-    assert any(v.abs().max() > 0 for k, v in lora_tensors(out / "s1" / "adapter").items() if "lora_B" in k)
+    assert any(v.abs().max() > 0 for k, v in lora_tensors(trained_checkpoint / "adapter").items() if "lora_B" in k)
 
 
 def test_4bit_round_and_continue_from_its_checkpoint(tiny_model_dir, tmp_path):
@@ -458,16 +455,18 @@ def test_gradient_checkpointing_follows_the_recipe_and_the_model_size(tiny_model
     assert load_recipe("dpo_qlora_7b").validate().gradient_checkpointing == "on"
 
 
-def test_cpt_round_on_a_text_corpus_records_held_out_perplexity(tiny_model_dir, tmp_path):
+def test_cpt_round_on_a_text_corpus_records_held_out_perplexity(tiny_model_dir, tmp_path, capsys):
     corpus = tmp_path / "corpus"
     (corpus / "notes").mkdir(parents=True)
     lines = [f"The lighthouse at cape {i} turns its lamp every {i % 7 + 2} seconds." for i in range(60)]
     (corpus / "a.md").write_text("\n\n".join(lines[:30]))
     (corpus / "notes" / "b.txt").write_text("\n\n".join(lines[30:]))
     (corpus / "c.jsonl").write_text("".join(json.dumps({"text": line}) + "\n" for line in lines[:10]))
-    result = cli(*tiny_args(tiny_model_dir, corpus, tmp_path / "checkpoints", "c1", "--method", "cpt", "--steps", "6",
-                            "--no-4bit", "--lr", "5e-3", "--min-pairs", "2", "--eval-every", "3"))
-    assert result.returncode == 0, result.stderr[-3000:]
+    # the CLI's own main, in this process (dpo_round and the cancel tests run `python -m training` itself)
+    code = main([*map(str, tiny_args(tiny_model_dir, corpus, tmp_path / "checkpoints", "c1", "--method", "cpt",
+                                     "--steps", "6", "--no-4bit", "--lr", "5e-3", "--min-pairs", "2",
+                                     "--eval-every", "3"))])
+    assert code == 0, capsys.readouterr().err[-3000:]
     info = json.loads((tmp_path / "checkpoints" / "c1" / "round.json").read_text())
     assert info["method"] == "cpt" and info["recipe"] == "cpt_qlora"
     perplexity = info["metrics"]["heldout_perplexity"]
@@ -477,14 +476,19 @@ def test_cpt_round_on_a_text_corpus_records_held_out_perplexity(tiny_model_dir, 
 
 @pytest.mark.parametrize("case, message", [
     ("empty", "no corpus at"), ("bad jsonl", 'needs a "text" string'), ("too small", "makes 1 chunks")])
-def test_a_bad_corpus_is_refused_in_one_line(case, message, tiny_model_dir, tmp_path):
+def test_a_bad_corpus_is_refused_in_one_line(case, message, tiny_model_dir, tmp_path, capsys):
     corpus = tmp_path / "corpus"
     corpus.mkdir()
     if case == "bad jsonl":
         (corpus / "x.jsonl").write_text('{"body": "no text field"}\n')
     elif case == "too small":
         (corpus / "x.md").write_text("One short paragraph.")
-    result = cli(*tiny_args(tiny_model_dir, corpus, tmp_path / "checkpoints", "c2", "--method", "cpt", "--no-4bit"))
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]  # bnb may warn on its own
-    assert result.returncode == 2 and len(errors) == 1 and message in errors[0], result.stderr[-2000:]
-    assert "Traceback" not in result.stderr
+    # the CLI's own main, in this process (as test_bad_input_exits_2_with_one_line): a refusal needs no
+    # fresh interpreter, and `python -m training` itself runs in dpo_round and the cancel tests
+    code = main([*map(str, tiny_args(tiny_model_dir, corpus, tmp_path / "checkpoints", "c2", "--method", "cpt",
+                                     "--no-4bit"))])
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]  # bnb may warn on its own
+    assert code == 2 and len(errors) == 1 and message in errors[0], stderr[-2000:]
+    assert "Traceback" not in stderr
+    assert not (tmp_path / "checkpoints" / "c2").exists()
