@@ -7,8 +7,9 @@ cosine similarity over one NumPy matrix: exact, no index structure, and fast eno
 (README: when to move to a real vector store).
 
 On disk, beside the corpus (`data/retrieval/`):
-    chunks.jsonl     {"id", "text"} per chunk; the id is the hash of its text, so a comparison that
-                     records it can be traced to the passage even after a rebuild
+    chunks.jsonl     {"id", "text", "source"} per chunk; the id is the hash of its text, so a comparison
+                     that records it can be traced to the passage even after a rebuild; source is the
+                     corpus file it came from (the Chat tab shows it beside the passage)
     embeddings.npy   float32 (chunks x 384), L2-normalised, in chunks.jsonl's order
     manifest.json    the corpus hash and the settings it was built with; written last, so a build cut
                      short leaves no manifest and is redone
@@ -49,7 +50,7 @@ class RetrievalError(ValueError):
 @dataclass
 class Index:
     folder: Path
-    chunks: list[dict]  # {"id", "text"}
+    chunks: list[dict]  # {"id", "text", "source"}
     vectors: np.ndarray  # (len(chunks), 384), unit rows
     manifest: dict
 
@@ -92,17 +93,23 @@ def split_long(text: str, max_chars: int = CHUNK_CHARS) -> list[str]:
 
 
 def chunk_corpus(corpus) -> list[dict]:
-    """The corpus's chunks with ids; identical chunks are kept once."""
+    """The corpus's chunks with ids and the file each came from; identical chunks are kept once (the first file's)."""
+    corpus = Path(corpus)
+    chunks: dict[str, dict] = {}
     try:
-        texts = corpus_texts(corpus, CHUNK_CHARS)
+        files = corpus_files(corpus)
+        if not files:
+            corpus_texts(corpus, CHUNK_CHARS)  # raises its "no corpus at" error
+        for file in files:  # file by file: chunks never span files, so each knows its source
+            source = str(file.relative_to(corpus)) if corpus.is_dir() else file.name
+            for text in (piece for t in corpus_texts(file, CHUNK_CHARS) for piece in split_long(t)):
+                key = hashlib.sha256(text.encode()).hexdigest()[:16]
+                chunks.setdefault(key, {"id": key, "text": text, "source": source})
     except CorpusError as exc:
         raise RetrievalError(f"{exc} (upload one in the Train tab)" if "no corpus" in str(exc) else str(exc)) from exc
-    chunks = {}
-    for text in (piece for t in texts for piece in split_long(t)):
-        chunks.setdefault(hashlib.sha256(text.encode()).hexdigest()[:16], text)
     if not chunks:
         raise RetrievalError(f"the corpus at {corpus} holds no text")
-    return [{"id": key, "text": text} for key, text in chunks.items()]
+    return list(chunks.values())
 
 
 def settings() -> dict:
@@ -167,7 +174,8 @@ def index_for(corpus, folder) -> Index:
         corpus_hash = corpus_sha256(corpus)
         index = load(folder)
         same_settings = index is not None and all(index.manifest.get(k) == v for k, v in settings().items())
-        if not same_settings or index.manifest.get("corpus_sha256") != corpus_hash:
+        if not same_settings or index.manifest.get("corpus_sha256") != corpus_hash \
+                or any("source" not in chunk for chunk in index.chunks):  # built before chunks named their file
             index = build(corpus, folder, corpus_hash, previous=index if same_settings else None)
         _loaded[folder] = (signature, index)
         return index

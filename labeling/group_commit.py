@@ -42,7 +42,6 @@ class GroupCommit(Generic[Request, Result]):
         self._changed = threading.Condition()
         self._pending: list[_Slot] = []
         self._leading = False  # a batch is being written
-        self.batches = 0  # batches written (a test and the bench read it)
 
     def submit(self, request: Request) -> Result:
         slot = _Slot(request)
@@ -73,7 +72,6 @@ class GroupCommit(Generic[Request, Result]):
         finally:
             with self._changed:  # let the next leader in; this batch's callers keep waiting for `then`
                 self._leading = False
-                self.batches += 1
                 self._changed.notify_all()
         if then is not None:
             try:

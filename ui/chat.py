@@ -6,15 +6,12 @@ with per-row adapter names), so the pair costs barely more than one answer.
 
 from __future__ import annotations
 
-import functools
 import html
 import time
-from pathlib import Path
 
 import gradio as gr
 
 from evals import retrieval
-from formats import corpus_files
 from models.loading import ModelLoadError
 from ui.services import (
     annotator_of, busy_as_error, BASE_CHOICE, Services, bind, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
@@ -80,34 +77,12 @@ def stream_pair(services: Services, left: list, right: list, model_left: str, mo
 SNIPPET_CHARS = 300  # a passage's opening in the list; the whole of it one click away
 
 
-@functools.lru_cache(maxsize=256)
-def file_chunk_ids(path: str, size: int, mtime_ns: int) -> tuple[str, ...]:
-    """The ids of one corpus file's chunks (size and time in the key: an edited file is chunked again).
-    Chunks never span files and an id is its text's hash, so these are the ids the whole-corpus index has."""
-    try:
-        return tuple(chunk["id"] for chunk in retrieval.chunk_corpus(Path(path)))
-    except retrieval.RetrievalError:  # a file with no text has no chunks
-        return ()
-
-
-def chunk_sources(corpus: Path) -> dict[str, str]:
-    """Chunk id -> the corpus file it came from, relative to the corpus (the index keeps ids and texts only)."""
-    sources = {}
-    for file in corpus_files(corpus):
-        stat = file.stat()
-        for chunk_id in file_chunk_ids(str(file), stat.st_size, stat.st_mtime_ns):
-            sources.setdefault(chunk_id, str(file.relative_to(corpus)) if corpus.is_dir() else file.name)
-    return sources
-
-
 def retrieved_passages(services: Services, ids: list[str]) -> list[dict]:
     """{"source", "text"} of each chunk id, in the order given (best match first)."""
-    corpus = services.settings.corpus_dir
-    index = retrieval.index_for(corpus, services.settings.data_dir / "retrieval")  # the one prepare just used
-    texts = {chunk["id"]: chunk["text"] for chunk in index.chunks}
-    sources = chunk_sources(corpus)
-    return [{"source": sources.get(chunk_id, "(no longer in the corpus)"), "text": texts.get(chunk_id, "")}
-            for chunk_id in ids]
+    index = retrieval.index_for(services.settings.corpus_dir, services.settings.data_dir / "retrieval")  # prepare's
+    chunks = {chunk["id"]: chunk for chunk in index.chunks}
+    missing = {"source": "(no longer in the corpus)", "text": ""}
+    return [{key: chunks.get(chunk_id, missing)[key] for key in ("source", "text")} for chunk_id in ids]
 
 
 def passage_item(passage: dict) -> str:
