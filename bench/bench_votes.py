@@ -8,7 +8,11 @@
    The same again while a generation runs in the decode loop (an `/arena_generate` call kept busy).
    Where a burst vote's time goes comes from the server itself (this file instruments it): client to
    handler start (HTTP, gradio's queue, a worker thread), the writer lock's wait, the transaction
-   under it, the journal's fsync, handler end to acknowledgment (the SSE message back).
+   under it, the journal's fsync, handler end to acknowledgment (the SSE message back). Also printed:
+   each burst's slowest vote, the burst on the server's own clock, the CPU per vote of the server
+   and of the clients (and the floor the server's share sets), and the garbage collector's pauses.
+   Every client votes once before timing: a client's first call opens its message stream, which an
+   annotator's open page has done long before they vote.
 
     python bench/bench_votes.py [--votes 300] [--clients 20] [--rounds 6] [--compare REF]
 
@@ -40,6 +44,22 @@ MESSAGES = [{"role": "user", "content": "What is the capital of France?"}]
 
 def percentile(samples: list[float], q: float) -> float:
     return sorted(samples)[min(len(samples) - 1, int(q * len(samples)))]
+
+
+def process_cpu(pid: int) -> float:
+    """CPU seconds (user + system, every thread) a process has used so far, from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@contextmanager
+def cpu_used(server: "Server", tally: list[float], votes: int):
+    """Add the server's and this process's CPU seconds over the block, and its vote count, to `tally`."""
+    server_start, client_start = process_cpu(server.process.pid), time.process_time()
+    yield
+    tally[0] += process_cpu(server.process.pid) - server_start
+    tally[1] += time.process_time() - client_start
+    tally[2] += votes
 
 
 # ---- 1. the store alone --------------------------------------------------------------------
@@ -155,9 +175,21 @@ def serve(argv: list[str], timings_path: Path) -> None:
 
     Queue.push = timed_push
 
+    pauses, gc_started = [], {}
+
+    def gc_timer(phase, info):  # the collector's pauses, which stop every thread of the interpreter
+        if phase == "start":
+            gc_started["t"] = time.perf_counter()
+        elif "t" in gc_started:
+            pauses.append((info["generation"], time.perf_counter() - gc_started.pop("t"), time.time()))
+
+    import gc
+    gc.callbacks.append(gc_timer)
+
     def dump(*_):
         with records_lock:
             timings_path.write_text(json.dumps(records))
+            timings_path.with_suffix(".gc.json").write_text(json.dumps(pauses))
         os._exit(0)
 
     signal.signal(signal.SIGTERM, dump)
@@ -207,6 +239,8 @@ class Server:
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             self.process.wait(timeout=30)
+        gc_file = self.timings.with_suffix(".gc.json")
+        self.gc_pauses = json.loads(gc_file.read_text()) if gc_file.exists() else []
         return json.loads(self.timings.read_text()) if self.timings.exists() else []
 
 
@@ -281,7 +315,7 @@ def generating(server: Server):
 def app_bench(args, model_dir: str) -> None:
     from gradio_client import Client
 
-    per_server = args.lone * 2 + 3 + args.clients * args.rounds * 2 + 10
+    per_server = args.lone * 2 + 4 + args.clients * (args.rounds + 1) * 2 + 10
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         checkouts = [("this checkout", ROOT)]
@@ -301,26 +335,32 @@ def app_bench(args, model_dir: str) -> None:
             clients = {s.label: [Client(s.url, verbose=False, ssl_verify=args.client_verify)
                                  for _ in range(args.clients)] for s in servers}
             results = {(s.label, phase): ([], []) for s in servers for phase in PHASES}
+            # [server CPU s, this process's CPU s, votes] for the lone votes and the bursts
+            cpu = {(s.label, phase): ([0.0, 0.0, 0], [0.0, 0.0, 0]) for s in servers for phase in PHASES}
             generations = {}
             for phase in PHASES:
-                for server in servers:  # warm-up, not counted
-                    lone(server, clients[server.label][0], 3)
+                for server in servers:  # warm-up, not counted: every client opens its message stream
+                    for client in clients[server.label]:  # (as an annotator's open page already has)
+                        lone(server, client, 1)
+                    lone(server, clients[server.label][0], 2)
                 with ExitStack() as stack:
                     if phase != "votes only":  # every app generates, so each is measured under the same load
                         for server in servers:
                             generations[server.label] = stack.enter_context(generating(server))
                     for _ in range(args.lone):  # the apps take turns, vote by vote and burst by burst
                         for server in servers:
-                            results[(server.label, phase)][0].extend(lone(server, clients[server.label][0], 1))
+                            with cpu_used(server, cpu[(server.label, phase)][0], 1):
+                                results[(server.label, phase)][0].extend(lone(server, clients[server.label][0], 1))
                     for _ in range(args.rounds):
                         for server in servers:
-                            results[(server.label, phase)][1].extend(burst(server, clients[server.label]))
+                            with cpu_used(server, cpu[(server.label, phase)][1], args.clients):
+                                results[(server.label, phase)][1].extend(burst(server, clients[server.label]))
         finally:
             timings = {server.label: server.stop() for server in servers}
-    report(args, servers, results, timings, generations)
+    report(args, servers, results, timings, generations, cpu)
 
 
-def report(args, servers, results, timings, generations) -> None:
+def report(args, servers, results, timings, generations, cpu) -> None:
     print(f"{args.clients} gradio_client voters at once ({args.rounds} rounds), against one client alone "
           f"({args.lone} votes, median), loopback, ssl_verify={args.client_verify}; ms")
     print(f"{'app':<22}{'phase':<19}{'lone':>7}{'p50':>7}{'p99':>7}{'max':>7}{'max/lone':>10}")
@@ -331,6 +371,29 @@ def report(args, servers, results, timings, generations) -> None:
             rtts = [end - sent for _, sent, end in bursts]
             print(f"{server.label:<22}{phase:<19}{base * 1e3:>7.0f}{statistics.median(rtts) * 1e3:>7.0f}"
                   f"{percentile(rtts, .99) * 1e3:>7.0f}{max(rtts) * 1e3:>7.0f}{max(rtts) / base:>9.2f}x")
+    print("slowest vote of each burst, in order (ms):")
+    for server in servers:
+        for phase in PHASES:
+            bursts = results[(server.label, phase)][1]
+            slowest = [max(end - sent for _, sent, end in bursts[i:i + args.clients]) * 1e3
+                       for i in range(0, len(bursts), args.clients)]
+            print(f"{server.label:<22}{phase:<19}" + " ".join(f"{ms:.0f}" for ms in slowest))
+    print("\nthe server's side alone (its clock: from a POST reaching gradio's queue to the handler's end, the burst's"
+          " first POST to its last end; no client CPU, no polling), ms")
+    for server in servers:
+        by_id = {t["id"]: t for t in timings[server.label]}
+        for phase in PHASES:
+            alone, bursts = results[(server.label, phase)]
+            lone_spans = [by_id[cid]["end"] - by_id[cid]["pushed"] for cid, *_ in alone if cid in by_id]
+            spans = []
+            for i in range(0, len(bursts), args.clients):
+                rows = [by_id[cid] for cid, *_ in bursts[i:i + args.clients] if cid in by_id]
+                if rows:
+                    spans.append(max(t["end"] for t in rows) - min(t["pushed"] for t in rows))
+            if lone_spans and spans:
+                base = statistics.median(lone_spans)
+                print(f"{server.label:<22}{phase:<19} lone {base * 1e3:.1f}; bursts median {statistics.median(spans) * 1e3:.0f}, "
+                      f"max {max(spans) * 1e3:.0f} ({max(spans) / base:.1f}x lone)")
     print("\nwhere a vote's time goes (median / max, ms)")
     parts = ("to queue", "queue", "lock wait", "in lock", "journal", "to ack")
     print(f"{'app':<22}{'phase':<26}" + "".join(f"{p:>16}" for p in parts))
@@ -349,6 +412,25 @@ def report(args, servers, results, timings, generations) -> None:
     print("(to queue: from the client's call until its POST reached gradio's queue; queue: from there to the "
           "handler's start; in lock: BEGIN..COMMIT under the writer lock, with the journal too where it is written under the lock; "
           "journal: the whole append, its fsync included)")
+    print("\nCPU per vote (ms; the server process, all threads / this process's clients), and the floor it sets:"
+          " a burst's votes share the server's one interpreter (the GIL), so the last of N waits for about"
+          " N x the server's CPU per vote (votes only: during a generation the decode loop's CPU is counted too)")
+    for server in servers:
+        for phase in PHASES[:1]:
+            (s_lone, c_lone, n_lone), (s_burst, c_burst, n_burst) = cpu[(server.label, phase)]
+            alone = statistics.median([end - sent for _, sent, end in results[(server.label, phase)][0]])
+            per_vote = s_burst / n_burst
+            print(f"{server.label:<22}{phase:<19} lone: server {s_lone / n_lone * 1e3:.1f}, clients "
+                  f"{c_lone / n_lone * 1e3:.1f}; burst: server {per_vote * 1e3:.1f}, clients "
+                  f"{c_burst / n_burst * 1e3:.1f}; floor for the slowest of {args.clients}: "
+                  f"{args.clients * per_vote * 1e3:.0f} ms = {args.clients * per_vote / alone:.1f}x a lone vote")
+    for server in servers:
+        first_vote = min(t["pushed"] for t in timings[server.label])  # not the collections made while starting
+        for generation in (0, 1, 2):
+            ms = [t * 1e3 for g, t, at in server.gc_pauses if g == generation and at >= first_vote]
+            if ms:
+                print(f"{server.label}: garbage collections of generation {generation} while voting: {len(ms)}, "
+                      f"median {statistics.median(ms):.1f} ms, longest {max(ms):.0f} ms")
     for server in servers:
         calls = generations.get(server.label) or [float("nan")]
         print(f"{server.label}: the generation beside the votes (/arena_generate, 256 new tokens at most): "
