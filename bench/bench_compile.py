@@ -6,10 +6,10 @@ decodes the embedded model greedily, one row, with transformers' StaticCache:
 - `torch.compile(model.forward)`, inductor's defaults;
 - the same with inductor's `freezing` (weights folded as constants; oneDNN prepacks them on the CPU);
 - eager with int8 weights on these narrow steps (models/narrow_int8.py, what the app serves with).
-It prints tok/s, the ratio to eager, and the seconds the first compiled call took. What it found on
-2 cores (the README has the run): freezing helps about 1.1x but costs ~30 s of compiling per batch
+It prints tok/s, the ratio to eager, and the seconds the first compiled run took. What it found on
+2 cores (the README has the run): freezing helps about 1.4x but costs ~27 s of compiling per batch
 shape, and the app's loop changes shape (rows join and leave) every few steps; int8 weights help
-about 1.7x with no compiling, so the app took those.
+about 1.5x with no compiling, so the app took those.
 
     python bench/bench_compile.py [--tokens 128]
 """
@@ -26,12 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 MESSAGES = [{"role": "user", "content": "Write a long story about a lighthouse keeper and the sea."}]
 
 
-def decode_rate(model, prompt_ids: list[int], tokens: int, step) -> float:
-    """Tokens per second of `tokens` greedy steps after the prefill, through `step(**kwargs) -> logits`."""
+def decode_rate(model, prompt_ids: list[int], tokens: int, step, cache=None) -> float:
+    """Tokens per second of `tokens` greedy steps after the prefill, through `step(**kwargs) -> logits`.
+    A compiled step gets the same `cache` object every run (emptied first): inductor's freezing
+    folds what the first call saw into its graph, so a new cache object would break it."""
     import torch
     from transformers import StaticCache
 
-    cache = StaticCache(config=model.config, max_cache_len=len(prompt_ids) + tokens + 8)
+    if cache is None:
+        cache = StaticCache(config=model.config, max_cache_len=len(prompt_ids) + tokens + 8)
+    cache.reset()
     ids = torch.tensor([prompt_ids])
     with torch.no_grad():
         positions = torch.arange(ids.shape[1])
@@ -54,6 +58,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
     import torch._inductor.config as inductor
+    from transformers import StaticCache
 
     from models import narrow_int8
     from models.chat import ChatModel
@@ -71,9 +76,13 @@ def main() -> None:
         torch._dynamo.reset()
         compiled = torch.compile(model.forward, dynamic=False)
         started = time.perf_counter()
-        decode_rate(model, prompt_ids, 2, lambda **kw: compiled(**kw).logits)
+        # the warm-up decodes as many tokens as the timed run: the static cache's length is part of
+        # the compiled graph's shape, so a shorter warm-up would leave a recompile inside the timing
+        cache = StaticCache(config=model.config, max_cache_len=len(prompt_ids) + args.tokens + 8)
+        decode_rate(model, prompt_ids, args.tokens, lambda **kw: compiled(**kw).logits, cache)
         compile_s = time.perf_counter() - started
-        rows.append((label, decode_rate(model, prompt_ids, args.tokens, lambda **kw: compiled(**kw).logits), compile_s))
+        rows.append((label, decode_rate(model, prompt_ids, args.tokens, lambda **kw: compiled(**kw).logits, cache),
+                     compile_s))
     torch._dynamo.reset()
     inductor.freezing = False
     narrow_int8.prepare(model)  # this thread now reads int8 weights on narrow steps
@@ -82,7 +91,7 @@ def main() -> None:
     baseline = rows[0][1]
     print(f"one stream, bf16, greedy, {args.tokens} new tokens, {torch.get_num_threads()} threads")
     for label, rate, compile_s in rows:
-        extra = f"   first call {compile_s:.0f} s (compiling)" if compile_s else ""
+        extra = f"   first run {compile_s:.0f} s (compiling)" if compile_s else ""
         print(f"{label:<40}{rate:>7.1f} tok/s{rate / baseline:>7.2f}x{extra}")
 
 
