@@ -196,6 +196,9 @@ def test_evals_table_headers_are_readable_at_common_widths(admin_page):
     # the notes left the table for a legend under it, whole sentences with their paired evidence
     notes = text_of(page, "#evals-notes")
     assert "canned_reply: Share of answers" in notes and "newly flagged" in notes
+    # below it nothing is left blank without a word: one round draws no line, and no vote rates a model yet
+    wait_text(page, "#evals-trend-note", "One evaluated round so far")
+    wait_text(page, "#evals-leaderboard", "No votes between two different models yet")
 
 
 def test_run_evals_again_shows_progress_and_outcome_without_a_refresh(open_page, evals_app):
@@ -215,6 +218,9 @@ def test_run_evals_again_shows_progress_and_outcome_without_a_refresh(open_page,
     wait_text(page, "#evals-gate", "can be promoted" if "no regression" in outcome else "Promotion blocked")
     assert "canned_reply" in page.inner_text("#evals-table")
     assert (data_dir / "checkpoints" / FRESH / "eval.json").is_file()
+    # a second evaluated round: the plot gets it (its axis reaches round 2) and the one-round note goes
+    page.wait_for_function("() => document.querySelector('#evals-trend').innerText.split('\\n').includes('2.00')")
+    assert "One evaluated round" not in text_of(page, "#evals-trend-note")
     shot(page, "evals-finished")
 
 

@@ -295,25 +295,43 @@ def overrides_frame(services: Services | None) -> pd.DataFrame:
                         columns=OVERRIDE_COLUMNS)
 
 
+def trend_view(services: Services | None) -> tuple[pd.DataFrame, str]:
+    """The trend plot's data, and a line under it while it has fewer than two rounds: gradio's line
+    plot draws nothing at all for a single round, which read as a broken chart. (A Markdown, not the
+    plot's caption: in gradio 6.31 the caption did not show, and an update carrying one left the old
+    data on screen.)"""
+    frame = trend_frame(services)
+    rounds = frame["round"].nunique()
+    note = ("" if rounds >= 2 else "No evaluated round yet: each round's evals add a point to this plot." if rounds == 0
+            else "One evaluated round so far (its figures are in the table above): the plot draws its lines "
+                 "from the second.")
+    return frame, note
+
+
 def win_rates(services: Services | None):
     votes = services.store.vote_pairs_by_model() if services else []
     board = winrate.leaderboard(votes) if votes else []
     pair_rows = winrate.pairwise(votes) if votes else []
-    return pd.DataFrame(board, columns=LEADERBOARD_COLUMNS), pd.DataFrame(pair_rows, columns=PAIRWISE_COLUMNS)
+    # an empty table alone reads like a fault: say why it is empty and what fills it
+    label = ("Ratings" if board else
+             "No votes between two different models yet. Until a checkpoint is promoted the Arena shows two "
+             "samples of the base, which rate no model; promote one above and the Arena compares it with the base.")
+    return (gr.update(value=pd.DataFrame(board, columns=LEADERBOARD_COLUMNS), label=label, show_label=True),
+            pd.DataFrame(pair_rows, columns=PAIRWISE_COLUMNS))
 
 
 def refresh(services: Services, round_id: str | None, request: gr.Request = None):
     if services.role_of(request) == "annotator":  # the Evals tab is for reviewers and admins
-        return (gr.update(choices=[], value=None), checks_table(None), "", "", "", trend_frame(None),
+        return (gr.update(choices=[], value=None), checks_table(None), "", "", "", *trend_view(None),
                 *win_rates(None), overrides_frame(None))
     choices = [c.round_id for c in reversed(services.checkpoints())]
     round_id = round_id if round_id in choices else (choices[0] if choices else None)
     board, pair_rows = win_rates(services)
     return (gr.update(choices=choices, value=round_id), *show_checkpoint(services, round_id, request),
-            trend_frame(services), board, pair_rows, overrides_frame(services))
+            *trend_view(services), board, pair_rows, overrides_frame(services))
 
 
-VIEW_SIZE = 9  # what refresh returns: picker, table, notes, examples, gate, trend, board, pairwise, overrides
+VIEW_SIZE = 10  # what refresh returns: picker, table, notes, examples, gate, trend, its note, board, pairwise, overrides
 
 
 def evals_tab(services: Services):
@@ -343,7 +361,8 @@ def evals_tab(services: Services):
         examples = gr.Markdown()
     trend = gr.LinePlot(trend_frame(services), x="round", y="value", color="check", color_map=TREND_COLORS, y_lim=[0, 1],
                         tooltip=["round_id", "check", "value"],  # hovering a point names its checkpoint
-                        title="Candidate value per check over rounds", height=280)
+                        title="Candidate value per check over rounds", height=280, elem_id="evals-trend")
+    trend_note = gr.Markdown(trend_view(services)[1], elem_id="evals-trend-note")
     gr.Markdown("### Human votes (Arena): Bradley-Terry ratings with 95% bootstrap intervals")
     board = gr.Dataframe(headers=LEADERBOARD_COLUMNS, interactive=False, elem_id="evals-leaderboard")
     pairwise = gr.Dataframe(headers=PAIRWISE_COLUMNS, interactive=False, label="Win rate per model pair")
@@ -351,7 +370,7 @@ def evals_tab(services: Services):
     timer = gr.Timer(2.0)
 
     private = dict(api_visibility="private")
-    outputs = [picker, table, notes, examples, gate, trend, board, pairwise, overrides]
+    outputs = [picker, table, notes, examples, gate, trend, trend_note, board, pairwise, overrides]
     assert len(outputs) == VIEW_SIZE
     refresh_button.click(bind(refresh, services), picker, outputs, **private)
     picker.change(bind(show_checkpoint, services), picker, [table, notes, examples, gate], **private)
