@@ -105,7 +105,9 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
     # serialises writes itself) and set concurrency_limit=None, so only gradio's thread pool bounds
     # them. max_size bounds the waiting line: past it a client is told the
     # app is busy instead of piling up work that nobody will wait for.
-    demo.queue(default_concurrency_limit=HANDLER_CONCURRENCY, max_size=QUEUE_MAX_SIZE)
+    # status_update_rate: gradio otherwise sends every waiting event a fresh queue position each time
+    # any event starts, a message per waiting client per start; once a second is enough to watch a line move
+    demo.queue(default_concurrency_limit=HANDLER_CONCURRENCY, max_size=QUEUE_MAX_SIZE, status_update_rate=1.0)
     return demo
 
 
