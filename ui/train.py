@@ -259,8 +259,8 @@ def progress_html(done: int, total: int, label: str) -> str:
     percent = 0 if not total else min(100, round(100 * done / total))
     label = html.escape(label.replace("**", "").replace("`", ""))
     return (
-        f"<div style='margin:4px 0'>{label}</div>"
-        f"<div style='background:#e5e7eb;border-radius:6px;height:14px'>"
+        (f"<div style='margin:4px 0'>{label}</div>" if label else "")
+        + f"<div style='background:#e5e7eb;border-radius:6px;height:14px'>"
         f"<div style='width:{percent}%;background:#f97316;height:14px;border-radius:6px'></div></div>"
     )
 
@@ -316,7 +316,8 @@ def round_status(services: Services):
         label = f"⛔ **{what}** `{job.round_id}` failed (exit {job.returncode}): {error}"
     result = round_result(services, job.round_id)
     status = label + (f"\n\n**Round result** `{job.round_id}`: {result}" if result else "")
-    return progress_html(step, total, label), status, plot_update(rows), services.jobs.log_text(job)
+    # the bar carries no words of its own: the status right under it says the same, once
+    return progress_html(step, total, ""), status, plot_update(rows), services.jobs.log_text(job)
 
 
 def round_result(services: Services, round_id: str) -> str:
