@@ -244,6 +244,72 @@ class Server:
         return json.loads(self.timings.read_text()) if self.timings.exists() else []
 
 
+NOOP_APP = """
+import sys
+import gradio as gr
+def arena_vote(comparison_id: str, choice: str, better_answer: str = "") -> str:
+    return f"saved: vote {comparison_id} ({choice})"
+with gr.Blocks() as demo:
+    gr.api(arena_vote, api_name="arena_vote", concurrency_limit=None)
+demo.queue(default_concurrency_limit=16, max_size=256, status_update_rate=1.0)  # app.py's queue settings
+demo.launch(server_port=int(sys.argv[1]))
+"""
+
+
+class NoopServer(Server):
+    """gradio alone: a Blocks app whose /arena_vote returns at once, with no model, store or journal,
+    served with app.py's queue settings. What a burst costs there is gradio's and the clients' share."""
+
+    def __init__(self, tmp: Path):  # no model, comparisons or timings: the parent's are not needed
+        self.label, self.count = "gradio, no-op handler", 0
+        self.log, self.port = tmp / "noop.log", free_port()
+        self.url = f"http://127.0.0.1:{self.port}/"
+        with self.log.open("wb") as out:
+            self.process = subprocess.Popen([sys.executable, "-c", NOOP_APP, str(self.port)],
+                                            stdout=out, stderr=subprocess.STDOUT)
+
+    def next_id(self) -> str:
+        self.count += 1
+        return f"noop-{self.count}"
+
+    def stop(self) -> list[dict]:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=30)
+        return []
+
+
+def gradio_floor(args) -> None:
+    """The same lone votes and bursts against gradio alone (NoopServer)."""
+    from gradio_client import Client
+
+    with tempfile.TemporaryDirectory() as tmp:
+        server = NoopServer(Path(tmp))
+        try:
+            server.wait()
+            clients = [Client(server.url, verbose=False, ssl_verify=args.client_verify) for _ in range(args.clients)]
+            for client in clients:  # warm-up, as in the app bench
+                lone(server, client, 1)
+            tally_lone, tally_burst = [0.0, 0.0, 0], [0.0, 0.0, 0]
+            alone, bursts = [], []
+            for _ in range(args.lone):
+                with cpu_used(server, tally_lone, 1):
+                    alone.extend(lone(server, clients[0], 1))
+            for _ in range(args.rounds):
+                with cpu_used(server, tally_burst, args.clients):
+                    bursts.append(burst(server, clients))
+        finally:
+            server.stop()
+    base = statistics.median([end - sent for _, sent, end in alone])
+    slowest = [max(end - sent for _, sent, end in b) for b in bursts]
+    print(f"\n{server.label}: the same {args.clients} clients, {args.rounds} bursts; ms")
+    print(f"lone {base * 1e3:.0f}; slowest of each burst: " + " ".join(f"{t * 1e3:.0f}" for t in slowest))
+    print(f"max {max(slowest) * 1e3:.0f} = {max(slowest) / base:.2f}x lone; bursts within 2x: "
+          f"{sum(t <= 2 * base for t in slowest)} of {len(slowest)}; server CPU per vote: lone "
+          f"{tally_lone[0] / tally_lone[2] * 1e3:.1f}, burst {tally_burst[0] / tally_burst[2] * 1e3:.1f}; clients "
+          f"{tally_burst[1] / tally_burst[2] * 1e3:.1f}")
+
+
 def free_port() -> int:
     import socket
 
@@ -447,6 +513,8 @@ def main() -> None:
     parser.add_argument("--client-verify", action="store_true",
                         help="gradio_client's default (loads the certificate store per request, in this process)")
     parser.add_argument("--skip-store", action="store_true")
+    parser.add_argument("--gradio-floor", action="store_true",
+                        help="also burst a bare gradio app whose vote handler does nothing (gradio's own share)")
     parser.add_argument("--serve", type=Path, help=argparse.SUPPRESS)
     args, rest = parser.parse_known_args()
     if args.serve:
@@ -458,6 +526,8 @@ def main() -> None:
     from models.loading import EMBEDDED, resolve_base_model
 
     app_bench(args, resolve_base_model(EMBEDDED, ROOT / "data" / "cache" / "models"))
+    if args.gradio_floor:
+        gradio_floor(args)
 
 
 if __name__ == "__main__":
