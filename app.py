@@ -219,9 +219,9 @@ def parse_args(argv: list[str] | None = None) -> Settings:
 
 
 def freeze_startup_objects() -> None:
-    """Put everything made while starting (torch, transformers, gradio: millions of objects that live
-    as long as the app) out of the garbage collector's reach. Otherwise every full collection walks
-    them all while every thread waits: bench_votes measured 9 such pauses in 60 bursts of 20 votes,
+    """Put everything made while starting (torch, transformers, gradio: about half a million objects
+    that live as long as the app) out of the garbage collector's reach. Otherwise every full
+    collection walks them all while every thread waits: bench_votes measured 9 such pauses in 60 bursts of 20 votes,
     median 176 ms and longest 323 ms, and they were the slowest votes. Collections still free what
     is made later; this only stops them re-checking what never goes away."""
     gc.collect()
