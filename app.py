@@ -76,10 +76,11 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             """Each role sees its tabs (the handlers check the role again: hiding is not a check).
             Only what must hide is updated; the rest is skipped: in gradio 6.31 any update to a tab,
             even an empty gr.update(), re-mounted it later and threw away values typed into it (a
-            Train knob went back to the recipe's), which gr.skip() does not."""
+            Train knob went back to the recipe's), which gr.skip() does not. A tab hides only with
+            visible="hidden": visible=False left every tab showing (an annotator saw four blank tabs)."""
             role = services.role_of(request)
             reviewer, admin = role in ("reviewer", "admin"), role == "admin"
-            return [gr.skip() if allowed else gr.update(visible=False)
+            return [gr.skip() if allowed else gr.update(visible="hidden")
                     for allowed in (reviewer, admin, reviewer, admin, reviewer)]
 
         demo.load(pages_for, None, [chat_page, train_page, evals_page, arena_admin, annotators_page], **private)

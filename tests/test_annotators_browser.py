@@ -71,16 +71,27 @@ def label_shared(page, key: str) -> list[str]:
     return vote_on_shown(page, key)
 
 
+def visible_tabs(page, count: int) -> list[str]:
+    """The tab names the page shows, once it shows `count` (the role's hiding arrives with the page load)."""
+    page.wait_for_function("(n) => [...document.querySelectorAll('button[role=tab]')]"
+                           ".filter(t => t.checkVisibility()).length === n", arg=count)
+    return [t.inner_text() for t in page.locator("button[role=tab]").all() if t.is_visible()]
+
+
 def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement(browser, team_app):
     team_app, data_dir = team_app
     ann, bob = log_in(browser, team_app, "ann"), log_in(browser, team_app, "bob")
     assert ann.locator("#annotators-table").count() == 0 or not ann.is_visible("#annotators-table")
+    # each role sees its tabs only: no blank pages for an annotator (the server checks roles anyway)
+    assert visible_tabs(ann, 1) == ["Arena"]
+    assert not ann.get_by_text("Models compared (admins)").is_visible()
     votes = [("1", "1"), ("1", "2")]  # ann's key, then bob's on the same comparison
     for ann_key, bob_key in votes:
         generated = label_new(ann, ann_key)
         seen = label_shared(bob, bob_key)
         assert seen == generated  # bob voted on ann's answers, not on a new generation
     rita = log_in(browser, team_app, "rita")
+    assert visible_tabs(rita, 4) == ["Arena", "Chat", "Evals", "Annotators"]  # Train is for admins
     rita.get_by_role("tab", name="Annotators").click()
     wait_text(rita, "#annotators-summary", "2 comparisons labeled by more than one annotator")
     table = rita.inner_text("#annotators-table")
@@ -113,3 +124,5 @@ def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement
         assert [e["by_user"] for e in store.exclusions()] == ["rita"]
     bob_clicks = bob.locator("#review-exclude")
     assert bob_clicks.count() == 0 or not bob_clicks.is_visible()  # an annotator never sees the section
+    # no page load ran a reviewer's handler for an annotator (it showed them an error toast each time)
+    assert "needs the reviewer role" not in (data_dir.parent / "app.log").read_text()

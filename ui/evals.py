@@ -322,7 +322,9 @@ def win_rates(services: Services | None):
 
 def refresh(services: Services, round_id: str | None, request: gr.Request = None):
     if services.role_of(request) == "annotator":  # the Evals tab is for reviewers and admins
-        return (gr.update(choices=[], value=None), checks_table(None), "", "", "", *trend_view(None),
+        # the picker is left alone: setting it fires its change event, whose role check then showed
+        # every annotator an error on every page load
+        return (gr.skip(), checks_table(None), "", "", "", *trend_view(None),
                 *win_rates(None), overrides_frame(None))
     choices = [c.round_id for c in reversed(services.checkpoints())]
     round_id = round_id if round_id in choices else (choices[0] if choices else None)
