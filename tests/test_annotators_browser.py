@@ -90,6 +90,12 @@ def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement
         generated = label_new(ann, ann_key)
         seen = label_shared(bob, bob_key)
         assert seen == generated  # bob voted on ann's answers, not on a new generation
+    # bad input is refused with a warning, and the answers on screen stay (no red "Error" badges over them)
+    shown = answers(ann)
+    ann.fill("#arena-prompt textarea", "")
+    ann.click("#arena-generate")
+    ann.get_by_text("the prompt is empty").first.wait_for()
+    assert answers(ann) == shown and "Error" not in ann.inner_text("#arena-a")
     rita = log_in(browser, team_app, "rita")
     assert visible_tabs(rita, 4) == ["Arena", "Chat", "Evals", "Annotators"]  # Train is for admins
     rita.get_by_role("tab", name="Annotators").click()
@@ -111,6 +117,7 @@ def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement
     picked = rita.input_value("#review-comparison textarea")
     rita.click("#review-exclude")
     rita.get_by_text("the reason is empty").first.wait_for()
+    assert "bob" in rita.inner_text("#review-votes") and "Error" not in rita.inner_text("#review-votes")  # the tables stay
     rita.fill("#review-reason textarea", "bob pressed a key by mistake")
     rita.click("#review-exclude")
     wait_text(rita, "#review-status", f"Excluded {picked}")

@@ -46,17 +46,21 @@ def session(url: str, user: str) -> httpx.Client:
 
 
 def call(client: httpx.Client, fn_index: int, data: list) -> dict:
-    """Post one event to the queue by fn_index and return its completion message."""
+    """Post one event to the queue by fn_index and return its completion message, with the warnings it
+    showed (bad input is refused with a warning toast, the page left as it was) under "warnings"."""
     session_hash = client.session_hash
     joined = client.post("/gradio_api/queue/join", json={"data": data, "fn_index": fn_index,
                                                          "session_hash": session_hash, "event_data": None})
     assert joined.status_code == 200, joined.text
+    warnings = []
     with client.stream("GET", "/gradio_api/queue/data", params={"session_hash": session_hash}) as stream:
         for line in stream.iter_lines():
             if line.startswith("data:"):
                 message = json.loads(line[5:])
+                if message.get("msg") == "log":
+                    warnings.append(message.get("log"))
                 if message.get("msg") == "process_completed":
-                    return message
+                    return {**message, "warnings": warnings}
     raise AssertionError("the event never completed")
 
 

@@ -23,7 +23,7 @@ from models.loading import ModelLoadError
 from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
     busy_as_error, BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
-    overlap_share, save_overlap_share, save_team_arena_sampling, session_of, stop, team_arena_sampling,
+    overlap_share, refuse, save_overlap_share, save_team_arena_sampling, session_of, stop, team_arena_sampling,
 )
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -196,7 +196,8 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
     try:
         prompt = check_prompt(prompt)
     except ValueError as exc:
-        raise gr.Error(str(exc)) from exc
+        yield refuse(str(exc), 5 + len(CHOICES))
+        return
     admin = services.role_of(request) == "admin"
     if not admin:
         model_x, model_y = default_pair(services)

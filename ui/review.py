@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from labeling.store import StoreWriteError
-from ui.services import Services, bind
+from ui.services import Services, bind, refuse
 
 LINT_COLUMNS = ["comparison", "severity", "check", "prompt", "answer"]
 VOTE_COLUMNS = ["comparison", "annotator", "choice", "voted at (UTC)", "prompt"]
@@ -86,7 +86,9 @@ def decide(services: Services, action: str, comparison_id: str, reason: str, req
             changed = services.store.lift_exclusion(comparison_id, reviewer, reason)
             status = (f"↩️ Exclusion of `{comparison_id}` lifted: its votes count again."
                       if changed else f"`{comparison_id}` is not excluded: nothing to lift.")
-    except (ValueError, StoreWriteError) as exc:
+    except ValueError as exc:  # the id or the reason: the page, its tables included, stays as it was
+        return refuse(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}", 3 + len(empty_tables()))
+    except StoreWriteError as exc:
         raise gr.Error(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}") from exc
     return status, "", "", *tables(services)
 

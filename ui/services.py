@@ -240,6 +240,14 @@ def bind(handler, *bound):
     return bound_handler
 
 
+def refuse(message: str, outputs: int) -> tuple:
+    """Bad input from the page (an empty prompt, a missing reason): a warning toast, and each of the
+    event's `outputs` left as it was. Raising gr.Error instead also marks every output with a red
+    "Error" badge that hides its content: an empty prompt hid the pair of answers still on screen."""
+    gr.Warning(message)
+    return (gr.skip(),) * outputs
+
+
 def session_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
 
