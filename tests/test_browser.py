@@ -19,6 +19,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests.conftest import ROOT
 
@@ -169,13 +170,25 @@ def test_chat_stop_keeps_the_partial_answer_and_the_chat_goes_on(page):
     assert len(stopped) == 1 and stopped[0]
     page.fill("#chat-max-tokens input[type=number]", "32")
     page.press("#chat-max-tokens input[type=number]", "Enter")
-    page.fill("#chat-input textarea", "Now say hello.")
+    page.fill("#chat-input textarea", "Now write a short poem about the sea.")
     page.click("#chat-send")
     page.wait_for_function("() => { const s = document.querySelector('#chat-stats').innerText;"
                            " return s.includes('tok/s') && !s.includes('stopped'); }", timeout=180_000)
     after = bot_messages(page, "chat-left")
     assert len(after) == 2 and after[0] == stopped[0]  # the stopped answer stays as it was
     assert len(after[0].split()) < 600  # cut short, far below the 1024-token budget
+    # Regenerate samples anew (the seed is fresh per message unless one is set), in place of the last answer
+    for _ in range(3):  # a click while the last turn's event is still closing is dropped by gradio: click again
+        page.click("#chat-regenerate")
+        try:  # a regeneration clears the stats line while it streams
+            page.wait_for_function("() => !document.querySelector('#chat-stats').innerText.includes('tok/s')",
+                                   timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            continue
+    page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('tok/s')", timeout=180_000)
+    again = bot_messages(page, "chat-left")
+    assert len(again) == 2 and again[0] == stopped[0] and again[1] != after[1], again
 
 
 def test_arena_vote_lands_in_the_export(page, app_url, tmp_path):

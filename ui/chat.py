@@ -197,12 +197,13 @@ def chat_tab(services: Services) -> None:
         send_button = gr.Button("Send", variant="primary", scale=1, elem_id="chat-send")
     with gr.Row():
         stop_button = gr.Button("■ Stop", size="sm", elem_id="chat-stop")
-        regenerate_button = gr.Button("↻ Regenerate", size="sm")
+        regenerate_button = gr.Button("↻ Regenerate", size="sm", elem_id="chat-regenerate")
         clear_button = gr.Button("Clear", size="sm")
         stats = gr.Markdown(elem_id="chat-stats")
     # what a "base + retrieval" side was given; plain HTML (escaped by passages_html), opened per answer
     passages = gr.HTML(elem_id="chat-passages")
-    controls = sampling_controls()
+    # -1: a fresh seed per message, so Regenerate samples anew (a fixed seed gave the same answers again)
+    controls = sampling_controls(seed=-1)
 
     inputs = [message, left, right, model_left, model_right, *controls, system_left, system_right]
     options = dict(concurrency_id="model", api_visibility="private")
