@@ -123,6 +123,7 @@ def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement
     wait_text(rita, "#review-status", f"Excluded {picked}")
     table = rita.inner_text("#review-exclusions")
     assert picked in table and "rita" in table and "bob pressed a key by mistake" in table
+    assert rita.input_value("#review-comparison textarea") == picked  # Lift works right away, no re-pick
     rita.screenshot(path=str(ARTIFACTS / "review.png"), full_page=True)
     store, _ = Store.from_journal(data_dir / "journal")  # what `python -m labeling export` reads meanwhile
     with store:

@@ -474,6 +474,9 @@ def arena_tab(services: Services) -> None:
             model_x = gr.Dropdown([], value=None, label="Model 1")
             model_y = gr.Dropdown([], value=None, label="Model 2")
         controls = sampling_controls(seed=-1, prefix="arena")  # -1: a random seed per comparison, recorded with it
+        gr.Markdown("The sampling above becomes every annotator's when you next press *Generate* here "
+                    "(their seed stays random), and stays until an admin generates with other settings.",
+                    elem_id="arena-sampling-note")
         with gr.Row():
             prompt_file = gr.File(label="Prompt file (.jsonl with prompt or MT-bench turns, or .csv)",
                                   file_types=[".jsonl", ".json", ".csv"], scale=3)

@@ -90,7 +90,9 @@ def decide(services: Services, action: str, comparison_id: str, reason: str, req
         return refuse(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}", 3 + len(empty_tables()))
     except StoreWriteError as exc:
         raise gr.Error(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}") from exc
-    return status, "", "", *tables(services)
+    # the id stays in its box, so "Lift the exclusion" right after an exclude undoes it (an emptied box
+    # refused the lift); the reason is cleared: the next decision needs its own
+    return status, comparison_id, "", *tables(services)
 
 
 def exclude_vote(services: Services, comparison_id: str, reason: str, request: gr.Request = None):
