@@ -94,6 +94,8 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
     assert refused["success"] is False and "needs the admin role" in json.dumps(refused), refused
     stale = call(ada, fns["promote"], ["r-trained", ""])
     assert "blocked by the eval gate" in json.dumps(stale), stale  # keyed on the fingerprint, not the name
+    unpicked = call(ada, fns["promote"], [None, "a reason"])  # refused with a warning; the page stays as it was
+    assert "Pick a checkpoint first" in json.dumps(unpicked["warnings"]), unpicked
     result = call(ada, fns["promote"], calls["promote"])
     assert result["success"] is True, result
     exported = call(ada, fns["export_data"], calls["export_data"])  # past the role check, to the data

@@ -14,7 +14,7 @@ import pandas as pd
 from evals import winrate
 from evals.report import BASELINES
 from pipeline import JobBusy
-from ui.services import Services, bind
+from ui.services import Services, bind, refuse
 
 CHECK_COLUMNS = ["check", "flag", "base", "candidate", "note"]
 
@@ -161,15 +161,22 @@ def show_checkpoint(services: Services, round_id: str | None, request: gr.Reques
     return checks_table(report), check_notes(report), examples_markdown(report), gate_text(services, round_id)
 
 
+def pick_a_checkpoint(services: Services) -> str:
+    """What to do when no checkpoint is picked: there may be none to pick yet."""
+    if not services.checkpoints():
+        return "No checkpoint yet: train a round in the Train tab; its evals run by themselves when it ends."
+    return "Pick a checkpoint first (the Checkpoint list above)."
+
+
 def promote(services: Services, round_id: str, reason: str, request: gr.Request = None):
     promoter = services.require(request, "admin")
     checkpoint = next((c for c in services.checkpoints() if c.round_id == round_id), None)
-    if checkpoint is None:
-        raise gr.Error("Pick a checkpoint first.")
+    if checkpoint is None:  # outputs: gate, reason, overrides, all left as they are
+        return refuse(pick_a_checkpoint(services), 3)
     reason = (reason or "").strip()
     blocked = checkpoint.eval is None or checkpoint.regression
     if blocked and not reason:
-        raise gr.Error("Promotion is blocked by the eval gate: write the reason for overriding it, then promote.")
+        return refuse("Promotion is blocked by the eval gate: write the reason for overriding it, then promote.", 3)
     services.store.record_promotion(round_id, promoter, reason, overridden=bool(blocked),
                                     adapter_fingerprint=checkpoint.fingerprint)
     gr.Info(f"{round_id} is now the current candidate" + (" (gate overridden, reason recorded)." if blocked else "."))
@@ -179,8 +186,8 @@ def promote(services: Services, round_id: str, reason: str, request: gr.Request 
 def run_evals(services: Services, round_id: str, baseline_system_prompt: str = "", with_retrieval: bool = False,
               request: gr.Request = None):
     services.require(request, "admin")
-    if not round_id:
-        raise gr.Error("Pick a checkpoint first.")
+    if not round_id:  # outputs: gate, progress
+        return refuse(pick_a_checkpoint(services), 2)
     baseline = (baseline_system_prompt or "").strip()
     if len(baseline) > 4000:
         raise gr.Error("The baseline system prompt is over 4000 characters.")
