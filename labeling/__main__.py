@@ -47,8 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--sync-dir", type=Path, help=sync_help + "; the restored rows are journaled there too")
     users = commands.add_parser("users", help="manage the app's logins (--auth-file)")
     users_commands = users.add_subparsers(dest="users_command", required=True)
-    add = users_commands.add_parser("add", help="add a user, or replace one's role and password; the password "
-                                                "is read from stdin and stored hashed")
+    about_password = ("the password (at least 8 characters) is asked for on a terminal, or read from the first "
+                      "line of stdin (echo \"$PASSWORD\" | ...), and stored hashed")
+    add = users_commands.add_parser("add", help="add a user, or replace one's role and password; " + about_password,
+                                    description="Add a user, or replace one's role and password. " + about_password[0].upper()
+                                    + about_password[1:] + ".")
     add.add_argument("--auth-file", type=Path, required=True)
     add.add_argument("--user", required=True)
     add.add_argument("--role", choices=ROLES, required=True)
