@@ -90,6 +90,7 @@ def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement
         generated = label_new(ann, ann_key)
         seen = label_shared(bob, bob_key)
         assert seen == generated  # bob voted on ann's answers, not on a new generation
+    assert "Next queued prompt (2 waiting for you)" in ann.inner_text("#arena-reveal")  # the vote points on
     # bad input is refused with a warning, and the answers on screen stay (no red "Error" badges over them)
     shown = answers(ann)
     ann.fill("#arena-prompt textarea", "")

@@ -297,9 +297,13 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
     chosen = {"a": state["answer_a"], "b": state["answer_b"]}.get(choice, state["answer_a"])
     state = {**state, "voted": True, "continue_with": better or chosen}
     saved = "Vote saved" if result.created else "Already recorded (one vote per comparison)"
+    waiting = services.store.queue_size(annotator)
+    next_step = (f" Next: *Next queued prompt* ({waiting} waiting for you), a prompt of your own, or tick "
+                 "*Continue this conversation* to follow up." if waiting else
+                 " Type a new prompt, or tick *Continue this conversation* to follow up.")
     reveal = (
         f"✅ {saved}: **{CHOICES[choice]}**. A was `{state['model_a']}`, B was `{state['model_b']}`."
-        " Type a new prompt, or tick *Continue this conversation* to follow up."
+        + next_step
     ) + unblinded_note(state.get("names_model"))
     return state, reveal, progress_text(services, annotator), "", *vote_buttons(False)
 
