@@ -453,7 +453,8 @@ def arena_tab(services: Services) -> None:
             queued = gr.Button("Next queued prompt", size="sm", elem_id="arena-next")
     keep_going = gr.Checkbox(label="Continue this conversation (the chosen answer becomes history)", value=False)
     with gr.Row():
-        chat_options = dict(height=380, allow_tags=False, sanitize_html=True)
+        # copy per message only: sharing a blind comparison, or copying both sides at once, has no place here
+        chat_options = dict(height=380, allow_tags=False, sanitize_html=True, buttons=["copy"])
         view_a = gr.Chatbot(label="Model A", elem_id="arena-a", **chat_options)
         view_b = gr.Chatbot(label="Model B", elem_id="arena-b", **chat_options)
     with gr.Row():

@@ -124,7 +124,8 @@ def review_section(services: Services) -> list:
     lint = gr.Dataframe(pd.DataFrame(columns=LINT_COLUMNS), interactive=False, wrap=True, elem_id="review-lint",
                         label="Flagged by the data lint (errors are left out of rounds; exclude to settle them)")
     votes = gr.Dataframe(pd.DataFrame(columns=VOTE_COLUMNS), interactive=False, wrap=True, elem_id="review-votes",
-                         label=f"Recent votes (the newest {RECENT_VOTES}, excluded ones not shown)")
+                         label=f"Recent votes (the newest {RECENT_VOTES}, excluded ones not shown)",
+                         column_widths=["27%", "13%", "11%", "17%", "32%"])  # auto widths broke "annotator" mid-word
     excluded = gr.Dataframe(pd.DataFrame(columns=EXCLUDED_COLUMNS), interactive=False, wrap=True,
                             elem_id="review-exclusions", label="Excluded from training now")
     with gr.Accordion("Every exclusion and lift", open=False):
