@@ -83,6 +83,11 @@ def save_corpus(services: Services, uploads, request: gr.Request = None) -> str:
     return corpus_summary(services)[0]
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 vote', '2 votes': a newcomer's first round starts from single digits."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def data_summary(services: Services, method: str, include_flagged: bool = False,
                  include_cut_off: bool = False) -> tuple[str, str | None]:
     """Markdown about the data a round would train on, and why a round cannot start (None: it can)."""
@@ -91,18 +96,19 @@ def data_summary(services: Services, method: str, include_flagged: bool = False,
     report = services.store.training_data_report()  # cached until the next write
     rows, excluded = pairs.training_rows(report, method, include_flagged=include_flagged,
                                          include_cut_off=include_cut_off)
-    lines = [f"**{report.votes} votes** → **{report.dpo_rows} DPO pairs**, **{report.sft_rows} SFT rows**"]
+    lines = [f"**{counted(report.votes, 'vote')}** → **{counted(report.dpo_rows, 'DPO pair')}**, "
+             f"**{counted(report.sft_rows, 'SFT row')}**"]
     conflicts = report.build_report.get("conflicts") or []
     if conflicts:
-        lines.append(f"{len(conflicts)} comparisons had conflicting votes (resolved by majority).")
+        lines.append(f"{counted(len(conflicts), 'comparison')} had conflicting votes (resolved by majority).")
     cut = sum(e["code"] in CUT_OFF for e in excluded)
-    left_out = (f": {len(excluded)} comparisons left out ({len(excluded) - cut} flagged by the data lint, "
+    left_out = (f": {counted(len(excluded), 'comparison')} left out ({len(excluded) - cut} flagged by the data lint, "
                 f"{cut} with a cut-off answer; tick the boxes below to include them on purpose)") if excluded else ""
-    lines.append(f"A {method.upper()} round would train on **{len(rows)} rows**{left_out}.")
+    lines.append(f"A {method.upper()} round would train on **{counted(len(rows), 'row')}**{left_out}.")
     min_rows = recipe_min_rows(method)  # the trainer refuses fewer rows anyway
     reason = None
     if len(rows) < min_rows:
-        reason = (f"{len(rows)} usable {method.upper()} rows; a round needs at least {min_rows}. "
+        reason = (f"{counted(len(rows), 'usable ' + method.upper() + ' row')}; a round needs at least {min_rows}. "
                   "Label more in the Arena tab" + (", or include the rows left out." if excluded else "."))
     lines.append(report.lint.to_markdown().split("\n")[0])  # the counts; the rows are in the table below
     return "\n\n".join(lines), reason
