@@ -220,6 +220,23 @@ def test_arena_vote_lands_in_the_export(page, app_url, tmp_path):
     assert any(row["prompt"][-1]["content"] == "Name three primary colors." for row in rows)
 
 
+def test_the_arena_says_when_both_answers_are_identical(page):
+    """Greedy answers from two samples of the base are the same text: the line under them says so."""
+    page.get_by_role("tab", name="Arena").click()
+    page.get_by_text("Models compared (admins)").click()
+    page.get_by_text("Sampling settings (apply to both sides)").locator("visible=true").first.click()
+    page.fill("#arena-temperature input[type=number]", "0")
+    page.press("#arena-temperature input[type=number]", "Enter")
+    page.fill("#arena-max-tokens input[type=number]", "24")
+    page.press("#arena-max-tokens input[type=number]", "Enter")
+    page.fill("#arena-prompt textarea", "What is the capital of France?")
+    page.click("#arena-generate")
+    page.wait_for_selector("#vote-a:not([disabled])", timeout=180_000)
+    a, b = (page.inner_text(f"#arena-{side}") for side in ("a", "b"))
+    assert a.replace("Model A", "") == b.replace("Model B", "")  # the premise: greedy, one model, one text
+    assert "identical" in page.inner_text("#arena-reveal") and "Tie" in page.inner_text("#arena-reveal")
+
+
 def test_evals_tab_blocks_a_collapsed_checkpoint_until_an_override_reason(page, app_data_dir):
     from evals.report import build_report
 

@@ -219,8 +219,7 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
                                        ready.complete, ready.params, annotator, prompt_id)
         view_a = shown + for_display([{"role": "assistant", "content": comparison["answer_a"]}])
         view_b = shown + for_display([{"role": "assistant", "content": comparison["answer_b"]}])
-        yield comparison, view_a, view_b, "", "Both answers are complete: vote with the buttons or keys 1–4.", \
-            *vote_buttons(True)
+        yield comparison, view_a, view_b, "", ready_to_vote(comparison), *vote_buttons(True)
         return
     yield None, shown, shown, "", "Generating both answers…", *vote_buttons(False)
     view_a = view_b = shown
@@ -235,7 +234,15 @@ def start(services, prompt, state, keep_going, model_x, model_y, *sampling_args,
     if comparison is None:  # stopped: give the prompt back so it can be edited and sent again
         yield None, view_a, view_b, prompt, "Stopped: nothing was recorded.", *vote_buttons(False)
         return
-    yield comparison, view_a, view_b, "", "Both answers are complete: vote with the buttons or keys 1–4.", *vote_buttons(True)
+    yield comparison, view_a, view_b, "", ready_to_vote(comparison), *vote_buttons(True)
+
+
+def ready_to_vote(comparison: dict, ready: str = "Both answers are complete") -> str:
+    """The line under a finished comparison; it says so when the two answers are the same text, which
+    short answers from two samples of one model often are, so nobody hunts for a difference."""
+    if comparison["answer_a"].strip() == comparison["answer_b"].strip():
+        return f"{ready}, and they are **identical**: vote *Tie* [3], or *Both bad* [4] if neither is good."
+    return f"{ready}: vote with the buttons or keys 1–4."
 
 
 def take_queued(services, request: gr.Request = None):
@@ -253,7 +260,7 @@ def take_queued(services, request: gr.Request = None):
                           names_model=shared["params"].get("names_model"))
         return ("", comparison, shown + for_display([{"role": "assistant", "content": shared["answer_a"]}]),
                 shown + for_display([{"role": "assistant", "content": shared["answer_b"]}]),
-                "Both answers are ready: vote with the buttons or keys 1–4.", *vote_buttons(True))
+                ready_to_vote(comparison, "Both answers are ready"), *vote_buttons(True))
     row = services.store.next_prompt(annotator)
     if row is None:
         gr.Info("The prompt queue is empty for you: type your own prompt, or ask an admin to import prompts.")

@@ -333,7 +333,8 @@ def sampling_controls(seed: int = 0, prefix: str = "chat"):
     """Sampling settings for both sides of the Chat tab and the Arena."""
     with gr.Accordion("Sampling settings (apply to both sides)", open=False):
         with gr.Row():
-            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)")
+            temperature = gr.Slider(0, 2, value=0.7, step=0.05, label="Temperature (0 = greedy)",
+                                    elem_id=f"{prefix}-temperature")
             top_p = gr.Slider(0.05, 1, value=0.9, step=0.05, label="Top-p")
             max_new_tokens = gr.Slider(16, 1024, value=256, step=16, label="Max new tokens",
                                        elem_id=f"{prefix}-max-tokens")
