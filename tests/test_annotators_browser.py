@@ -100,6 +100,7 @@ def test_two_annotators_share_comparisons_and_the_annotators_tab_shows_agreement
     rita = log_in(browser, team_app, "rita")
     assert visible_tabs(rita, 4) == ["Arena", "Chat", "Evals", "Annotators"]  # Train is for admins
     rita.get_by_role("tab", name="Annotators").click()
+    wait_text(rita, "#review-exclusions", "Excluded from training now: nothing")  # an empty table says why
     wait_text(rita, "#annotators-summary", "2 comparisons labeled by more than one annotator")
     table = rita.inner_text("#annotators-table")
     assert "ann" in table and "bob" in table and "p = " in table

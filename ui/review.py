@@ -58,8 +58,24 @@ def history_frame(services: Services) -> pd.DataFrame:
                          for h in services.store.exclusion_history()], columns=HISTORY_COLUMNS)
 
 
+LINT_LABEL = "Flagged by the data lint (errors are left out of rounds; exclude to settle them)"
+VOTES_LABEL = f"Recent votes (the newest {RECENT_VOTES}, excluded ones not shown)"
+EXCLUDED_LABEL = "Excluded from training now"
+EMPTY_LABELS = {  # a table with headers only reads like a fault: say why it is empty
+    LINT_LABEL: "Flagged by the data lint: nothing so far (canned, empty or sales-talk answers and cut-off "
+                "pairs would be listed here)",
+    VOTES_LABEL: "Recent votes: none yet (they appear here as annotators vote in the Arena)",
+    EXCLUDED_LABEL: "Excluded from training now: nothing (click a row above, write why, then Exclude from training)",
+}
+
+
+def labelled(frame: pd.DataFrame, label: str):
+    return gr.update(value=frame, label=label if len(frame) else EMPTY_LABELS[label])
+
+
 def tables(services: Services) -> tuple:
-    return lint_frame(services), votes_frame(services), excluded_frame(services), history_frame(services)
+    return (labelled(lint_frame(services), LINT_LABEL), labelled(votes_frame(services), VOTES_LABEL),
+            labelled(excluded_frame(services), EXCLUDED_LABEL), history_frame(services))
 
 
 def empty_tables() -> tuple:
@@ -122,12 +138,12 @@ def review_section(services: Services) -> list:
             lift_button = gr.Button("Lift the exclusion", size="sm", elem_id="review-lift")
     status = gr.Markdown(elem_id="review-status")
     lint = gr.Dataframe(pd.DataFrame(columns=LINT_COLUMNS), interactive=False, wrap=True, elem_id="review-lint",
-                        label="Flagged by the data lint (errors are left out of rounds; exclude to settle them)")
+                        label=LINT_LABEL)
     votes = gr.Dataframe(pd.DataFrame(columns=VOTE_COLUMNS), interactive=False, wrap=True, elem_id="review-votes",
-                         label=f"Recent votes (the newest {RECENT_VOTES}, excluded ones not shown)",
+                         label=VOTES_LABEL,
                          column_widths=["27%", "13%", "11%", "17%", "32%"])  # auto widths broke "annotator" mid-word
     excluded = gr.Dataframe(pd.DataFrame(columns=EXCLUDED_COLUMNS), interactive=False, wrap=True,
-                            elem_id="review-exclusions", label="Excluded from training now")
+                            elem_id="review-exclusions", label=EXCLUDED_LABEL)
     with gr.Accordion("Every exclusion and lift", open=False):
         history = gr.Dataframe(pd.DataFrame(columns=HISTORY_COLUMNS), interactive=False, wrap=True,
                                elem_id="review-history")
