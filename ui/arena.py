@@ -63,11 +63,13 @@ def pair_note(services: Services) -> str:
     return "Each comparison pits the promoted candidate against the base model, in random order."
 
 
-def progress_text(services: Services, annotator: str) -> str:
+def progress_text(services: Services, annotator: str, waiting: int | None = None) -> str:
+    """The line above the Arena; `waiting` is the annotator's queue size when the caller has read it."""
     progress = services.store.annotator_progress(annotator)
+    waiting = services.store.queue_size(annotator) if waiting is None else waiting
     return (
         f"**{annotator}** · labeled today: **{progress['today']}** · in all: **{progress['total']}**"
-        f" · prompts waiting for you in the queue: {services.store.queue_size(annotator)}\n\n"
+        f" · prompts waiting for you in the queue: {waiting}\n\n"
         + pair_note(services)
     )
 
@@ -312,7 +314,7 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
         f"✅ {saved}: **{CHOICES[choice]}**. A was `{state['model_a']}`, B was `{state['model_b']}`."
         + next_step
     ) + unblinded_note(state.get("names_model"))
-    return state, reveal, progress_text(services, annotator), "", *vote_buttons(False)
+    return state, reveal, progress_text(services, annotator, waiting), "", *vote_buttons(False)
 
 
 def unblinded_note(named) -> str:

@@ -170,7 +170,6 @@ def refresh_pickers(services: Services, model_left: str, model_right: str, reque
 
 
 def chat_tab(services: Services) -> None:
-    choices = services.model_choices()
     with gr.Row():
         # filled per request by refresh_pickers: no checkpoint name in the page every user gets
         model_left = gr.Dropdown([BASE_CHOICE], value=BASE_CHOICE, label="Left model", scale=3,

@@ -3,9 +3,7 @@ gate, a trend over rounds, and human-vote win rates beside them."""
 
 from __future__ import annotations
 
-import html
 import json
-import re
 import time
 
 import gradio as gr
@@ -14,7 +12,7 @@ import pandas as pd
 from evals import winrate
 from evals.report import BASELINES
 from pipeline import JobBusy
-from ui.services import Services, bind, refuse
+from ui.services import Services, bind, described, inline_html, progress_bar, refuse
 
 CHECK_COLUMNS = ["check", "flag", "base", "candidate", "note"]
 
@@ -226,20 +224,6 @@ def latest_eval(services: Services):
     return next((job for job in reversed(services.jobs.history) if job.kind == "eval"), None)
 
 
-def inline_html(text: str) -> str:
-    """The few markdown marks the job messages use (**bold**, `code`), as escaped HTML."""
-    text = html.escape(text)
-    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
-    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
-
-
-def bar_html(done: int, total: int, text: str) -> str:
-    percent = 0 if not total else min(100, round(100 * done / total))
-    return (f"<div style='margin:4px 0'>{inline_html(text)}</div>"
-            "<div style='background:#e5e7eb;border-radius:6px;height:10px'>"
-            f"<div style='width:{percent}%;background:#f97316;height:10px;border-radius:6px'></div></div>")
-
-
 def progress_line(services: Services, round_id: str | None) -> str:
     """One line (HTML) about the evals: running with a bar, or how the last run ended. Read from the job
     and its progress files on every timer tick, so nobody has to press Refresh to learn the outcome."""
@@ -254,10 +238,10 @@ def progress_line(services: Services, round_id: str | None) -> str:
     if job.running:
         done, total = services.jobs.eval_progress(job)
         if not total:
-            return bar_html(0, 0, f"⏳ **Evals** of `{job.round_id}` started {elapsed:.0f} s ago: "
+            return progress_bar(0, 0, f"⏳ **Evals** of `{job.round_id}` started {elapsed:.0f} s ago: "
                                   "loading the models…")
         eta = f" · about {elapsed / done * (total - done):.0f} s left" if done else ""
-        return bar_html(done, total, f"⏳ **Evals** of `{job.round_id}` running · {done}/{total} prompts"
+        return progress_bar(done, total, f"⏳ **Evals** of `{job.round_id}` running · {done}/{total} prompts"
                                      f"{eta} · {elapsed:.0f} s elapsed")
     if services.jobs.was_cancelled(job):
         return inline_html("■ " + services.jobs.cancellation(job))
@@ -319,11 +303,10 @@ def win_rates(services: Services | None):
     votes = services.store.vote_pairs_by_model() if services else []
     board = winrate.leaderboard(votes) if votes else []
     pair_rows = winrate.pairwise(votes) if votes else []
-    # an empty table alone reads like a fault: say why it is empty and what fills it
-    label = ("Ratings" if board else
-             "No votes between two different models yet. Until a checkpoint is promoted the Arena shows two "
-             "samples of the base, which rate no model; promote one above and the Arena compares it with the base.")
-    return (gr.update(value=pd.DataFrame(board, columns=LEADERBOARD_COLUMNS), label=label, show_label=True),
+    return (described(pd.DataFrame(board, columns=LEADERBOARD_COLUMNS), "Ratings",
+                      "No votes between two different models yet. Until a checkpoint is promoted the Arena shows "
+                      "two samples of the base, which rate no model; promote one above and the Arena compares it "
+                      "with the base."),
             pd.DataFrame(pair_rows, columns=PAIRWISE_COLUMNS))
 
 
@@ -368,10 +351,11 @@ def evals_tab(services: Services):
                              elem_id="evals-overrides")
     with gr.Accordion("Offending examples", open=False):
         examples = gr.Markdown()
-    trend = gr.LinePlot(trend_frame(services), x="round", y="value", color="check", color_map=TREND_COLORS, y_lim=[0, 1],
+    trend_points, trend_words = trend_view(services)
+    trend = gr.LinePlot(trend_points, x="round", y="value", color="check", color_map=TREND_COLORS, y_lim=[0, 1],
                         tooltip=["round_id", "check", "value"],  # hovering a point names its checkpoint
                         title="Candidate value per check over rounds", height=280, elem_id="evals-trend")
-    trend_note = gr.Markdown(trend_view(services)[1], elem_id="evals-trend-note")
+    trend_note = gr.Markdown(trend_words, elem_id="evals-trend-note")
     gr.Markdown("### Human votes (Arena): Bradley-Terry ratings with 95% bootstrap intervals")
     board = gr.Dataframe(headers=LEADERBOARD_COLUMNS, interactive=False, elem_id="evals-leaderboard")
     pairwise = gr.Dataframe(headers=PAIRWISE_COLUMNS, interactive=False, label="Win rate per model pair")

@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from labeling.store import StoreWriteError
-from ui.services import Services, bind, refuse
+from ui.services import Services, bind, described, refuse
 
 LINT_COLUMNS = ["comparison", "severity", "check", "prompt", "answer"]
 VOTE_COLUMNS = ["comparison", "annotator", "choice", "voted at (UTC)", "prompt"]
@@ -61,25 +61,21 @@ def history_frame(services: Services) -> pd.DataFrame:
 LINT_LABEL = "Flagged by the data lint (errors are left out of rounds; exclude to settle them)"
 VOTES_LABEL = f"Recent votes (the newest {RECENT_VOTES}, excluded ones not shown)"
 EXCLUDED_LABEL = "Excluded from training now"
-EMPTY_LABELS = {  # a table with headers only reads like a fault: say why it is empty
-    LINT_LABEL: "Flagged by the data lint: nothing so far (canned, empty or sales-talk answers and cut-off "
-                "pairs would be listed here)",
-    VOTES_LABEL: "Recent votes: none yet (they appear here as annotators vote in the Arena)",
-    EXCLUDED_LABEL: "Excluded from training now: nothing (click a row above, write why, then Exclude from training)",
-}
-
-
-def labelled(frame: pd.DataFrame, label: str):
-    return gr.update(value=frame, label=label if len(frame) else EMPTY_LABELS[label])
+LINT_EMPTY = ("Flagged by the data lint: nothing so far (canned, empty or sales-talk answers and cut-off "
+              "pairs would be listed here)")
+VOTES_EMPTY = "Recent votes: none yet (they appear here as annotators vote in the Arena)"
+EXCLUDED_EMPTY = "Excluded from training now: nothing (click a row above, write why, then Exclude from training)"
+TABLE_COLUMNS = (LINT_COLUMNS, VOTE_COLUMNS, EXCLUDED_COLUMNS, HISTORY_COLUMNS)  # the four tables, in output order
 
 
 def tables(services: Services) -> tuple:
-    return (labelled(lint_frame(services), LINT_LABEL), labelled(votes_frame(services), VOTES_LABEL),
-            labelled(excluded_frame(services), EXCLUDED_LABEL), history_frame(services))
+    return (described(lint_frame(services), LINT_LABEL, LINT_EMPTY),
+            described(votes_frame(services), VOTES_LABEL, VOTES_EMPTY),
+            described(excluded_frame(services), EXCLUDED_LABEL, EXCLUDED_EMPTY), history_frame(services))
 
 
 def empty_tables() -> tuple:
-    return tuple(pd.DataFrame(columns=c) for c in (LINT_COLUMNS, VOTE_COLUMNS, EXCLUDED_COLUMNS, HISTORY_COLUMNS))
+    return tuple(pd.DataFrame(columns=c) for c in TABLE_COLUMNS)
 
 
 def refresh_review(services: Services, request: gr.Request = None):
@@ -103,7 +99,7 @@ def decide(services: Services, action: str, comparison_id: str, reason: str, req
             status = (f"↩️ Exclusion of `{comparison_id}` lifted: its votes count again."
                       if changed else f"`{comparison_id}` is not excluded: nothing to lift.")
     except ValueError as exc:  # the id or the reason: the page, its tables included, stays as it was
-        return refuse(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}", 3 + len(empty_tables()))
+        return refuse(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}", 3 + len(TABLE_COLUMNS))
     except StoreWriteError as exc:
         raise gr.Error(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}") from exc
     # the id stays in its box, so "Lift the exclusion" right after an exclude undoes it (an emptied box

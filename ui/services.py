@@ -241,6 +241,28 @@ def bind(handler, *bound):
     return bound_handler
 
 
+def inline_html(text: str) -> str:
+    """The few markdown marks the job messages use (**bold**, `code`), as escaped HTML."""
+    text = html.escape(text)
+    text = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", text)
+    return re.sub(r"`([^`]+)`", r"<code>\1</code>", text)
+
+
+def progress_bar(done: int, total: int, text: str = "") -> str:
+    """A bar `done` of `total` full (empty while the total is unknown), under `text` when there is one:
+    the Train tab's round and the Evals tab's eval."""
+    percent = 0 if not total else min(100, round(100 * done / total))
+    return ((f"<div style='margin:4px 0'>{inline_html(text)}</div>" if text else "")
+            + "<div style='background:#e5e7eb;border-radius:6px;height:12px'>"
+            f"<div style='width:{percent}%;background:#f97316;height:12px;border-radius:6px'></div></div>")
+
+
+def described(frame, label: str, when_empty: str):
+    """A table's update whose label says why it is empty and what fills it, when it is: headers alone
+    read like a fault."""
+    return gr.update(value=frame, label=label if len(frame) else when_empty, show_label=True)
+
+
 def refuse(message: str, outputs: int) -> tuple:
     """Bad input from the page (an empty prompt, a missing reason): a warning toast, and each of the
     event's `outputs` left as it was. Raising gr.Error instead also marks every output with a red

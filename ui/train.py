@@ -26,7 +26,7 @@ from pipeline import JobBusy
 from training.config import (
     DPO_LOSSES, RECIPES_DIR, SFT_LOSSES, RoundConfig, default_recipe, field_type, knob_fields, load_recipe,
 )
-from ui.services import BASE_CHOICE, Services, bind
+from ui.services import BASE_CHOICE, Services, bind, progress_bar
 
 LOSSES = {"dpo": list(DPO_LOSSES), "sft": list(SFT_LOSSES), "cpt": list(SFT_LOSSES)}
 MAX_CORPUS_BYTES = 200 * 2**20  # a CPT corpus for a small model; far more would train for days on a CPU
@@ -261,16 +261,6 @@ def cancel_round(services: Services, method: str, include_flagged: bool, include
     return status_and_gate(services, method, include_flagged, include_cut_off)
 
 
-def progress_html(done: int, total: int, label: str) -> str:
-    percent = 0 if not total else min(100, round(100 * done / total))
-    label = html.escape(label.replace("**", "").replace("`", ""))
-    return (
-        (f"<div style='margin:4px 0'>{label}</div>" if label else "")
-        + f"<div style='background:#e5e7eb;border-radius:6px;height:14px'>"
-        f"<div style='width:{percent}%;background:#f97316;height:14px;border-radius:6px'></div></div>"
-    )
-
-
 SERIES = {"loss": "train loss", "eval_loss": "held-out loss", "rewards/margins": "reward margin",
           "eval_rewards/margins": "held-out reward margin", "rewards/accuracies": "reward accuracy"}
 SERIES_COLORS = dict(zip(SERIES.values(), ["#f97316", "#2563eb", "#16a34a", "#0d9488", "#9333ea"]))
@@ -291,7 +281,7 @@ def round_status(services: Services):
     """Outputs: progress html, status markdown, metrics plot, log text."""
     job = services.jobs.current
     if job is None:
-        return progress_html(0, 0, "No round started since the app launched."), "", plot_update([]), ""
+        return progress_bar(0, 0, "No round started since the app launched."), "", plot_update([]), ""
     rows = services.jobs.metrics(job.round_id)
     steps = [r for r in rows if r.get("step") is not None]
     last = steps[-1] if steps else {}
@@ -323,7 +313,7 @@ def round_status(services: Services):
     result = round_result(services, job.round_id)
     status = label + (f"\n\n**Round result** `{job.round_id}`: {result}" if result else "")
     # the bar carries no words of its own: the status right under it says the same, once
-    return progress_html(step, total, ""), status, plot_update(rows), services.jobs.log_text(job)
+    return progress_bar(step, total), status, plot_update(rows), services.jobs.log_text(job)
 
 
 def round_result(services: Services, round_id: str) -> str:
