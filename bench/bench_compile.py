@@ -5,7 +5,7 @@ decodes the embedded model greedily, one row, with transformers' StaticCache:
 - eager (baseline);
 - `torch.compile(model.forward)`, inductor's defaults;
 - the same with inductor's `freezing` (weights folded as constants; oneDNN prepacks them on the CPU);
-- eager with int8 weights on these narrow steps (models/narrow_int8.py, what the app serves with).
+- eager with int8 weights on these narrow steps (models/decode_weights.py, what the app serves with).
 It prints tok/s, the ratio to eager, and the seconds the first compiled run took. What it found on
 2 cores (the README has the run): freezing helps about 1.4x but costs ~27 s of compiling per batch
 shape, and the app's loop changes shape (rows join and leave) every few steps; int8 weights help
@@ -60,7 +60,7 @@ def main() -> None:
     import torch._inductor.config as inductor
     from transformers import StaticCache
 
-    from models import narrow_int8
+    from models import decode_weights
     from models.chat import ChatModel
 
     chat = ChatModel.load(None, args.cache_dir, dtype="bf16")
@@ -85,7 +85,7 @@ def main() -> None:
                      compile_s))
     torch._dynamo.reset()
     inductor.freezing = False
-    narrow_int8.prepare(model)  # this thread now reads int8 weights on narrow steps
+    decode_weights.prepare(model, int8=True, packed=False)  # this thread now reads int8 weights on narrow steps
     decode_rate(model, prompt_ids, 8, eager)
     rows.append(("eager, int8 weights on narrow steps", decode_rate(model, prompt_ids, args.tokens, eager), None))
     baseline = rows[0][1]

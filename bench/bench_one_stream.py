@@ -6,7 +6,7 @@ so each decodes the same amount), the same thread count:
 - the app's path, `ChatModel.stream` through the shared decode loop, bf16 and fp32, on the base
   and on a row that uses a LoRA adapter (r=8 on every linear layer, as a round writes);
 - the app's default on a bf16 model: the loop's narrow steps read int8 copies of the weights
-  (models/narrow_int8.py; `app.py --no-int8-decode` is the bf16 row);
+  (models/decode_weights.py; `app.py --no-int8-decode` is the bf16 row);
 - plain `model.generate` on the same weights, to separate the loop's own cost from the model's.
 
 Each figure is tokens per second, the median of --repeats runs, and its ratio to llama.cpp.
@@ -105,6 +105,7 @@ def main() -> None:
     args = parser.parse_args()
     import torch
 
+    from models import decode_weights
     from models.chat import ChatModel, SamplingParams
     from models.loading import resolve_base_model
     from models.own_thread import on_own_thread
@@ -129,6 +130,7 @@ def main() -> None:
             hook.remove()
             chat.ensure_adapter("lora", adapter)
             hook = no_eos(chat)
+            chat.packed_decode = decode_weights.packing_unsupported(chat.model) is None  # the app's default
             for int8 in (False, True) if dtype == "bf16" else (False,):
                 chat.int8_decode = int8  # read by the decode loop when it starts
                 label = f"app loop, {dtype}{', int8 decode' if int8 else ''}"

@@ -221,6 +221,17 @@ def passes_progress(progress: Callable[[int, int], None] | None, passes: int, n:
     return lambda k: (lambda done, _total: progress(k * n + done, passes * n))
 
 
+def pack_weights(chat) -> None:
+    """Generate on this thread from oneDNN-packed copies of the weights (models/decode_weights.py): in bf16
+    the same products bit for bit, read faster (bench/bench_eval.py). Where they cannot be packed (a GPU,
+    a CPU without oneDNN bf16) the model's own weights serve, as before."""
+    from models import decode_weights
+
+    for model in [chat.model, *(full.model for full in chat.full.values())]:
+        if decode_weights.packing_unsupported(model) is None:
+            decode_weights.prepare(model, int8=False, packed=True)
+
+
 def base_cache_file(cache_dir: Path, base_name: str, prompts: list[str], max_new_tokens: int,
                     dtype: str = DEFAULT_DTYPE) -> Path:
     """Where greedy base answers for this base + prompt set + length + dtype are kept between evals.
@@ -285,6 +296,7 @@ def run_eval(
     # A fresh name per content: the app may have an older adapter loaded as "candidate".
     name = f"{CANDIDATE}-{adapter_fingerprint(adapter_dir)}"
     chat.ensure_weights(name, adapter_dir)  # a full model dir is loaded as a second model beside the base
+    pack_weights(chat)
     loaded = time.perf_counter()
 
     prompts = [r["prompt"] for r in rows]

@@ -54,9 +54,11 @@ class ChatModel:
         self._lock = threading.Lock()  # one forward pass / adapter change at a time on shared weights
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
-        # the decode loop's narrow steps read int8 copies of the weights (models/narrow_int8.py); the
-        # app turns it on, so generate(), evals and tests keep the model's own weights unless asked
+        # the decode loop's own copies of the weights: int8 for narrow steps, oneDNN-packed for wide ones
+        # (models/decode_weights.py); the app turns them on, so generate(), evals and tests keep the model's
+        # own weights unless asked
         self.int8_decode = False
+        self.packed_decode = False
 
     @classmethod
     def load(cls, spec: str | None, cache_dir: Path, dtype: str = "auto", device: str = "cpu") -> "ChatModel":
@@ -104,7 +106,7 @@ class ChatModel:
             model, _ = on_own_thread(lambda: load_base(str(model_dir), dtype=dtype, device=str(self.model.device)),
                                      "load-full")
             self.full[name] = ChatModel(model, self.tokenizer, base_name=str(model_dir))
-            self.full[name].int8_decode = self.int8_decode
+            self.full[name].int8_decode, self.full[name].packed_decode = self.int8_decode, self.packed_decode
             self.full_fingerprints[name] = adapter_fingerprint(model_dir)
             return self.full_fingerprints[name]
 

@@ -10,7 +10,8 @@ limit, or its own Stop; columns of padding nobody needs any more are cropped awa
 Each row samples with its own temperature, top-p and seeded generator, so a batch neighbour
 does not change which tokens a row draws (only float rounding of its logits can differ).
 Rows pick their LoRA adapter per row, as peft's mixed batches allow. A served bf16 model on the
-CPU reads int8 copies of its weights on steps of at most four rows (models/narrow_int8.py).
+CPU reads int8 copies of its weights on steps of at most four rows, and oneDNN-packed copies on wider
+ones (models/decode_weights.py).
 
 Fairness: when more rows wait than fit, the users with the fewest rows in the batch go
 first, and one user may have at most `max_rows_per_user` rows waiting or running.
@@ -28,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
-from models import narrow_int8
+from models import decode_weights
 from models.lora_rows import RowAdapters
 
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
@@ -130,7 +131,7 @@ class Scheduler:
             self._cond.notify()
 
     def start(self) -> None:
-        """Start the loop now rather than on the first request, so its setup (int8 copies) is done by then."""
+        """Start the loop now rather than on the first request, so its setup (copies of the weights) is done by then."""
         with self._cond:
             self._start()
 
@@ -181,11 +182,11 @@ class Scheduler:
     def _loop(self) -> None:
         import torch
 
-        if self.chat.int8_decode:  # on this thread: see models/narrow_int8.py
+        if self.chat.int8_decode or self.chat.packed_decode:  # on this thread: see models/decode_weights.py
             try:
-                narrow_int8.prepare(self.chat.model)
-            except (ValueError, RuntimeError) as exc:  # the app checked first; decoding goes on in the model's dtype
-                print(f"warning: int8 decode is off: {exc}", file=sys.stderr, flush=True)
+                decode_weights.prepare(self.chat.model, int8=self.chat.int8_decode, packed=self.chat.packed_decode)
+            except (ValueError, RuntimeError) as exc:  # the app checked first; decoding goes on with the own weights
+                print(f"warning: the decode loop reads the model's own weights: {exc}", file=sys.stderr, flush=True)
         batch: Batch | None = None
         while True:
             joining = self._take_pending()
@@ -289,6 +290,10 @@ class Scheduler:
         import torch
 
         keep = [i for i, row in enumerate(self._active) if not row.done]
+        if len(keep) == len(self._active):
+            # nobody left, so no column became padding for everyone: the cache stays as it is (copying it
+            # here every step cost a tenth of a 16-row step, bench/bench_serving.py)
+            return batch
         with self._cond:
             self.stats["rows"] += len(self._active) - len(keep)
             self._active = [self._active[i] for i in keep]

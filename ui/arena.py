@@ -112,7 +112,7 @@ def record_comparison(services, messages, models, texts, complete, params, annot
     recorded = {**params.to_dict(), "cut_off": [not done for done in complete], "trimmed": [t for _, t in trimmed],
                 **({"retrieved": [list(ids) for ids in retrieved]} if retrieved and any(retrieved) else {}),
                 **({"names_model": named} if any(named) else {}),
-                # how the rows were decoded: int8 weights on narrow steps (models/narrow_int8.py) or the model's own
+                # how the rows were decoded: int8 weights on narrow steps (models/decode_weights.py) or the model's own
                 **({"int8_decode": True} if getattr(services.chat, "int8_decode", False) else {})}
     comparison_id = services.store.add_comparison(
         messages, texts[0], texts[1], models[0], models[1],

@@ -56,7 +56,8 @@ class Settings:
     sync_dir: Path | None = None  # the vote journal's folder (--sync-dir); None = data_dir/journal
     backend: str | None = None  # --backend URL: an OpenAI-compatible server generates (models/remote.py)
     backend_model: str | None = None  # the base's name on that server; None = the one it lists
-    int8_decode: bool = True  # narrow decode steps read int8 weights where the model allows (models/narrow_int8.py)
+    int8_decode: bool = True  # narrow decode steps read int8 weights where the model allows (models/decode_weights.py)
+    packed_decode: bool = True  # wider steps read oneDNN-packed weights where the model allows (the same)
 
     @property
     def journal_dir(self) -> Path:

@@ -1,0 +1,157 @@
+"""The decode loop's own copies of the weights: int8 for narrow steps, oneDNN-packed for the rest.
+
+A CPU decode step is mostly matrix multiplies against the weights, and the layout the weights sit in
+decides how fast those run. Each base linear layer keeps its own weight (training, `generate`, peft
+and merges read it) and gains copies that only the decode loop's thread reads, picked per call by how
+many token rows the call has:
+
+- **int8, at most NARROW_ROWS rows** (a chat, an Arena pair). Decoding one or two rows is bound by
+  reading the weights: a step of the embedded model reads 257 MB in bf16, where llama.cpp reads its
+  94 MB Q4_1 file. torch's weight-only int8 kernel (`aten._weight_int8pack_mm`: bf16 activations, int8
+  weights, one scale per output channel) reads half the bytes of bf16 and ran a 576x1536 layer 2.8x
+  faster than the bf16 matmul at one row, 2.2x at two, 1.5x at four, and slower from about eight rows
+  on (2 cores). bf16 models only (the kernel has no fast path for fp32 activations); `--no-int8-decode`
+  turns it off.
+- **oneDNN-packed, every other call** (the shared batch of a team, prefill). `F.linear` hands oneDNN a
+  plain row-major weight, which it reorders into its blocked layout on every call. The packed copy is
+  reordered once (`mkldnn._reorder_linear_weight`, what inductor's freezing does) and multiplied by
+  `mkldnn._linear_pointwise`: the same bf16 products, bit for bit in bf16, read faster. Measured on 2
+  cores for a 1536x576 layer at 16 rows: 66.9 -> 48.3 us in bf16, 303 -> 102 us in fp32; a whole
+  16-row step of the embedded model: 38.7 -> 28.4 ms (bench/bench_serving.py has the app's figure).
+  It costs a second copy of the weights in memory; `--no-packed-decode` turns it off.
+
+Only the decode loop's thread takes these paths (`prepare` marks it): `ChatModel.generate` (evals,
+data prep) and training keep the layer's own weight, and so does any call with gradients on. The copies
+are made on that thread too: reordering and quantizing are parallel torch work, and done on another
+thread they would leave an OpenMP team there that slows every step of the loop (models/own_thread.py
+says why). A weight changed in place (an adapter merged into it) is copied again on its next call.
+
+What int8 changes: a narrow step's logits carry int8 rounding (per-channel symmetric), so an answer
+decoded in a narrow batch can part from the bf16 answer after a while. Teacher-forced over 130 tokens
+of the embedded model, int8 steps picked fp32's next token at 93.1% of positions, bf16 steps at
+95.4% (tests/test_decode_weights.py holds int8 within 5 points of bf16). LoRA layers keep their own
+weights on top (peft calls the base layer, which is this one).
+"""
+
+from __future__ import annotations
+
+import threading
+
+NARROW_ROWS = 4  # at most this many token rows per call take the int8 weights
+_here = threading.local()  # .int8 / .packed: what this thread's decode steps may read
+stats = {"int8_calls": 0, "packed_calls": 0}  # for tests and the bench: linear calls that took each copy
+
+
+class _Int8Copy:
+    """One layer's int8 weight and per-output-channel scales, and the weight version they were made from."""
+
+    __slots__ = ("weight", "scales", "version")
+
+    def __init__(self, weight):
+        import torch
+
+        with torch.no_grad():
+            w = weight.detach().float()
+            scales = (w.abs().amax(dim=1) / 127).clamp(min=1e-12)
+            self.weight = torch.round(w / scales[:, None]).clamp(-127, 127).to(torch.int8).contiguous()
+            self.scales = scales.to(weight.dtype)
+        self.version = weight._version
+
+    def nbytes(self) -> int:
+        return self.weight.numel() + self.scales.numel() * self.scales.element_size()
+
+
+class _PackedCopy:
+    """One layer's weight reordered once into oneDNN's blocked layout, and the weight version it was made from."""
+
+    __slots__ = ("weight", "version")
+
+    def __init__(self, weight):
+        import torch
+
+        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 16)  # 16: the loop's widest batch
+        self.version = weight._version
+
+    def nbytes(self) -> int:
+        return self.weight.numel() * self.weight.element_size()
+
+
+def int8_unsupported(model) -> str | None:
+    """Why `model` cannot take the int8 path, or None when it can."""
+    import torch
+
+    if not hasattr(torch.ops.aten, "_weight_int8pack_mm"):
+        return f"torch {torch.__version__} has no weight-only int8 kernel"
+    weight = next(model.parameters())
+    if weight.device.type != "cpu":
+        return f"the model is on {weight.device.type}; int8 decode is for CPU serving"
+    if weight.dtype != torch.bfloat16:
+        return f"the model is {str(weight.dtype).removeprefix('torch.')}; int8 decode needs bf16"
+    return None
+
+
+def packing_unsupported(model) -> str | None:
+    """Why `model`'s weights cannot be packed for oneDNN, or None when they can."""
+    import torch
+
+    weight = next(model.parameters())
+    if weight.device.type != "cpu":
+        return f"the model is on {weight.device.type}; packed weights are for CPU serving"
+    if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
+        return f"torch {torch.__version__} was built without oneDNN"
+    if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        return "this CPU has no oneDNN bf16 support (it needs AVX-512)"
+    if weight.dtype not in (torch.bfloat16, torch.float32):
+        return f"the model is {str(weight.dtype).removeprefix('torch.')}; packing is for bf16 and fp32"
+    return None
+
+
+def _switching_forward(layer, own_forward):
+    import torch
+
+    def forward(x):
+        int8, packed = getattr(_here, "int8", False), getattr(_here, "packed", False)
+        if not (int8 or packed) or torch.is_grad_enabled() or x.dtype != layer.weight.dtype or not x.dim():
+            return own_forward(x)
+        rows = x.numel() // x.shape[-1]
+        if int8 and 0 < rows <= NARROW_ROWS:
+            copy = layer._int8_copy
+            if copy is None or copy.version != layer.weight._version:  # new, or changed in place since
+                copy = layer._int8_copy = _Int8Copy(layer.weight)
+            stats["int8_calls"] += 1
+            out = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, x.shape[-1]), copy.weight, copy.scales)
+            if layer.bias is not None:
+                out = out + layer.bias
+            return out.reshape(*x.shape[:-1], out.shape[-1])
+        if not packed or not rows:
+            return own_forward(x)
+        copy = layer._packed_copy
+        if copy is None or copy.version != layer.weight._version:
+            copy = layer._packed_copy = _PackedCopy(layer.weight)
+        stats["packed_calls"] += 1
+        return torch.ops.mkldnn._linear_pointwise(x, copy.weight, layer.bias, "none", [], "")
+
+    return forward
+
+
+def prepare(model, int8: bool, packed: bool) -> int:
+    """On the decode loop's thread: give every base linear layer of `model` (the lm_head included) the
+    copies asked for and the per-call switch, and turn those paths on for this thread. Returns the bytes
+    the copies take. Raises ValueError (with the `*_unsupported` reason) for a model that cannot take one."""
+    reasons = [reason for wanted, check in ((int8, int8_unsupported), (packed, packing_unsupported))
+               if wanted and (reason := check(model))]
+    if reasons:
+        raise ValueError("; ".join(reasons))
+    import torch
+
+    added = 0
+    for name, module in model.named_modules():
+        if type(module) is not torch.nn.Linear or "lora_" in name:
+            continue  # an adapter's own small layers stay as they are
+        if not hasattr(module, "_int8_copy"):
+            module.forward = _switching_forward(module, module.forward)
+        module._int8_copy = _Int8Copy(module.weight) if int8 else None
+        module._packed_copy = _PackedCopy(module.weight) if packed else None
+        added += sum(copy.nbytes() for copy in (module._int8_copy, module._packed_copy) if copy is not None)
+    _here.int8, _here.packed = int8, packed
+    return added
