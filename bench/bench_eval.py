@@ -74,9 +74,9 @@ def main() -> None:
         results.append((label, time.perf_counter() - start, decoded))
         print(f"  {label}: {results[-1][1]:.1f} s", file=sys.stderr, flush=True)
     baseline = results[0][1]
-    print(f"{'variant':<32}{'seconds':>9}{'rows/min':>10}{'speed-up':>10}")
+    print(f"{'variant':<40}{'seconds':>9}{'rows/min':>10}{'speed-up':>10}")
     for label, seconds, decoded in results:
-        print(f"{label:<32}{seconds:>9.1f}{decoded / seconds * 60:>10.1f}{baseline / seconds:>9.2f}x")
+        print(f"{label:<40}{seconds:>9.1f}{decoded / seconds * 60:>10.1f}{baseline / seconds:>9.2f}x")
     print(f"(baseline: bf16 streamed; {len(prompts)} prompts x 2 sides, {args.tokens} new tokens, greedy)")
 
 
