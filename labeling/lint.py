@@ -95,10 +95,12 @@ class LintReport:
 
     def summary(self) -> str:
         verdict = "ok" if self.ok else "NOT ok"
-        return f"lint {verdict}: {self.rows} rows, {len(self.errors)} errors, {len(self.warnings)} warnings"
+        return (f"lint {verdict}: {counted(self.rows, 'row')}, {counted(len(self.errors), 'error')}, "
+                f"{counted(len(self.warnings), 'warning')}")
 
     def to_markdown(self) -> str:
-        lines = [f"**Data lint: {len(self.errors)} errors, {len(self.warnings)} warnings** ({self.rows} pairs)"]
+        lines = [f"**Data lint: {counted(len(self.errors), 'error')}, {counted(len(self.warnings), 'warning')}** "
+                 f"({counted(self.rows, 'pair')})"]
         if not self.issues:
             return lines[0] + "\n\nNo issues found."
         lines += ["", "| severity | check | rows | message | examples |", "|---|---|---|---|---|"]
@@ -107,6 +109,11 @@ class LintReport:
             examples = ", ".join(map(str, i.examples[:5]))
             lines.append(f"| {i.severity} | `{i.code}` | {i.count} | {message} | {examples} |")
         return "\n".join(lines)
+
+
+def counted(n: int, noun: str) -> str:
+    """'1 pair', '2 pairs': a team's first lint runs on a handful of votes."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 COMPARISONS_LISTED = 10  # full ids per issue in the CLI, the rest counted

@@ -213,7 +213,7 @@ def test_lint_report_serialises():
     assert data["ok"] is False and data["rows"] == 2
     assert [i["code"] for i in data["issues"]][0] == "chosen_equals_rejected"  # errors first
     markdown = report.to_markdown()
-    assert "1 errors, 1 warnings" in markdown and "`truncated_chosen`" in markdown
+    assert "1 error, 1 warning**" in markdown and "`truncated_chosen`" in markdown
 
 
 # ---- what a round trains on: the lint filters, it does not stall ----
