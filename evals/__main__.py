@@ -50,7 +50,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     run.add_argument("--max-new-tokens", type=_positive, default=DEFAULT_MAX_NEW_TOKENS)
     run.add_argument("--batch-size", type=_positive, default=DEFAULT_BATCH_SIZE, help="prompts per batch")
     run.add_argument("--dtype", default=DEFAULT_DTYPE, choices=["fp32", "bf16", "auto"],
-                     help="weights dtype for generation (bf16, the default, is what the app serves and the fastest on CPU)")
+                     help="weights dtype for generation (auto: bf16, what the app serves, where the GPU or "
+                          "CPU computes it fast, else fp32)")
     run.add_argument("--baseline-system-prompt", metavar="TEXT",
                      help="also answer every prompt with the base and this system prompt, and add a prompted_base "
                           "column to each check: did the fine-tune beat a prompt?")

@@ -122,7 +122,8 @@ DEFAULT_MAX_NEW_TOKENS = 128
 # cached). On 2 cores throughput peaks around 16 rows; wider batches pad long
 # MT-bench prompts and get slower (bench/bench_eval.py).
 DEFAULT_BATCH_SIZE = 8
-# bf16, as the app serves, with oneDNN-packed weights (evals/report.py: pack_weights). With torch
-# 2.13 on 2 cores an eval of 16 prompts x 2 sides with a LoRA adapter generated in 10.5 s this way,
-# 13.1 s in bf16 unpacked and 20.0 s in fp32, the earlier default (bench/bench_eval.py has the bare model).
-DEFAULT_DTYPE = "bf16"
+# "auto": bf16, as the app serves, where bf16 is fast (a GPU that has it, a CPU with oneDNN bf16,
+# i.e. AVX-512), with oneDNN-packed weights on the CPU (evals/report.py: generation_dtype, pack_weights);
+# fp32 elsewhere. With torch 2.13 on 2 cores an eval of 16 prompts x 2 sides with a LoRA adapter
+# generated in 10.5 s this way, 13.1 s in bf16 unpacked and 20.0 s in fp32, the earlier default.
+DEFAULT_DTYPE = "auto"

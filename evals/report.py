@@ -221,6 +221,19 @@ def passes_progress(progress: Callable[[int, int], None] | None, passes: int, n:
     return lambda k: (lambda done, _total: progress(k * n + done, passes * n))
 
 
+def generation_dtype(name: str) -> str:
+    """The eval's weights dtype: `name`, or for "auto" bf16 where bf16 matmuls are fast (a CUDA GPU with
+    bf16, a CPU with oneDNN bf16) and fp32 elsewhere (a CPU without AVX-512 emulates bf16 slowly)."""
+    if name != "auto":
+        return name
+    import torch
+
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    fast = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return "bf16" if fast else "fp32"
+
+
 def pack_weights(chat) -> None:
     """Generate on this thread from oneDNN-packed copies of the weights (models/decode_weights.py): in bf16
     the same products bit for bit, read faster (bench/bench_eval.py). Where they cannot be packed (a GPU,
@@ -292,7 +305,8 @@ def run_eval(
             raise EvalInputError(str(exc)) from None
 
     if chat is None:
-        chat = ChatModel.load(base_model, Path(cache_dir), dtype=dtype, device="auto")  # a GPU when there is one
+        # a GPU when there is one
+        chat = ChatModel.load(base_model, Path(cache_dir), dtype=generation_dtype(dtype), device="auto")
     # A fresh name per content: the app may have an older adapter loaded as "candidate".
     name = f"{CANDIDATE}-{adapter_fingerprint(adapter_dir)}"
     chat.ensure_weights(name, adapter_dir)  # a full model dir is loaded as a second model beside the base

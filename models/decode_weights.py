@@ -20,8 +20,9 @@ many token rows the call has:
   16-row step of the embedded model: 38.7 -> 28.4 ms (bench/bench_serving.py has the app's figure).
   It costs a second copy of the weights in memory; `--no-packed-decode` turns it off.
 
-Only the decode loop's thread takes these paths (`prepare` marks it): `ChatModel.generate` (evals,
-data prep) and training keep the layer's own weight, and so does any call with gradients on. The copies
+Only the thread that prepared a model takes these paths for it (the decode loop's; an eval's, which packs
+and does not quantize): `ChatModel.generate` elsewhere and training keep the layer's own weight, and so
+does any call with gradients on. The copies
 are made on that thread too: reordering and quantizing are parallel torch work, and done on another
 thread they would leave an OpenMP team there that slows every step of the loop (models/own_thread.py
 says why). A weight changed in place (an adapter merged into it) is copied again on its next call.
@@ -38,7 +39,6 @@ from __future__ import annotations
 import threading
 
 NARROW_ROWS = 4  # at most this many token rows per call take the int8 weights
-_here = threading.local()  # .int8 / .packed: what this thread's decode steps may read
 stats = {"int8_calls": 0, "packed_calls": 0}  # for tests and the bench: linear calls that took each copy
 
 
@@ -110,7 +110,8 @@ def _switching_forward(layer, own_forward):
     import torch
 
     def forward(x):
-        int8, packed = getattr(_here, "int8", False), getattr(_here, "packed", False)
+        # per model and per thread: only the thread that prepared this model reads its copies
+        int8, packed = getattr(layer._decode_mode, "int8", False), getattr(layer._decode_mode, "packed", False)
         if not (int8 or packed) or torch.is_grad_enabled() or x.dtype != layer.weight.dtype or not x.dim():
             return own_forward(x)
         rows = x.numel() // x.shape[-1]
@@ -135,23 +136,26 @@ def _switching_forward(layer, own_forward):
 
 
 def prepare(model, int8: bool, packed: bool) -> int:
-    """On the decode loop's thread: give every base linear layer of `model` (the lm_head included) the
-    copies asked for and the per-call switch, and turn those paths on for this thread. Returns the bytes
-    the copies take. Raises ValueError (with the `*_unsupported` reason) for a model that cannot take one."""
+    """On the thread that will decode (the loop's, an eval's): give every base linear layer of `model` (the
+    lm_head included) the copies asked for and the per-call switch, on for this thread and this model only.
+    Returns the bytes the copies take. Raises ValueError (with the `*_unsupported` reason) for a model that
+    cannot take one."""
     reasons = [reason for wanted, check in ((int8, int8_unsupported), (packed, packing_unsupported))
                if wanted and (reason := check(model))]
     if reasons:
         raise ValueError("; ".join(reasons))
     import torch
 
+    mode = threading.local()  # what this thread reads for this model; other threads see no attributes
+    mode.int8, mode.packed = int8, packed
     added = 0
     for name, module in model.named_modules():
         if type(module) is not torch.nn.Linear or "lora_" in name:
             continue  # an adapter's own small layers stay as they are
-        if not hasattr(module, "_int8_copy"):
+        if not hasattr(module, "_decode_mode"):
             module.forward = _switching_forward(module, module.forward)
+        module._decode_mode = mode  # a later prepare (a new loop thread) takes over from the earlier one
         module._int8_copy = _Int8Copy(module.weight) if int8 else None
         module._packed_copy = _PackedCopy(module.weight) if packed else None
         added += sum(copy.nbytes() for copy in (module._int8_copy, module._packed_copy) if copy is not None)
-    _here.int8, _here.packed = int8, packed
     return added

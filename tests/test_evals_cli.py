@@ -14,9 +14,11 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from evals.__main__ import main
 from formats import ProgressFiles
+from models import decode_weights
 from tests.test_report import make_identity_adapter, write_jsonl
 
 CANNED = "Dear, how can I help you?"
@@ -118,12 +120,18 @@ def test_gate_flags_collapsed_adapter(gate_base, collapsed_adapter, prompts_file
 
 def test_gate_passes_identity_adapter_and_writes_beside_adapter(gate_base, prompts_file, tmp_path, capsys):
     adapter = make_identity_adapter(gate_base, tmp_path / "round-1" / "adapter")
+    packed_before = decode_weights.stats["packed_calls"]
     code = run_cli("--adapter", adapter, "--prompts", prompts_file, "--base-model", gate_base,
                    "--cache-dir", tmp_path / "cache", "--max-new-tokens", 16)
     assert code == 0
     report = json.loads((tmp_path / "round-1" / "eval.json").read_text())
     assert report["regression"] is False and not any(c["flagged"] for c in report["checks"].values())
     assert "no regression" in capsys.readouterr().out
+    # the default dtype follows the machine: bf16 where oneDNN computes it fast (AVX-512), fp32 elsewhere,
+    # and generation read oneDNN-packed weights where they can be made
+    bf16_fast = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert report["generation"]["dtype"] == ("bfloat16" if bf16_fast else "float32")
+    assert (decode_weights.stats["packed_calls"] > packed_before) == bf16_fast
 
 
 def test_log_dir_gets_progress_events_and_a_status_like_training(gate_base, tmp_path, capsys):
