@@ -331,7 +331,7 @@ def evals_tab(services: Services):
         picker = gr.Dropdown([], label="Checkpoint", scale=3, elem_id="evals-picker")
         refresh_button = gr.Button("↻ Refresh", size="sm", scale=1)
         rerun = gr.Button("Run evals again", size="sm", scale=1, elem_id="evals-rerun")
-        cancel = gr.Button("Cancel evals", size="sm", scale=1, variant="stop", elem_id="evals-cancel")
+        cancel = gr.Button("Cancel evals", size="sm", scale=1, variant="secondary", elem_id="evals-cancel")
     baseline = gr.Textbox(label="Baseline system prompt (optional): evals run again also answer with the base and "
                                "this system prompt, so you see whether the fine-tune beats a prompt",
                           lines=2, max_length=4000, elem_id="evals-baseline")

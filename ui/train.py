@@ -421,7 +421,7 @@ def train_tab(services: Services):
         summary = gr.Markdown("This round: **dpo_qlora** as it is", elem_id="train-config")
     with gr.Row():
         start = gr.Button("Start round", variant="primary", elem_id="train-start", interactive=False)
-        cancel = gr.Button("Cancel", variant="stop", elem_id="train-cancel")
+        cancel = gr.Button("Cancel", variant="secondary", elem_id="train-cancel")  # not red while nothing runs
     reason = gr.Markdown(elem_id="train-reason")
     progress = gr.HTML(elem_id="train-progress")
     status = gr.Markdown(elem_id="train-status")
