@@ -164,30 +164,6 @@ def login_checker(users: dict):
     return check
 
 
-def choose_decode_weights(chat: ChatModel, int8: bool, packed: bool) -> str:
-    """Turn on the decode loop's own copies of the weights where the served model allows them
-    (models/decode_weights.py); one line saying what was decided and what it costs."""
-    import torch
-
-    linear = [m.weight for m in chat.model.modules() if type(m) is torch.nn.Linear]
-    parts = []
-    reason = decode_weights.int8_unsupported(chat.model) if int8 else "--no-int8-decode"
-    if reason is None:
-        chat.int8_decode = True
-        parts.append(f"int8 copies for steps of at most {decode_weights.NARROW_ROWS} rows "
-                     f"(+{sum(w.numel() for w in linear) / 2**20:.0f} MB)")
-    else:
-        parts.append(f"no int8 copies ({reason})")
-    reason = decode_weights.packing_unsupported(chat.model) if packed else "--no-packed-decode"
-    if reason is None:
-        chat.packed_decode = True
-        parts.append(f"oneDNN-packed copies for wider steps "
-                     f"(+{sum(w.numel() * w.element_size() for w in linear) / 2**20:.0f} MB)")
-    else:
-        parts.append(f"no packed copies ({reason})")
-    return "decode: " + "; ".join(parts)
-
-
 def parse_args(argv: list[str] | None = None) -> Settings:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-dir", type=Path, default=Path("data"), help="votes DB, snapshots, checkpoints")
@@ -277,7 +253,7 @@ def main(argv: list[str] | None = None) -> int:
             print(chat.note, flush=True)
         else:
             chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype, device=settings.device)
-            print(choose_decode_weights(chat, settings.int8_decode, settings.packed_decode), flush=True)
+            print(decode_weights.choose(chat, settings.int8_decode, settings.packed_decode), flush=True)
             chat.scheduler.start()  # its copies of the weights are made now, not on the first user's Generate
     except (ModelLoadError, ValueError, OSError) as exc:
         store.close()

@@ -62,12 +62,13 @@ def main() -> None:
         ("bf16, generate, 16/batch, packed", "bf16", 16, False),
     ]
     models: dict[str, ChatModel] = {}
+    packed: set[str] = set()  # the dtypes whose model this thread reads packed copies of
     results = []
     for label, dtype, batch, streamed in variants:
         chat = models.get(dtype) or models.setdefault(dtype, ChatModel.load(None, args.cache_dir, dtype=dtype))
-        if "packed" in label and not hasattr(chat, "packed"):
+        if "packed" in label and dtype not in packed:
             decode_weights.prepare(chat.model, int8=False, packed=True)
-            chat.packed = True
+            packed.add(dtype)
         chat.generate([[{"role": "user", "content": "warm up"}]], [None], SamplingParams(temperature=0, max_new_tokens=4))
         start = time.perf_counter()
         decoded = decode_all(chat, prompts, params, batch, streamed)

@@ -51,8 +51,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     chat = ChatModel.load(None, args.cache_dir, dtype=args.dtype)
-    chat.int8_decode = args.int8_decode and decode_weights.int8_unsupported(chat.model) is None
-    chat.packed_decode = args.packed_decode and decode_weights.packing_unsupported(chat.model) is None
+    decode_weights.choose(chat, args.int8_decode, args.packed_decode)  # as app.py decides
     params = SamplingParams(temperature=0, max_new_tokens=args.tokens)
     topics = [TOPICS[i % len(TOPICS)] for i in range(args.users)]
     comparison(chat, "warm-up", SamplingParams(temperature=0, max_new_tokens=8), "warm")

@@ -228,10 +228,11 @@ def generation_dtype(name: str) -> str:
         return name
     import torch
 
+    from models import decode_weights
+
     if torch.cuda.is_available():
         return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
-    fast = torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
-    return "bf16" if fast else "fp32"
+    return "bf16" if decode_weights.cpu_bf16_fast() else "fp32"
 
 
 def pack_weights(chat) -> None:

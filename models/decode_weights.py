@@ -90,6 +90,13 @@ def int8_unsupported(model) -> str | None:
     return None
 
 
+def cpu_bf16_fast() -> bool:
+    """Whether oneDNN computes bf16 on this CPU (AVX-512); elsewhere torch emulates it slowly."""
+    import torch
+
+    return torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
 def packing_unsupported(model) -> str | None:
     """Why `model`'s weights cannot be packed for oneDNN, or None when they can."""
     import torch
@@ -99,7 +106,7 @@ def packing_unsupported(model) -> str | None:
         return f"the model is on {weight.device.type}; packed weights are for CPU serving"
     if not torch.backends.mkldnn.is_available() or not hasattr(torch.ops.mkldnn, "_linear_pointwise"):
         return f"torch {torch.__version__} was built without oneDNN"
-    if weight.dtype == torch.bfloat16 and not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+    if weight.dtype == torch.bfloat16 and not cpu_bf16_fast():
         return "this CPU has no oneDNN bf16 support (it needs AVX-512)"
     if weight.dtype not in (torch.bfloat16, torch.float32):
         return f"the model is {str(weight.dtype).removeprefix('torch.')}; packing is for bf16 and fp32"
@@ -133,6 +140,27 @@ def _switching_forward(layer, own_forward):
         return torch.ops.mkldnn._linear_pointwise(x, copy.weight, layer.bias, "none", [], "")
 
     return forward
+
+
+def choose(chat, int8: bool, packed: bool) -> str:
+    """Set `chat.int8_decode` / `chat.packed_decode` (read when its decode loop starts) for the copies asked
+    for that `chat.model` can take; one line saying what was decided, what it costs, or why not."""
+    import torch
+
+    linear = [m.weight for m in chat.model.modules() if type(m) is torch.nn.Linear]
+    parts = []
+    for name, wanted, unsupported, flag, what, element_bytes in (
+            ("int8", int8, int8_unsupported, "--no-int8-decode",
+             f"int8 copies for steps of at most {NARROW_ROWS} rows", lambda w: 1),
+            ("packed", packed, packing_unsupported, "--no-packed-decode",
+             "oneDNN-packed copies for wider steps", lambda w: w.element_size())):
+        reason = unsupported(chat.model) if wanted else flag
+        setattr(chat, f"{name}_decode", reason is None)
+        if reason is None:
+            parts.append(f"{what} (+{sum(w.numel() * element_bytes(w) for w in linear) / 2**20:.0f} MB)")
+        else:
+            parts.append(f"no {name} copies ({reason})")
+    return "decode: " + "; ".join(parts)
 
 
 def prepare(model, int8: bool, packed: bool) -> int:
