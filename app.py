@@ -102,13 +102,16 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         demo.load(evals_refresh, evals_picker, evals_outputs, **private)
         evals_page.select(evals_refresh, evals_picker, evals_outputs, **private)
     # Generation handlers only feed the shared decode loop (models/scheduler.py), which batches
-    # them, so many run at once; votes, undo and page refreshes are short and thread-safe (the store
-    # serialises writes itself) and set concurrency_limit=None, so only gradio's thread pool bounds
-    # them. max_size bounds the waiting line: past it a client is told the
-    # app is busy instead of piling up work that nobody will wait for.
+    # them, so many run at once; page refreshes are short and thread-safe (the store serialises
+    # writes itself) and set concurrency_limit=None, so only gradio's thread pool bounds them. Votes
+    # and undo skip the queue altogether (queue=False, ui/arena.py). max_size bounds the waiting
+    # line: past it a client is told the app is busy instead of piling up work nobody will wait for.
     # status_update_rate: gradio otherwise sends every waiting event a fresh queue position each time
-    # any event starts, a message per waiting client per start; once a second is enough to watch a line move
-    demo.queue(default_concurrency_limit=HANDLER_CONCURRENCY, max_size=QUEUE_MAX_SIZE, status_update_rate=1.0)
+    # any event starts, a message per waiting client per start; once a second is enough to watch a line move.
+    # api_open=False: gradio otherwise runs any queued event from a direct POST to /gradio_api/run/...,
+    # past its concurrency limit and max_size; now only events declared queue=False take that route.
+    demo.queue(default_concurrency_limit=HANDLER_CONCURRENCY, max_size=QUEUE_MAX_SIZE, status_update_rate=1.0,
+               api_open=False)
     return demo
 
 

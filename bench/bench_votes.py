@@ -2,9 +2,12 @@
 
 1. The store alone: `Store.record_vote` with and without the journal, against bare DuckDB
    autocommit INSERTs (baseline), in one process.
-2. The app: `app.py` in a subprocess (the embedded model), voted on with `gradio_client` over
-   loopback. Baseline: one client voting alone (median round trip). Then N clients vote at the same
-   moment, several rounds; printed: p50, p99 and the slowest acknowledgment, and slowest / lone.
+2. The app: `app.py` in a subprocess (the embedded model), voted on over loopback the way the page
+   votes (`--route page`, the default): one POST to /gradio_api/run/arena_vote per vote, answered in
+   its reply, each voter on its own kept-alive connection as a browser is; or with `gradio_client`
+   (`--route client`), which always goes through gradio's queue and its message stream. Baseline: one
+   voter alone (median round trip). Then N voters vote at the same moment, several rounds; printed:
+   p50, p99 and the slowest acknowledgment, and slowest / lone.
    The same again while a generation runs in the decode loop (an `/arena_generate` call kept busy).
    Where a burst vote's time goes comes from the server itself (this file instruments it): client to
    handler start (HTTP, gradio's queue, a worker thread), the writer lock's wait, the transaction
@@ -14,10 +17,11 @@
    Every client votes once before timing: a client's first call opens its message stream, which an
    annotator's open page has done long before they vote.
 
-    python bench/bench_votes.py [--votes 300] [--clients 20] [--rounds 6] [--compare REF]
+    python bench/bench_votes.py [--votes 300] [--clients 20] [--rounds 6] [--route page|client] [--compare REF]
 
 --compare REF serves a second app from the git commit REF (extracted with `git archive`) and
-interleaves its rounds with this checkout's, so both are measured under the same load.
+interleaves its rounds with this checkout's, so both are measured under the same load (with
+`--route client` where REF's votes were still queued: its page route refuses them).
 """
 
 from __future__ import annotations
@@ -250,8 +254,8 @@ import gradio as gr
 def arena_vote(comparison_id: str, choice: str, better_answer: str = "") -> str:
     return f"saved: vote {comparison_id} ({choice})"
 with gr.Blocks() as demo:
-    gr.api(arena_vote, api_name="arena_vote", concurrency_limit=None)
-demo.queue(default_concurrency_limit=16, max_size=256, status_update_rate=1.0)  # app.py's queue settings
+    gr.api(arena_vote, api_name="arena_vote", queue=sys.argv[2] == "queued")
+demo.queue(default_concurrency_limit=16, max_size=256, status_update_rate=1.0, api_open=False)  # app.py's settings
 demo.launch(server_port=int(sys.argv[1]))
 """
 
@@ -260,12 +264,13 @@ class NoopServer(Server):
     """gradio alone: a Blocks app whose /arena_vote returns at once, with no model, store or journal,
     served with app.py's queue settings. What a burst costs there is gradio's and the clients' share."""
 
-    def __init__(self, tmp: Path):  # no model, comparisons or timings: the parent's are not needed
+    def __init__(self, tmp: Path, queued: bool):  # no model, comparisons or timings: the parent's are not needed
         self.label, self.count = "gradio, no-op handler", 0
         self.log, self.port = tmp / "noop.log", free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         with self.log.open("wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-c", NOOP_APP, str(self.port)],
+            self.process = subprocess.Popen([sys.executable, "-c", NOOP_APP, str(self.port),
+                                             "queued" if queued else "direct"],
                                             stdout=out, stderr=subprocess.STDOUT)
 
     def next_id(self) -> str:
@@ -281,13 +286,11 @@ class NoopServer(Server):
 
 def gradio_floor(args) -> None:
     """The same lone votes and bursts against gradio alone (NoopServer)."""
-    from gradio_client import Client
-
     with tempfile.TemporaryDirectory() as tmp:
-        server = NoopServer(Path(tmp))
+        server = NoopServer(Path(tmp), queued=args.route == "client")  # ("both": the page's route)
         try:
             server.wait()
-            clients = [Client(server.url, verbose=False, ssl_verify=args.client_verify) for _ in range(args.clients)]
+            clients = [voter(server, args) for _ in range(args.clients)]
             for client in clients:  # warm-up, as in the app bench
                 lone(server, client, 1)
             tally_lone, tally_burst = [0.0, 0.0, 0], [0.0, 0.0, 0]
@@ -316,6 +319,46 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+class PageVoter:
+    """Votes as the page does: one POST to /gradio_api/run/arena_vote, answered in its reply, on a
+    connection kept alive between votes (an open page keeps its connection). Same call as gradio_client."""
+
+    def __init__(self, url: str):
+        import httpx
+
+        self.http = httpx.Client(base_url=url.rstrip("/"), timeout=60)
+        # the page's own session: without one gradio builds a fresh session state (a config for every
+        # component of the app, ~10 ms of CPU) for each POST, which no open page pays
+        self.session_hash = uuid.uuid4().hex[:11]
+
+    def predict(self, *data, api_name: str) -> str:
+        reply = self.http.post(f"/gradio_api/run{api_name}", json={"data": list(data), "session_hash": self.session_hash})
+        if reply.status_code != 200:
+            raise RuntimeError(f"{api_name}: HTTP {reply.status_code}: {reply.text[:300]}")
+        return reply.json()["data"][0]
+
+
+class Route:
+    """One app as voted on by one route; the report's rows are keyed by its label. Everything else
+    (the process, the comparison ids, the timings) is the app's."""
+
+    def __init__(self, server: "Server", route: str, several: bool):
+        self.server, self.route = server, route
+        self.label = f"{server.label}, {route}" if several else server.label
+
+    def __getattr__(self, name):
+        return getattr(self.server, name)
+
+
+def voter(server, args):
+    """One annotator's connection to `server`, by the route the bench measures."""
+    if getattr(server, "route", args.route) == "page":
+        return PageVoter(server.url)
+    from gradio_client import Client
+
+    return Client(server.url, verbose=False, ssl_verify=args.client_verify)
 
 
 def vote(client, comparison_id: str) -> tuple[float, float]:
@@ -379,9 +422,8 @@ def generating(server: Server):
 
 
 def app_bench(args, model_dir: str) -> None:
-    from gradio_client import Client
-
-    per_server = args.lone * 2 + 4 + args.clients * (args.rounds + 1) * 2 + 10
+    routes = ("page", "client") if args.route == "both" else (args.route,)
+    per_server = (args.lone * 2 + 4 + args.clients * (args.rounds + 1) * 2 + 10) * len(routes)
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         checkouts = [("this checkout", ROOT)]
@@ -391,15 +433,16 @@ def app_bench(args, model_dir: str) -> None:
             archive = subprocess.run(["git", "archive", args.compare], cwd=ROOT, check=True, capture_output=True)
             subprocess.run(["tar", "-x", "-C", str(old)], input=archive.stdout, check=True)
             checkouts.insert(0, (f"at {args.compare}", old))
-        servers = [Server(label, path, model_dir, tmp, per_server) for label, path in checkouts]
+        apps = [Server(label, path, model_dir, tmp, per_server) for label, path in checkouts]
+        # one row of the report per app and route, voted on in turns
+        servers = [Route(app, route, len(routes) > 1) for app in apps for route in routes]
         try:
-            for server in servers:
+            for server in apps:
                 server.wait()
             # ssl_verify=False: plain http on loopback either way, but with it gradio_client loads the
             # certificate store for every request (about 15 ms of CPU each, twice per call, under the
             # bench's one GIL), which real annotators pay on their own machines, not on the server's
-            clients = {s.label: [Client(s.url, verbose=False, ssl_verify=args.client_verify)
-                                 for _ in range(args.clients)] for s in servers}
+            clients = {s.label: [voter(s, args) for _ in range(args.clients)] for s in servers}
             results = {(s.label, phase): ([], []) for s in servers for phase in PHASES}
             # [server CPU s, this process's CPU s, votes] for the lone votes and the bursts
             cpu = {(s.label, phase): ([0.0, 0.0, 0], [0.0, 0.0, 0]) for s in servers for phase in PHASES}
@@ -411,8 +454,9 @@ def app_bench(args, model_dir: str) -> None:
                     lone(server, clients[server.label][0], 2)
                 with ExitStack() as stack:
                     if phase != "votes only":  # every app generates, so each is measured under the same load
-                        for server in servers:
-                            generations[server.label] = stack.enter_context(generating(server))
+                        for app in apps:
+                            calls = stack.enter_context(generating(app))
+                            generations.update({s.label: calls for s in servers if s.server is app})
                     for _ in range(args.lone):  # the apps take turns, vote by vote and burst by burst
                         for server in servers:
                             with cpu_used(server, cpu[(server.label, phase)][0], 1):
@@ -422,13 +466,15 @@ def app_bench(args, model_dir: str) -> None:
                             with cpu_used(server, cpu[(server.label, phase)][1], args.clients):
                                 results[(server.label, phase)][1].extend(burst(server, clients[server.label]))
         finally:
-            timings = {server.label: server.stop() for server in servers}
+            stopped = {app.label: app.stop() for app in apps}
+            timings = {server.label: stopped[server.server.label] for server in servers}
     report(args, servers, results, timings, generations, cpu)
 
 
 def report(args, servers, results, timings, generations, cpu) -> None:
-    print(f"{args.clients} gradio_client voters at once ({args.rounds} rounds), against one client alone "
-          f"({args.lone} votes, median), loopback, ssl_verify={args.client_verify}; ms")
+    print(f"{args.clients} voters at once ({args.rounds} rounds), against one voter alone "
+          f"({args.lone} votes, median), loopback; ms. Routes: page = POST /gradio_api/run/arena_vote, as the "
+          f"page's buttons vote; client = gradio_client through gradio's queue, ssl_verify={args.client_verify}")
     print(f"{'app':<22}{'phase':<19}{'lone':>7}{'p50':>7}{'p99':>7}{'max':>7}{'max/lone':>10}")
     for server in servers:
         for phase in PHASES:
@@ -444,8 +490,8 @@ def report(args, servers, results, timings, generations, cpu) -> None:
             slowest = [max(end - sent for _, sent, end in bursts[i:i + args.clients]) * 1e3
                        for i in range(0, len(bursts), args.clients)]
             print(f"{server.label:<22}{phase:<19}" + " ".join(f"{ms:.0f}" for ms in slowest))
-    print("\nthe server's side alone (its clock: from a POST reaching gradio's queue to the handler's end, the burst's"
-          " first POST to its last end; no client CPU, no polling), ms")
+    print("\nthe server's side alone (its clock: from a POST reaching gradio's queue, or on the page's route the"
+          " handler's start, to the handler's end, the burst's first to its last; no client CPU, no polling), ms")
     for server in servers:
         by_id = {t["id"]: t for t in timings[server.label]}
         for phase in PHASES:
@@ -475,8 +521,8 @@ def report(args, servers, results, timings, generations, cpu) -> None:
                        [end - t["end"] for t, _, end in rows]]
             print(f"{server.label:<22}{phase:<26}" + "".join(
                 f"{statistics.median(c) * 1e3:>9.1f} /{max(c) * 1e3:>5.0f}" for c in columns))
-    print("(to queue: from the client's call until its POST reached gradio's queue; queue: from there to the "
-          "handler's start; in lock: BEGIN..COMMIT under the writer lock, with the journal too where it is written under the lock; "
+    print("(to queue: from the client's call until its POST reached gradio's queue, or on the page's route the "
+          "handler's start; queue: from there to the handler's start (0 off the queue); in lock: BEGIN..COMMIT under the writer lock, with the journal too where it is written under the lock; "
           "journal: the whole append, its fsync included)")
     print("\nCPU per vote (ms; the server process, all threads / this process's clients), and the floor it sets:"
           " a burst's votes share the server's one interpreter (the GIL), so the last of N waits for about"
@@ -510,6 +556,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6, help="bursts per phase")
     parser.add_argument("--lone", type=int, default=15, help="votes of the lone client")
     parser.add_argument("--compare", metavar="REF", help="also serve this git commit, interleaved")
+    parser.add_argument("--route", choices=("page", "client", "both"), default="page",
+                        help="page: POST /gradio_api/run/arena_vote as the page's buttons do; "
+                             "client: gradio_client, through gradio's queue; both: each, in turns")
     parser.add_argument("--client-verify", action="store_true",
                         help="gradio_client's default (loads the certificate store per request, in this process)")
     parser.add_argument("--skip-store", action="store_true")

@@ -197,13 +197,27 @@ def test_arena_vote_lands_in_the_export(page, app_url, tmp_path):
     assert page.is_disabled("#vote-a")  # nothing to vote on yet
     page.click("#arena-generate")
     page.wait_for_selector("#vote-a:not([disabled])", timeout=180_000)
+    posted = []  # the vote's requests: off gradio's queue it is a POST to /gradio_api/run/..., answered in its reply
+    page.on("request", lambda request: posted.append(request.url) if request.method == "POST" else None)
     page.keyboard.press("1")  # keyboard shortcut for "A is better"
     page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Vote saved')",
                            timeout=60_000)
+    assert posted and all("/gradio_api/run/" in url for url in posted), posted
     assert page.is_disabled("#vote-a")  # one vote per comparison
     reveal = page.inner_text("#arena-reveal")
     assert "A was `" in reveal or "A was" in reveal
     page.screenshot(path=str(ARTIFACTS / "arena.png"), full_page=True)
+    # undo (off the queue too), a refused second undo shown as an error, and a new vote
+    page.click("#arena-undo")
+    page.wait_for_selector("#vote-a:not([disabled])", timeout=60_000)
+    assert "Vote undone" in page.inner_text("#arena-reveal")
+    page.click("#arena-undo")  # nothing left to undo: said in the reveal line (off the queue there is no toast)
+    page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('no vote of yours')",
+                           timeout=60_000)
+    page.keyboard.press("2")
+    page.wait_for_function("() => document.querySelector('#arena-reveal').innerText.includes('Vote saved')",
+                           timeout=60_000)
+    assert "B is better" in page.inner_text("#arena-reveal")
     assert "in all: 1" in page.inner_text("#arena-progress").replace("*", "")
     # the export, downloaded from the Train tab (the CLI cannot open the DB while the app holds it)
     page.get_by_role("tab", name="Train").click()

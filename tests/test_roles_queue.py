@@ -127,3 +127,35 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
     # the annotator's call left no row; the admin's names the weights it promoted
     assert promoted_by == [{"promoted_by": "ada", "reason": "any reason at all", "overridden": True,
                             "adapter_fingerprint": adapter_fingerprint(data_dir / "checkpoints/r-trained/adapter")}]
+
+
+def test_votes_skip_the_queue_and_still_need_a_login_and_the_annotators_own_vote(roles_app):
+    """The page's vote and undo are answered in the reply to one POST (/gradio_api/run/...), as the
+    browser sends them: gradio refuses that route to any queued event, so a 'saved' reply here means the
+    vote never waited in the queue. The route still needs a login, and undo only takes one's own vote."""
+    url, data_dir, process = roles_app
+    ann, ada = session(url, "ann"), session(url, "ada")
+    fns = {dep.get("api_name"): dep["id"] for dep in ann.get("/config").json()["dependencies"]}
+    generated = call(ann, fns["arena_generate"], ["Name a colour.", 8])
+    assert generated["success"] is True, generated
+    comparison_id = generated["output"]["data"][0][0]  # gr.api sends the (id, a, b) tuple as one value
+
+    def run(client, api_name, data):
+        return client.post(f"/gradio_api/run/{api_name}", json={"data": data, "session_hash": client.session_hash})
+
+    with httpx.Client(base_url=url, timeout=60) as anonymous:
+        refused = anonymous.post("/gradio_api/run/arena_vote", json={"data": [comparison_id, "a", ""]})
+        assert refused.status_code == 401, refused.text
+    bad = run(ann, "arena_vote", [comparison_id, "left", ""])
+    assert bad.status_code == 500 and "not saved" in bad.text, bad.text  # a clear refusal, nothing stored
+    saved = run(ann, "arena_vote", [comparison_id, "a", ""])
+    assert saved.status_code == 200 and saved.json()["data"][0].startswith("saved: vote"), saved.text
+    again = run(ann, "arena_vote", [comparison_id, "b", ""])
+    assert again.json()["data"][0].startswith("already recorded"), again.text
+    not_theirs = run(ada, "arena_undo", [comparison_id])
+    assert not_theirs.status_code == 500 and "not undone" in not_theirs.text, not_theirs.text
+    undone = run(ann, "arena_undo", [comparison_id])
+    assert undone.status_code == 200 and undone.json()["data"][0].startswith("undone"), undone.text
+    # the page's generate stays queued (it streams and shares the decode loop): the direct route refuses it
+    assert run(ann, "arena_generate", ["Name a colour.", 8]).status_code == 404
+    ann.close(), ada.close()

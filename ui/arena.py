@@ -284,10 +284,16 @@ def overlap_for(services, request: gr.Request = None):
 
 
 def vote(services, choice, state, better_answer, request: gr.Request = None):
-    """UI handler for the four buttons. Outputs: state, reveal, progress, better box, 4 buttons."""
+    """UI handler for the four buttons. Outputs: state, reveal, progress, better box, 4 buttons.
+    It runs off gradio's queue, where neither gr.Warning nor gr.Error reaches a toast, so every
+    refusal is said in the reveal line."""
     if not state or not state.get("id"):
-        raise gr.Error("There is nothing to vote on yet: generate a comparison first.")
-    annotator = services.require(request, "annotator")
+        return (state, "⚠️ There is nothing to vote on yet: generate a comparison first.",
+                *(gr.skip(),) * (2 + len(CHOICES)))
+    try:
+        annotator = services.require(request, "annotator")
+    except gr.Error as exc:
+        return state, f"⚠️ **Vote not saved**: {exc.message}", *(gr.skip(),) * (2 + len(CHOICES))
     better = (better_answer or "").strip() or None
     try:
         result = services.store.record_vote(
@@ -297,7 +303,6 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
     except (ValueError, StoreWriteError) as exc:
         # Not saved, so not acknowledged: the buttons come back (the browser locked them on click)
         # and the written answer stays, so voting again is one click.
-        gr.Warning(f"Vote not saved: {exc}")
         return (state, f"⚠️ **Vote not saved**: {exc}. Nothing was recorded; vote again.",
                 progress_text(services, annotator), better_answer, *vote_buttons(True))
     if services.role_of(request) != "admin" and state.get("prompt_id") is not None:
@@ -328,14 +333,16 @@ def unblinded_note(named) -> str:
 
 def undo(services, state, request: gr.Request = None):
     """UI handler: take back this annotator's vote on the comparison shown (within 5 minutes), so it
-    can be cast again. Outputs: state, reveal, progress, 4 buttons."""
-    annotator = services.require(request, "annotator")
+    can be cast again. Outputs: state, reveal, progress, 4 buttons. Off gradio's queue, as `vote`:
+    a refusal is said in the reveal line, and the rest of the page stays as it was."""
+    unchanged = (gr.skip(),) * (1 + len(CHOICES))
     if not state or not state.get("voted"):
-        raise gr.Error("There is no vote of yours on this comparison to undo.")
+        return state, "⚠️ There is no vote of yours on this comparison to undo.", *unchanged
     try:
-        services.store.undo_vote(state["id"], annotator)
-    except (ValueError, StoreWriteError) as exc:
-        raise gr.Error(f"Not undone: {exc}") from exc
+        services.store.undo_vote(state["id"], services.require(request, "annotator"))
+    except (gr.Error, ValueError, StoreWriteError) as exc:
+        return state, f"⚠️ **Not undone**: {getattr(exc, 'message', exc)}", *unchanged
+    annotator = annotator_of(request)
     state = {key: value for key, value in state.items() if key != "continue_with"} | {"voted": False}
     return (state, "↩️ Vote undone: nothing is recorded for this comparison now. Vote again.",
             progress_text(services, annotator), *vote_buttons(True))
@@ -521,13 +528,15 @@ def arena_tab(services: Services) -> None:
     save_guidelines_button.click(bind(save_guidelines, services), guidelines_editor, [guidelines, guidelines_note],
                                  **private)
     admin_panel.expand(bind(guidelines_for_admin, services), None, guidelines_editor, **private)
-    # Votes and undos are quick and thread-safe (the store serialises its writes), so they never
-    # wait for a worker slot behind each other: no concurrency limit.
-    quick = dict(private, concurrency_limit=None)
+    # Votes and undos are quick and thread-safe (the store serialises its writes), so they skip
+    # gradio's queue: the page sends one POST to /gradio_api/run/... and gets the answer in its reply,
+    # with no queue round, no worker slot and no message stream (20 votes at once: bench_votes.py).
+    # Off the queue a handler's gr.Warning reaches no toast, so these say everything in their outputs.
+    quick = dict(private, queue=False)
     for key, button in zip(CHOICES, buttons):
         # Lock all four buttons in the browser first, so a double click cannot send twice;
         # the store's unique keys make a replay harmless anyway.
-        button.click(lambda: vote_buttons(False), None, buttons, queue=False, **private).then(
+        button.click(lambda: vote_buttons(False), None, buttons, **quick).then(
             bind(vote, services, key), [state, better], [state, reveal, progress, better, *buttons], **quick
         )
     undo_button.click(bind(undo, services), state, [state, reveal, progress, *buttons], **quick)
@@ -557,6 +566,8 @@ def arena_tab(services: Services) -> None:
             raise gr.Error(f"not undone: {exc}") from exc
 
     gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
-    gr.api(arena_vote, api_name="arena_vote", concurrency_limit=None)
-    gr.api(arena_undo, api_name="arena_undo", concurrency_limit=None)
+    # Off the queue, as the page's buttons: a plain POST to /gradio_api/run/arena_vote is answered in its
+    # reply; gradio_client still sends them through the queue (it always does) and they still work there.
+    gr.api(arena_vote, api_name="arena_vote", queue=False)
+    gr.api(arena_undo, api_name="arena_undo", queue=False)
     return progress, admin_panel, model_x, model_y, [controls[0], controls[1], controls[2], controls[4]], overlap
