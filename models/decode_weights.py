@@ -214,9 +214,12 @@ def choose(chat, int8: bool, packed: bool) -> str:
             ("int8", int8, int8_unsupported, "--no-int8-decode",
              f"int8 copies for steps of at most {NARROW_ROWS} rows", lambda w: 1),
             ("packed", packed, packing_unsupported, "--no-packed-decode",
-             "oneDNN-packed copies for wider steps", lambda w: w.element_size())):
+             None, lambda w: w.element_size())):
         reason = unsupported(chat.model) if wanted else flag
         setattr(chat, f"{name}_decode", reason is None)
+        # int8 was decided first: packed copies serve the wider steps beside it, or every step without it
+        what = what or ("oneDNN-packed copies for wider steps" if chat.int8_decode else
+                        "oneDNN-packed copies for every step")
         if reason is None:
             parts.append(f"{what} (+{sum(w.numel() * element_bytes(w) for w in linear) / 2**20:.0f} MB)")
         else:

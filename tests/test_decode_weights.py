@@ -201,3 +201,16 @@ def test_parallel_work_on_its_own_thread_leaves_no_openmp_team_behind():
     counts = json.loads(out.stdout.strip().splitlines()[-1])
     assert counts["own_thread"] == counts["before"], counts
     assert counts["direct"] == counts["before"] + counts["torch_threads"] - 1, counts  # the control
+
+
+@pytest.mark.skipif(PACKING["fp32"] is not None, reason=f"{PACKING['fp32']}")
+def test_the_start_line_says_which_copies_serve_which_steps(tiny_model_dir):
+    chat = ChatModel(*load_base(str(tiny_model_dir), dtype="fp32"), base_name=str(tiny_model_dir))
+    line = decode_weights.choose(chat, int8=True, packed=True)
+    assert "no int8 copies (the model is float32; int8 decode needs bf16)" in line  # asked for, and why not
+    assert "oneDNN-packed copies for every step" in line and not chat.int8_decode and chat.packed_decode
+    if PACKING["bf16"] is None:
+        bf16 = ChatModel(*load_base(str(tiny_model_dir), dtype="bf16"), base_name=str(tiny_model_dir))
+        line = decode_weights.choose(bf16, int8=True, packed=True)
+        assert f"int8 copies for steps of at most {decode_weights.NARROW_ROWS} rows" in line
+        assert "oneDNN-packed copies for wider steps" in line
