@@ -129,7 +129,7 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
                             "adapter_fingerprint": adapter_fingerprint(data_dir / "checkpoints/r-trained/adapter")}]
 
 
-def test_votes_skip_the_queue_and_still_need_a_login_and_the_annotators_own_vote(roles_app):
+def test_votes_skip_the_queue_and_still_need_a_login_and_the_annotators_own_vote(roles_app, tmp_path):
     """The page's vote and undo are answered in the reply to one POST (/gradio_api/run/...), as the
     browser sends them: gradio refuses that route to any queued event, so a 'saved' reply here means the
     vote never waited in the queue. The route still needs a login, and undo only takes one's own vote."""
@@ -159,3 +159,5 @@ def test_votes_skip_the_queue_and_still_need_a_login_and_the_annotators_own_vote
     # the page's generate stays queued (it streams and shares the decode loop): the direct route refuses it
     assert run(ann, "arena_generate", ["Name a colour.", 8]).status_code == 404
     ann.close(), ada.close()
+    # refusals are the user's to fix, not faults: the app's log carries no traceback for them
+    assert "Traceback" not in (tmp_path / "app.log").read_text()

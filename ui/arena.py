@@ -24,6 +24,7 @@ from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
     busy_as_error, BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
     overlap_share, refuse, save_overlap_share, save_team_arena_sampling, session_of, stop, team_arena_sampling,
+    user_error,
 )
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -90,7 +91,7 @@ def run_comparison(services, history, prompt, model_x, model_y, params, annotato
         given, retrieved = zip(*(services.prepare(m, messages) for m in models))  # passages for "base + retrieval"
         check_context(services.chat, given, params.system_prompt)
     except (ModelLoadError, ValueError) as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_error(str(exc)) from exc
     texts, complete = ["", ""], []
     with busy_as_error():
         for texts in services.chat.stream(list(given), adapters, params, complete=complete, user=annotator):
@@ -274,7 +275,7 @@ def take_queued(services, request: gr.Request = None):
 def set_overlap(services, percent, request: gr.Request = None) -> str:
     services.require(request, "admin")
     if percent is None or not 0 <= float(percent) <= 100:
-        raise gr.Error("The double-labeled share is a percentage from 0 to 100.")
+        raise user_error("The double-labeled share is a percentage from 0 to 100.")
     save_overlap_share(services.settings, float(percent) / 100)
     return f"{float(percent):.0f}% of queued prompts will be labeled by two annotators."
 
@@ -352,13 +353,13 @@ def import_prompts(services, upload, request: gr.Request = None):
     """Admins load a JSONL / CSV / MT-bench prompt file into the queue."""
     services.require(request, "admin")
     if upload is None:
-        raise gr.Error("Choose a .jsonl or .csv file first.")
+        raise user_error("Choose a .jsonl or .csv file first.")
     path = getattr(upload, "name", upload)
     try:
         rows = load_prompt_file(path)
         added = services.store.import_prompts(rows, source=Path(path).name)
     except (ValueError, OSError) as exc:
-        raise gr.Error(f"Could not import {Path(path).name}: {exc}") from exc
+        raise user_error(f"Could not import {Path(path).name}: {exc}") from exc
     gr.Info(f"Imported {added} new prompts ({len(rows) - added} were already queued).")
     return progress_text(services, annotator_of(request))
 
@@ -410,7 +411,7 @@ def save_guidelines(services, text, request: gr.Request = None):
     try:
         version = services.store.save_guidelines(text or "", editor)
     except (ValueError, StoreWriteError) as exc:
-        raise gr.Error(f"Guidelines not saved: {exc}") from exc
+        raise user_error(f"Guidelines not saved: {exc}") from exc
     return guidelines_markdown(services), f"Saved: version `{version}` is in force for every vote from now on."
 
 
@@ -549,21 +550,21 @@ def arena_tab(services: Services) -> None:
         try:
             return api_generate(services, prompt, request, max_new_tokens)
         except (ValueError, ModelLoadError) as exc:
-            raise gr.Error(str(exc)) from exc
+            raise user_error(str(exc)) from exc
 
     def arena_vote(comparison_id: str, choice: str, better_answer: str = "", request: gr.Request = None) -> str:
         """Vote on a comparison: choice is a, b, tie or both_bad; better_answer is optional."""
         try:
             return api_vote(services, comparison_id, choice, better_answer, request)
         except (ValueError, StoreWriteError) as exc:
-            raise gr.Error(f"not saved: {exc}") from exc
+            raise user_error(f"not saved: {exc}") from exc
 
     def arena_undo(comparison_id: str, request: gr.Request = None) -> str:
         """Undo your own vote on a comparison, within 5 minutes of casting it."""
         try:
             return api_undo(services, comparison_id, request)
         except (ValueError, StoreWriteError) as exc:
-            raise gr.Error(f"not undone: {exc}") from exc
+            raise user_error(f"not undone: {exc}") from exc
 
     gr.api(arena_generate, api_name="arena_generate", concurrency_id="model")
     # Off the queue, as the page's buttons: a plain POST to /gradio_api/run/arena_vote is answered in its

@@ -15,6 +15,7 @@ from evals import retrieval
 from models.loading import ModelLoadError
 from ui.services import (
     annotator_of, busy_as_error, BASE_CHOICE, Services, bind, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
+    user_error,
 )
 
 
@@ -49,7 +50,7 @@ def stream_pair(services: Services, left: list, right: list, model_left: str, mo
         check_context(services.chat, conversations, "")
         passages = passages_html(services, [("Left", model_left, ids_left), ("Right", model_right, ids_right)])
     except (ModelLoadError, ValueError) as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_error(str(exc)) from exc
     left = left + [{"role": "assistant", "content": ""}]
     right = right + [{"role": "assistant", "content": ""}]
     started = time.perf_counter()
@@ -115,7 +116,7 @@ def send(services, message, left, right, model_left, model_right, *sampling_args
     try:
         text = check_prompt(message)
     except ValueError as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_error(str(exc)) from exc
     user = {"role": "user", "content": text}
     left, right = (left or []) + [user], (right or []) + [user]
     yield left, right, for_display(left), for_display(right), "", "generating…", ""  # the last turn's passages go
@@ -134,7 +135,7 @@ def regenerate(services, left, right, model_left, model_right, *sampling_args, r
     while right and right[-1]["role"] == "assistant":
         right.pop()
     if not left or not right:
-        raise gr.Error("Nothing to regenerate yet: send a message first.")
+        raise user_error("Nothing to regenerate yet: send a message first.")
     params, side_prompts = split_inputs(sampling_args)
     for left, right, stats, passages in stream_pair(services, left, right, model_left, model_right, params,
                                                     session_of(request), annotator_of(request), side_prompts):

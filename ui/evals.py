@@ -12,7 +12,7 @@ import pandas as pd
 from evals import winrate
 from evals.report import BASELINES
 from pipeline import JobBusy
-from ui.services import Services, bind, described, inline_html, progress_bar, refuse
+from ui.services import Services, bind, described, inline_html, progress_bar, refuse, user_error
 
 CHECK_COLUMNS = ["check", "flag", "base", "candidate", "note"]
 
@@ -188,15 +188,15 @@ def run_evals(services: Services, round_id: str, baseline_system_prompt: str = "
         return refuse(pick_a_checkpoint(services), 2)
     baseline = (baseline_system_prompt or "").strip()
     if len(baseline) > 4000:
-        raise gr.Error("The baseline system prompt is over 4000 characters.")
+        raise user_error("The baseline system prompt is over 4000 characters.")
     corpus = services.settings.corpus_dir
     if with_retrieval and not any(corpus.glob("*")):
-        raise gr.Error("The retrieval baseline needs a corpus: upload the documents in the Train tab first.")
+        raise user_error("The retrieval baseline needs a corpus: upload the documents in the Train tab first.")
     try:
         services.jobs.start_eval(round_id, baseline_system_prompt=baseline or None,
                                  baseline_retrieval=corpus.resolve() if with_retrieval else None)
     except JobBusy as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_error(str(exc)) from exc
     gr.Info(f"Evals started for {round_id}: progress shows above the report, which appears when they finish.")
     return gate_text(services, round_id), progress_line(services, round_id)
 
@@ -210,7 +210,7 @@ def cancel_evals(services: Services, round_id: str | None, request: gr.Request =
     job = services.jobs.current
     if job is None or not job.running or job.kind != "eval":
         training = job is not None and job.running and job.kind == "train"
-        raise gr.Error("No eval is running" + (f": {job.round_id} is a training round, cancelled from the Train tab."
+        raise user_error("No eval is running" + (f": {job.round_id} is a training round, cancelled from the Train tab."
                                                if training else "."))
     gr.Info(services.jobs.cancel(by=admin, kind="eval"))
     job.handled.wait(CANCEL_SETTLE_S)

@@ -13,7 +13,7 @@ import gradio as gr
 import pandas as pd
 
 from labeling.store import StoreWriteError
-from ui.services import Services, bind, described, refuse
+from ui.services import Services, bind, described, refuse, user_error
 
 LINT_COLUMNS = ["comparison", "severity", "check", "prompt", "answer"]
 VOTE_COLUMNS = ["comparison", "annotator", "choice", "voted at (UTC)", "prompt"]
@@ -101,7 +101,7 @@ def decide(services: Services, action: str, comparison_id: str, reason: str, req
     except ValueError as exc:  # the id or the reason: the page, its tables included, stays as it was
         return refuse(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}", 3 + len(TABLE_COLUMNS))
     except StoreWriteError as exc:
-        raise gr.Error(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}") from exc
+        raise user_error(f"Not {'excluded' if action == 'exclude' else 'lifted'}: {exc}") from exc
     # the id stays in its box, so "Lift the exclusion" right after an exclude undoes it (an emptied box
     # refused the lift); the reason is cleared: the next decision needs its own
     return status, comparison_id, "", *tables(services)

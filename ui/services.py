@@ -39,7 +39,7 @@ def busy_as_error():
     try:
         yield
     except (SchedulerBusy, BackendError) as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_error(str(exc)) from exc
 
 
 @dataclass(frozen=True)
@@ -109,12 +109,11 @@ class Services:
     def require(self, request: gr.Request | None, role: str) -> str:
         """The asking user's name, or gr.Error when their role does not include `role`."""
         if self.space is not None and hf_username(request) is None:
-            raise gr.Error("Sign in with Hugging Face (the button at the top of the page) to generate, vote or "
+            raise user_error("Sign in with Hugging Face (the button at the top of the page) to generate, vote or "
                            "change anything: visitors who have not signed in can only look.")
         have = self.role_of(request)
-        if not at_least(have, role):  # expected, not a fault: no traceback in the app's log
-            raise gr.Error(f"This needs the {role} role; {annotator_of(request)} is signed in as {have}.",
-                           print_exception=False)
+        if not at_least(have, role):
+            raise user_error(f"This needs the {role} role; {annotator_of(request)} is signed in as {have}.")
         return annotator_of(request)
 
     def request_stop(self, session: str | None) -> None:
@@ -262,6 +261,12 @@ def described(frame, label: str, when_empty: str):
     """A table's update whose label says why it is empty and what fills it, when it is: headers alone
     read like a fault."""
     return gr.update(value=frame, label=label if len(frame) else when_empty, show_label=True)
+
+
+def user_error(message: str) -> gr.Error:
+    """An error toast for what the user can fix (bad input, a missing choice, a role they lack). Expected,
+    not a fault, so gradio prints no traceback into the app's log for it."""
+    return gr.Error(message, print_exception=False)
 
 
 def refuse(message: str, outputs: int) -> tuple:

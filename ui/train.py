@@ -26,7 +26,7 @@ from pipeline import JobBusy
 from training.config import (
     DPO_LOSSES, RECIPES_DIR, SFT_LOSSES, RoundConfig, default_recipe, field_type, knob_fields, load_recipe,
 )
-from ui.services import BASE_CHOICE, Services, bind, progress_bar
+from ui.services import BASE_CHOICE, Services, bind, progress_bar, user_error
 
 LOSSES = {"dpo": list(DPO_LOSSES), "sft": list(SFT_LOSSES), "cpt": list(SFT_LOSSES)}
 MAX_CORPUS_BYTES = 200 * 2**20  # a CPT corpus for a small model; far more would train for days on a CPU
@@ -62,12 +62,12 @@ def save_corpus(services: Services, uploads, request: gr.Request = None) -> str:
     services.require(request, "admin")
     paths = [Path(getattr(u, "name", u)) for u in (uploads or [])]
     if not paths:
-        raise gr.Error("Choose one or more .txt, .md or .jsonl files.")
+        raise user_error("Choose one or more .txt, .md or .jsonl files.")
     bad = [p.name for p in paths if p.suffix.lower() not in (".txt", ".md", ".markdown", ".jsonl")]
     if bad:
-        raise gr.Error(f"Not a text corpus file: {', '.join(bad)} (use .txt, .md or .jsonl).")
+        raise user_error(f"Not a text corpus file: {', '.join(bad)} (use .txt, .md or .jsonl).")
     if sum(p.stat().st_size for p in paths) > MAX_CORPUS_BYTES:
-        raise gr.Error(f"The corpus is over {MAX_CORPUS_BYTES // 2**20} MB.")
+        raise user_error(f"The corpus is over {MAX_CORPUS_BYTES // 2**20} MB.")
     staging = corpus_dir(services).with_name(".corpus-upload")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -77,7 +77,7 @@ def save_corpus(services: Services, uploads, request: gr.Request = None) -> str:
         corpus_texts(staging)  # refuse a file that cannot be read before it replaces a good corpus
     except BadInput as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise gr.Error(str(exc)) from exc
+        raise user_error(str(exc)) from exc
     shutil.rmtree(corpus_dir(services), ignore_errors=True)
     staging.rename(corpus_dir(services))
     return corpus_summary(services)[0]
@@ -205,7 +205,7 @@ def start_round(services: Services, recipe, method, start_from, include_flagged,
     services.require(request, "admin")
     _, reason = why_not_start(services, method, include_flagged, include_cut_off)
     if reason:
-        raise gr.Error(reason)
+        raise user_error(reason)
     try:
         config = round_config(services, recipe, method, start_from, *knob_values)
         if method == "cpt":
@@ -216,7 +216,7 @@ def start_round(services: Services, recipe, method, start_from, include_flagged,
                                                     include_flagged=include_flagged, include_cut_off=include_cut_off)
         job = services.jobs.start_round(config, snapshot.path)
     except (ValueError, JobBusy) as exc:
-        raise gr.Error(str(exc)) from exc
+        raise user_error(str(exc)) from exc
     left_out = f", {len(snapshot.excluded)} comparisons left out" if snapshot.excluded else ""
     gr.Info(f"Round {job.round_id} started on {snapshot.rows} rows{left_out}.")
     return status_and_gate(services, method, include_flagged, include_cut_off)
