@@ -66,26 +66,12 @@ class _Int8Copy:
 
 
 class _PackedCopy:
-    """One layer's weight reordered once into oneDNN's blocked layout, and the weight version it was made from."""
-
-    __slots__ = ("weight", "version")
-
-    def __init__(self, weight):
-        import torch
-
-        self.weight = torch.ops.mkldnn._reorder_linear_weight(weight.detach(), 16)  # 16: the loop's widest batch
-        self.version = weight._version
-
-    def nbytes(self) -> int:
-        return self.weight.numel() * self.weight.element_size()
-
-
-class _PackedGroup:
-    """Sibling layers that read the same input: one packed copy of their stacked weights, one product.
-    The model calls the first sibling first (q before k and v, gate before up): that call always computes
-    every sibling's output and leaves the others theirs, keyed on that very input tensor, so a sibling
-    called with anything else computes afresh. (Not on the tensor's version too: the inference tensors
-    of the decode loop have none; nothing between the siblings' calls writes into their input.)"""
+    """Layers that read the same input (one layer, or siblings such as q, k and v): their weights stacked and
+    reordered once into oneDNN's blocked layout, one product for all, and the weight versions it was made
+    from. The model calls the first sibling first (q before k and v, gate before up): that call always
+    computes every sibling's output and leaves the others theirs, keyed on that very input tensor, so a
+    sibling called with anything else computes afresh. (Not on the tensor's version too: the inference
+    tensors of the decode loop have none; nothing between the siblings' calls writes into their input.)"""
 
     __slots__ = ("layers", "sizes", "weight", "versions", "waiting")
 
@@ -100,12 +86,15 @@ class _PackedGroup:
         versions = tuple(layer.weight._version for layer in self.layers)
         if self.weight is None or versions != self.versions:  # new, or a weight changed in place since
             stacked = torch.cat([layer.weight.detach() for layer in self.layers])
+            # 16: the loop's widest batch
             self.weight, self.versions = torch.ops.mkldnn._reorder_linear_weight(stacked, 16), versions
         return self.weight
 
     def output(self, layer, x):
         import torch
 
+        if len(self.layers) == 1:  # a layer of its own, which may have a bias (siblings have none)
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed(), layer.bias, "none", [], "")
         waiting = self.waiting
         if layer is not self.layers[0] and waiting is not None and waiting[0] is x and layer in waiting[1]:
             out = waiting[1].pop(layer)
@@ -193,12 +182,7 @@ def _switching_forward(layer, own_forward):
         if not packed or not rows:
             return own_forward(x)
         stats["packed_calls"] += 1
-        if layer._packed_group is not None:
-            return layer._packed_group.output(layer, x)
-        copy = layer._packed_copy
-        if copy is None or copy.version != layer.weight._version:
-            copy = layer._packed_copy = _PackedCopy(layer.weight)
-        return torch.ops.mkldnn._linear_pointwise(x, copy.weight, layer.bias, "none", [], "")
+        return layer._packed_copy.output(layer, x)
 
     return forward
 
@@ -241,11 +225,11 @@ def prepare(model, int8: bool, packed: bool) -> int:
     mode = threading.local()  # what this thread reads for this model; other threads see no attributes
     mode.int8, mode.packed = int8, packed
     added = 0
-    grouped = {}
+    shared = {}  # siblings' one copy, by layer
     for layers in _packed_groups(model) if packed else []:
-        group = _PackedGroup(layers)
-        added += group.nbytes()
-        grouped.update((id(layer), group) for layer in layers)
+        copy = _PackedCopy(layers)
+        added += copy.nbytes()
+        shared.update((id(layer), copy) for layer in layers)
     for name, module in model.named_modules():
         if type(module) is not torch.nn.Linear or "lora_" in name:
             continue  # an adapter's own small layers stay as they are
@@ -253,7 +237,7 @@ def prepare(model, int8: bool, packed: bool) -> int:
             module.forward = _switching_forward(module, module.forward)
         module._decode_mode = mode  # a later prepare (a new loop thread) takes over from the earlier one
         module._int8_copy = _Int8Copy(module.weight) if int8 else None
-        module._packed_group = grouped.get(id(module))
-        module._packed_copy = _PackedCopy(module.weight) if packed and module._packed_group is None else None
-        added += sum(copy.nbytes() for copy in (module._int8_copy, module._packed_copy) if copy is not None)
+        module._packed_copy = shared.get(id(module)) or (_PackedCopy([module]) if packed else None)
+        added += module._int8_copy.nbytes() if int8 else 0
+        added += module._packed_copy.nbytes() if packed and id(module) not in shared else 0
     return added

@@ -288,13 +288,13 @@ def vote(services, choice, state, better_answer, request: gr.Request = None):
     """UI handler for the four buttons. Outputs: state, reveal, progress, better box, 4 buttons.
     It runs off gradio's queue, where neither gr.Warning nor gr.Error reaches a toast, so every
     refusal is said in the reveal line."""
+    unchanged = (gr.skip(),) * (2 + len(CHOICES))
     if not state or not state.get("id"):
-        return (state, "⚠️ There is nothing to vote on yet: generate a comparison first.",
-                *(gr.skip(),) * (2 + len(CHOICES)))
+        return state, "⚠️ There is nothing to vote on yet: generate a comparison first.", *unchanged
     try:
         annotator = services.require(request, "annotator")
     except gr.Error as exc:
-        return state, f"⚠️ **Vote not saved**: {exc.message}", *(gr.skip(),) * (2 + len(CHOICES))
+        return state, f"⚠️ **Vote not saved**: {exc.message}", *unchanged
     better = (better_answer or "").strip() or None
     try:
         result = services.store.record_vote(

@@ -211,7 +211,7 @@ def cancel_evals(services: Services, round_id: str | None, request: gr.Request =
     if job is None or not job.running or job.kind != "eval":
         training = job is not None and job.running and job.kind == "train"
         raise user_error("No eval is running" + (f": {job.round_id} is a training round, cancelled from the Train tab."
-                                               if training else "."))
+                                                 if training else "."))
     gr.Info(services.jobs.cancel(by=admin, kind="eval"))
     job.handled.wait(CANCEL_SETTLE_S)
     return gate_text(services, round_id), progress_line(services, round_id)

@@ -110,7 +110,7 @@ class Services:
         """The asking user's name, or gr.Error when their role does not include `role`."""
         if self.space is not None and hf_username(request) is None:
             raise user_error("Sign in with Hugging Face (the button at the top of the page) to generate, vote or "
-                           "change anything: visitors who have not signed in can only look.")
+                             "change anything: visitors who have not signed in can only look.")
         have = self.role_of(request)
         if not at_least(have, role):
             raise user_error(f"This needs the {role} role; {annotator_of(request)} is signed in as {have}.")
