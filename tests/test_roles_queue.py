@@ -161,3 +161,35 @@ def test_votes_skip_the_queue_and_still_need_a_login_and_the_annotators_own_vote
     ann.close(), ada.close()
     # refusals are the user's to fix, not faults: the app's log carries no traceback for them
     assert "Traceback" not in (tmp_path / "app.log").read_text()
+
+
+def test_the_api_samples_comparisons_as_the_admin_set_them_for_the_page(roles_app):
+    """What an admin generates with in the Arena (temperature, top-p, system prompt) is what every
+    annotator's comparison uses, and /arena_generate's too: the data the API adds is drawn as the page's.
+    The length stays the API caller's."""
+    url, data_dir, process = roles_app
+    ann, ada = session(url, "ann"), session(url, "ada")
+    fns = {dep.get("api_name"): dep["id"] for dep in ada.get("/config").json()["dependencies"]}
+    # the Arena's inputs: prompt, state, keep going, model X, model Y (none: the default pair), temperature,
+    # top-p, max new tokens, seed, system prompt
+    admins = call(ada, fns["start"], ["Name a colour.", None, False, None, None, 0, 0.5, 16, 7, "Answer like a pirate."])
+    assert admins["success"] is True, admins
+    made = []
+    for _ in range(2):
+        answered = call(ann, fns["arena_generate"], ["Name a colour.", 12])
+        assert answered["success"] is True, answered
+        comparison_id, answer_a, answer_b = answered["output"]["data"][0]
+        assert answer_a == answer_b  # greedy, and the default pair is base and base
+        made.append((comparison_id, answer_a))
+    assert made[0][1] == made[1][1]
+    ann.close(), ada.close()
+    process.terminate()
+    process.wait(timeout=30)
+    from labeling.store import Store
+
+    with Store(data_dir, read_only=True) as store:
+        for comparison_id, _ in made:
+            params = store.get_comparison(comparison_id)["params"]
+            assert (params["temperature"], params["top_p"], params["system_prompt"], params["max_new_tokens"]) == \
+                (0, 0.5, "Answer like a pirate.", 12), params
+        assert len({store.get_comparison(c)["params"]["seed"] for c, _ in made}) == 2  # a fresh seed each time

@@ -424,13 +424,16 @@ API_MAX_NEW_TOKENS = 1024  # the Chat tab's slider tops out here too
 
 def api_generate(services: Services, prompt: str, request: gr.Request = None,
                  max_new_tokens: int = 256) -> tuple[str, str, str]:
-    """/arena_generate: prompt -> (comparison_id, answer_a, answer_b), default model pair."""
+    """/arena_generate: prompt -> (comparison_id, answer_a, answer_b), default model pair, sampled as every
+    annotator's comparison is (the team's temperature, top-p and system prompt; a fresh seed), so the
+    API's comparisons and the page's are drawn alike; the length is the caller's."""
     services.require(request, "annotator")
     prompt = check_prompt(prompt)
     if not isinstance(max_new_tokens, int) or not 1 <= max_new_tokens <= API_MAX_NEW_TOKENS:
         raise ValueError(f"max_new_tokens must be an integer from 1 to {API_MAX_NEW_TOKENS}")
     model_x, model_y = default_pair(services)
-    params = SamplingParams(seed=random.randrange(2**31), max_new_tokens=max_new_tokens)
+    temperature, top_p, _, seed, system_prompt = team_arena_sampling(services.settings)
+    params = sampling(temperature, top_p, max_new_tokens, seed, system_prompt)
     comparison = None
     for answer_a, answer_b, comparison in run_comparison(
         services, [], prompt, model_x, model_y, params, annotator_of(request)
