@@ -36,6 +36,7 @@ from labeling.store import Store  # noqa: E402
 from labeling.users import read_users  # noqa: E402
 from ui import annotators, arena, evals, review, train  # noqa: E402
 from ui.chat import chat_tab, refresh_pickers  # noqa: E402
+from ui.page_style import PAGE_CSS  # noqa: E402
 from pipeline import JobManager  # noqa: E402
 from ui.services import Services, Settings, annotator_of, bind  # noqa: E402
 from ui.space import SPACE_HOST, SpaceConfig, fetch_journal, login_button, on_space, start_uploads  # noqa: E402
@@ -276,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     demo.launch(server_name=settings.host, server_port=settings.port, show_error=True,
                 auth=login_checker(users) if users else None,
-                head=arena.KEYBOARD_JS)  # gradio 6 takes page-level head/js at launch
+                head=arena.KEYBOARD_JS, css=PAGE_CSS)  # gradio 6 takes page-level head/css at launch
     return 0
 
 

@@ -138,6 +138,17 @@ def set_greedy(page, prefix: str) -> None:
     raise AssertionError(f"the {prefix} temperature slider never showed 0")
 
 
+def assert_answers_read_clear_of_the_badges(page, panes) -> None:
+    """An answer pane's messages scroll below its label badge ("Model A"), never under it, and the pane
+    has no Clear button of its own (it would empty one side in the browser only: ui/page_style.py)."""
+    for pane in panes:
+        badge, messages = (page.locator(f"#{pane} {selector}").first.bounding_box()
+                           for selector in ("label", ".bubble-wrap"))
+        assert messages["y"] >= badge["y"] + badge["height"], (pane, badge, messages)
+        assert page.locator(f'#{pane} button[aria-label="Clear"]').count() > 0  # gradio still renders it...
+        assert not page.locator(f'#{pane} button[aria-label="Clear"]').first.is_visible()  # ...hidden
+
+
 def test_chat_streams_both_answers(page):
     page.get_by_role("tab", name="Chat").click()
     # greedy: at the default temperature (0.7, a fresh seed per message) the base model names Paris in
@@ -209,6 +220,7 @@ def test_chat_stop_keeps_the_partial_answer_and_the_chat_goes_on(page):
     page.wait_for_function("() => document.querySelector('#chat-stats').innerText.includes('tok/s')", timeout=180_000)
     again = bot_messages(page, "chat-left")
     assert len(again) == 2 and again[0] == stopped[0] and again[1] != after[1], again
+    assert_answers_read_clear_of_the_badges(page, ["chat-left", "chat-right"])
 
 
 def test_arena_vote_lands_in_the_export(page, app_url, tmp_path):
@@ -217,6 +229,7 @@ def test_arena_vote_lands_in_the_export(page, app_url, tmp_path):
     assert page.is_disabled("#vote-a")  # nothing to vote on yet
     page.click("#arena-generate")
     page.wait_for_selector("#vote-a:not([disabled])", timeout=180_000)
+    assert_answers_read_clear_of_the_badges(page, ["arena-a", "arena-b"])
     posted = []  # the vote's requests: off gradio's queue it is a POST to /gradio_api/run/..., answered in its reply
     page.on("request", lambda request: posted.append(request.url) if request.method == "POST" else None)
     page.keyboard.press("1")  # keyboard shortcut for "A is better"
