@@ -149,6 +149,17 @@ def assert_answers_read_clear_of_the_badges(page, panes) -> None:
         assert not page.locator(f'#{pane} button[aria-label="Clear"]').first.is_visible()  # ...hidden
 
 
+def semibold_letters_fall_back(page) -> bool:
+    """Whether the page's semibold Source Sans Pro lacks lowercase letters (gradio's own 600 file is a 5 KB
+    subset): a letter that falls back measures as wide as in the fallback font alone (monospace here)."""
+    return page.evaluate("""async () => {
+        await document.fonts.load('600 16px "Source Sans Pro"', 'ab');
+        const context = document.createElement('canvas').getContext('2d');
+        const width = font => { context.font = font; return context.measureText('abab').width; };
+        return width('600 16px "Source Sans Pro", monospace') === width('600 16px monospace');
+    }""")
+
+
 def test_chat_streams_both_answers(page):
     page.get_by_role("tab", name="Chat").click()
     # greedy: at the default temperature (0.7, a fresh seed per message) the base model names Paris in
@@ -230,6 +241,7 @@ def test_arena_vote_lands_in_the_export(page, app_url, tmp_path):
     page.click("#arena-generate")
     page.wait_for_selector("#vote-a:not([disabled])", timeout=180_000)
     assert_answers_read_clear_of_the_badges(page, ["arena-a", "arena-b"])
+    assert not semibold_letters_fall_back(page)  # "A is better" in one font, not two
     posted = []  # the vote's requests: off gradio's queue it is a POST to /gradio_api/run/..., answered in its reply
     page.on("request", lambda request: posted.append(request.url) if request.method == "POST" else None)
     page.keyboard.press("1")  # keyboard shortcut for "A is better"
