@@ -8,7 +8,7 @@ shared batch).
 
 With --through-app the same comparisons go through the real app instead, as the issue's done-means
 puts it: `app.py` in a subprocess (the embedded model, logins for N annotators, the team's Arena
-sampling set to greedy as an admin who generated greedy leaves it), each annotator calling
+sampling set to --temperature, as an admin who generated with it leaves it), each annotator calling
 `/arena_generate` with `gradio_client`: one after another, then all at once. That adds what each call
 costs around the decode loop (HTTP, gradio's queue, storing the comparison), which the shared
 loop's calls pay side by side. Answers come back trimmed to their last sentence, so tok/s there
@@ -18,7 +18,7 @@ Speed-up = aggregate tok/s all at once / one after another (the rows of the two 
 on different copies of the weights, int8 and packed, so an answer can differ in length).
 
     python bench/bench_serving.py [--users 8] [--tokens 128] [--dtype bf16] [--no-int8-decode]
-                                  [--no-packed-decode] [--repeats 3] [--through-app]
+                                  [--no-packed-decode] [--repeats 3] [--through-app] [--temperature 0]
 """
 
 from __future__ import annotations
@@ -68,6 +68,8 @@ def main() -> None:
     parser.add_argument("--no-packed-decode", dest="packed_decode", action="store_false")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--through-app", action="store_true", help="call /arena_generate on the real app")
+    parser.add_argument("--temperature", type=float, default=0.0,
+                        help="0: greedy (default); above: sampled as the Arena samples (top-p 0.9, fixed seeds)")
     args = parser.parse_args()
     topics = [TOPICS[i % len(TOPICS)] for i in range(args.users)]
     runs = []  # (sequential seconds, its comparisons, shared seconds, its comparisons), one per repeat
@@ -79,7 +81,7 @@ def main() -> None:
     else:
         chat = ChatModel.load(None, args.cache_dir, dtype=args.dtype)
         decode_weights.choose(chat, args.int8_decode, args.packed_decode)  # as app.py decides
-        params = SamplingParams(temperature=0, max_new_tokens=args.tokens)
+        params = SamplingParams(temperature=args.temperature, top_p=0.9, max_new_tokens=args.tokens)
         clients = [DirectClient(chat, f"user{i}", args.tokens) for i in range(args.users)]
         DirectClient(chat, "warm", 8).comparison("warm-up")
         for _ in range(args.repeats):
@@ -87,7 +89,8 @@ def main() -> None:
         decided = (f"int8 decode {'on' if chat.int8_decode else 'off'}, "
                    f"packed decode {'on' if chat.packed_decode else 'off'}")
         widest = chat.scheduler.stats["widest"]
-    print(f"{args.users} comparisons (2 rows each), {args.tokens} new tokens, {args.dtype}, greedy, "
+    sampling = "greedy" if args.temperature <= 0 else f"temperature {args.temperature}, top-p 0.9"
+    print(f"{args.users} comparisons (2 rows each), {args.tokens} new tokens, {args.dtype}, {sampling}, "
           f"{'through the app (/arena_generate), ' if args.through_app else ''}{decided}; "
           f"the run with the median speed-up of {args.repeats}")
     print(f"{'variant':<38}{'seconds':>8}{'tok/s':>9}{'1st text':>11}{'slowest':>11}{'speed-up':>10}")
@@ -157,8 +160,8 @@ def serving_app(args):
         data_dir, auth = Path(tmp) / "data", Path(tmp) / "users.txt"
         (data_dir / "cache").mkdir(parents=True)
         (data_dir / "cache" / "models").symlink_to(args.cache_dir.resolve())
-        # the team's Arena sampling, as an admin who generated greedy leaves it: /arena_generate uses it
-        (data_dir / "arena_sampling.json").write_text(json.dumps({"temperature": 0}))
+        # the team's Arena sampling, as an admin who generated with it leaves it: /arena_generate uses it
+        (data_dir / "arena_sampling.json").write_text(json.dumps({"temperature": args.temperature, "top_p": 0.9}))
         users = [(f"annotator{i}", f"password-{i}-for-the-bench") for i in range(args.users)]
         for user, password in users:
             add_user(auth, user, "annotator", password)

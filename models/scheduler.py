@@ -273,8 +273,7 @@ class Scheduler:
         stop_ids = {self.chat.tokenizer.eos_token_id, self.chat.tokenizer.pad_token_id} - {None}
         self.stats["steps"] += 1
         self.stats["widest"] = max(self.stats["widest"], len(self._active))
-        for row, row_logits in zip(self._active, logits):
-            token = sample(row_logits, row)
+        for row, token in zip(self._active, sample_rows(logits, self._active)):
             if token in stop_ids:
                 row.complete = row.done = True
             else:
@@ -346,16 +345,30 @@ def merge(batch: Batch, new: Batch) -> Batch:
     return Batch(batch.cache, mask)
 
 
-def sample(logits, row: Row) -> int:
-    """The next token of one row: greedy at temperature 0, else temperature, top-k 50, top-p, with the row's
-    own generator (the same order of filters as transformers' generate)."""
+def sample_rows(logits, rows: Sequence[Row]) -> list[int]:
+    """The next token of every row (logits: [rows, vocab]): greedy at temperature 0, else temperature, top-k 50,
+    top-p (the same order of filters as transformers' generate), each row drawing from its own generator.
+
+    Batched: one argmax for the greedy rows, one division, top-k, softmax and top-p for the sampling
+    rows; only each row's draw is its own. Per row, one at a time, this cost about 100 us a sampling row
+    (1.6 ms of a 16-row step, 2 cores) and 30 us a greedy one. Each row's numbers go through the same
+    per-row kernels either way, so a row draws what it would alone (tests/test_scheduler.py)."""
     import torch
 
-    if row.temperature <= 0:
-        return int(logits.argmax())
-    scores = logits.float() / row.temperature
-    values, indices = scores.topk(min(TOP_K, scores.shape[-1]))
-    probs = values.softmax(-1)
-    outside = probs.cumsum(-1) - probs > row.top_p  # tokens past the nucleus (the first always stays)
-    probs = probs.masked_fill(outside, 0)
-    return int(indices[torch.multinomial(probs, 1, generator=row.generator)])
+    tokens = [0] * len(rows)
+    greedy = [i for i, row in enumerate(rows) if row.temperature <= 0]
+    if greedy:
+        for i, token in zip(greedy, logits[greedy].argmax(-1).tolist()):
+            tokens[i] = token
+    sampling = [i for i, row in enumerate(rows) if row.temperature > 0]
+    if sampling:
+        temperature = torch.tensor([[rows[i].temperature] for i in sampling], dtype=torch.float32)
+        top_p = torch.tensor([[rows[i].top_p] for i in sampling], dtype=torch.float32)
+        scores = logits[sampling].float() / temperature
+        values, indices = scores.topk(min(TOP_K, scores.shape[-1]), dim=-1)
+        probs = values.softmax(-1)
+        outside = probs.cumsum(-1) - probs > top_p  # tokens past the nucleus (the first always stays)
+        probs = probs.masked_fill(outside, 0)
+        for j, i in enumerate(sampling):
+            tokens[i] = int(indices[j, torch.multinomial(probs[j], 1, generator=rows[i].generator)])
+    return tokens

@@ -5,6 +5,7 @@ greedy answer equals what it gets served alone, adapters included."""
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
@@ -93,6 +94,33 @@ def test_seeded_sampling_repeats_and_rows_of_one_request_differ(chat):
     assert first == again  # the seed recorded with a comparison reproduces it
     assert first[0] != first[1]  # an Arena pair on one model is two draws, not one answer twice
 
+
+
+def test_each_row_draws_what_it_draws_alone_in_a_batch_of_mixed_sampling(chat):
+    """Greedy and sampling rows with their own temperature, top-p and seed share one step (sampled together,
+    models/scheduler.py sample_rows): each row's answer is the one it gets as the only row of a request."""
+    requests = [  # (conversations, params): row i of a request draws with seed + i
+        ([PROMPTS[0], PROMPTS[1]], SamplingParams(temperature=1.0, top_p=0.95, max_new_tokens=16, seed=5)),
+        ([PROMPTS[2]], GREEDY),
+        ([PROMPTS[3], PROMPTS[0]], SamplingParams(temperature=0.6, top_p=0.5, max_new_tokens=16, seed=9)),
+    ]
+    expected = [[list(chat.stream([messages], [None], replace(params, seed=params.seed + i)))[-1][0]
+                 for i, messages in enumerate(conversations)] for conversations, params in requests]
+    results: dict[int, list[str]] = {}
+    ready = threading.Barrier(len(requests))
+
+    def user(k):
+        conversations, params = requests[k]
+        ready.wait()
+        results[k] = list(chat.stream(conversations, [None] * len(conversations), params, user=f"user{k}"))[-1]
+
+    threads = [threading.Thread(target=user, args=(k,)) for k in range(len(requests))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert [results[k] for k in range(len(requests))] == expected
+    assert chat.scheduler.stats["widest"] >= 3  # the requests shared steps
 
 def test_rows_of_several_adapters_and_the_base_equal_each_served_alone(chat, tiny_model_dir, tmp_path):
     """The per-row adapter masks (models/lora_rows.py) against peft's own one-adapter path."""
