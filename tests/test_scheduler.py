@@ -29,21 +29,28 @@ def alone(chat, messages, adapter=None, params=GREEDY) -> str:
     return chat.generate([messages], [adapter], params)[0]
 
 
-def test_concurrent_users_share_one_batch_and_get_their_own_answers(chat):
-    expected = [alone(chat, messages) for messages in PROMPTS]
-    results: dict[int, str] = {}
-    ready = threading.Barrier(len(PROMPTS))
+def all_at_once(chat, requests) -> list[list[str]]:
+    """Each (conversations, params) request from its own user, all asked at the same moment, as annotators
+    would: every request's final answers."""
+    results: dict[int, list[str]] = {}
+    ready = threading.Barrier(len(requests))
 
-    def user(i):
-        ready.wait()  # all four ask at once, as four annotators would
-        results[i] = list(chat.stream([PROMPTS[i]], [None], GREEDY, user=f"user{i}"))[-1][0]
+    def user(k):
+        conversations, params = requests[k]
+        ready.wait()
+        results[k] = list(chat.stream(conversations, [None] * len(conversations), params, user=f"user{k}"))[-1]
 
-    threads = [threading.Thread(target=user, args=(i,)) for i in range(len(PROMPTS))]
+    threads = [threading.Thread(target=user, args=(k,)) for k in range(len(requests))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join(timeout=120)
-    assert [results[i] for i in range(len(PROMPTS))] == expected
+    return [results[k] for k in range(len(requests))]
+
+
+def test_concurrent_users_share_one_batch_and_get_their_own_answers(chat):
+    expected = [alone(chat, messages) for messages in PROMPTS]
+    assert all_at_once(chat, [([messages], GREEDY) for messages in PROMPTS]) == [[text] for text in expected]
     assert chat.scheduler.stats["widest"] >= 2  # decoded together, not one after the other
 
 
@@ -106,21 +113,9 @@ def test_each_row_draws_what_it_draws_alone_in_a_batch_of_mixed_sampling(chat):
     ]
     expected = [[list(chat.stream([messages], [None], replace(params, seed=params.seed + i)))[-1][0]
                  for i, messages in enumerate(conversations)] for conversations, params in requests]
-    results: dict[int, list[str]] = {}
-    ready = threading.Barrier(len(requests))
-
-    def user(k):
-        conversations, params = requests[k]
-        ready.wait()
-        results[k] = list(chat.stream(conversations, [None] * len(conversations), params, user=f"user{k}"))[-1]
-
-    threads = [threading.Thread(target=user, args=(k,)) for k in range(len(requests))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    assert [results[k] for k in range(len(requests))] == expected
+    assert all_at_once(chat, requests) == expected
     assert chat.scheduler.stats["widest"] >= 3  # the requests shared steps
+
 
 def test_rows_of_several_adapters_and_the_base_equal_each_served_alone(chat, tiny_model_dir, tmp_path):
     """The per-row adapter masks (models/lora_rows.py) against peft's own one-adapter path."""
