@@ -238,12 +238,18 @@ def generation_dtype(name: str) -> str:
 def pack_weights(chat) -> None:
     """Generate on this thread from oneDNN-packed copies of the weights (models/decode_weights.py): in bf16
     the same products bit for bit, read faster (bench/bench_eval.py). Where they cannot be packed (a GPU,
-    a CPU without oneDNN bf16) the model's own weights serve, as before."""
+    a CPU without oneDNN bf16), or memory cannot hold them beside the app's own, the model's own weights
+    serve, as before; the log says when memory was the reason."""
     from models import decode_weights
 
     for model in [chat.model, *(full.model for full in chat.full.values())]:
-        if decode_weights.packing_unsupported(model) is None:
-            decode_weights.prepare(model, int8=False, packed=True)
+        if decode_weights.packing_unsupported(model) is not None:
+            continue
+        short = decode_weights.memory_short(decode_weights.copy_bytes(model, "packed"), decode_weights.free_memory())
+        if short:
+            print(f"evals: no packed copies of the weights ({short}); generating from the model's own", flush=True)
+            continue
+        decode_weights.prepare(model, int8=False, packed=True)
 
 
 def base_cache_file(cache_dir: Path, base_name: str, prompts: list[str], max_new_tokens: int,

@@ -23,6 +23,9 @@ many token rows the call has:
   their weights stacked, and one product whose slices they take: at 16 rows 62.8 -> 39.4 us for q, k
   and v, 92.9 -> 80.9 us for gate and up, the same bits (at int8's widths stacking gained nothing).
 
+A copy that would leave less than MEMORY_HEADROOM of memory free is not made (`choose` says so on the
+start line; the evals' process says so in its log).
+
 Only the thread that prepared a model takes these paths for it (the decode loop's; an eval's, which packs
 and does not quantize): `ChatModel.generate` elsewhere and training keep the layer's own weight, and so
 does any call with gradients on. The copies
@@ -43,6 +46,7 @@ import threading
 
 NARROW_ROWS = 4  # at most this many token rows per call take the int8 weights
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # read one input (Llama, Mistral, Qwen)
+MEMORY_HEADROOM = 2**30  # what the copies must leave free: KV caches, a batch's activations
 stats = {"int8_calls": 0, "packed_calls": 0}  # for tests and the bench: linear calls that took each copy
 
 
@@ -187,25 +191,53 @@ def _switching_forward(layer, own_forward):
     return forward
 
 
-def choose(chat, int8: bool, packed: bool) -> str:
-    """Set `chat.int8_decode` / `chat.packed_decode` (read when its decode loop starts) for the copies asked
-    for that `chat.model` can take; one line saying what was decided, what it costs, or why not."""
+def copy_bytes(model, kind: str) -> int:
+    """What the `kind` ("int8" or "packed") copies of `model`'s linear weights take."""
     import torch
 
-    linear = [m.weight for m in chat.model.modules() if type(m) is torch.nn.Linear]
+    weights = [m.weight for m in model.modules() if type(m) is torch.nn.Linear]
+    return sum(w.numel() * (1 if kind == "int8" else w.element_size()) for w in weights)
+
+
+def free_memory() -> int:
+    import psutil
+
+    return psutil.virtual_memory().available
+
+
+def memory_short(size: int, available: int, flag: str | None = None) -> str | None:
+    """Why copies of `size` bytes are not made with `available` bytes free, or None when they fit; `flag`:
+    the option that turns them off up front, where there is one."""
+    if size <= available - MEMORY_HEADROOM:
+        return None
+    return (f"they would take {size / 2**30:.1f} GB of the {available / 2**30:.1f} GB free, leaving less than "
+            f"{MEMORY_HEADROOM / 2**30:.0f} GB" + (f"; {flag} skips them without this line" if flag else ""))
+
+
+def choose(chat, int8: bool, packed: bool, available: int | None = None) -> str:
+    """Set `chat.int8_decode` / `chat.packed_decode` (read when its decode loop starts) for the copies asked
+    for that `chat.model` can take and memory can hold; one line saying what was decided, what it costs, or
+    why not. `available`: bytes of memory free (default: what the OS reports now, the model already loaded).
+
+    The copies cost memory in proportion to the model (+50% and +100% of a bf16 model's linear weights):
+    nothing for the embedded model, but a 7B model served on a CPU would ask for 21 GB more and the
+    OOM killer would end the app mid-start. So a copy that would leave less than MEMORY_HEADROOM free
+    is not made, and the line says so; int8 is decided first (the smaller one, and what a lone user's
+    steps read)."""
+    available = free_memory() if available is None else available
     parts = []
-    for name, wanted, unsupported, flag, what, element_bytes in (
-            ("int8", int8, int8_unsupported, "--no-int8-decode",
-             f"int8 copies for steps of at most {NARROW_ROWS} rows", lambda w: 1),
-            ("packed", packed, packing_unsupported, "--no-packed-decode",
-             None, lambda w: w.element_size())):
-        reason = unsupported(chat.model) if wanted else flag
+    for name, wanted, unsupported, flag, what in (
+            ("int8", int8, int8_unsupported, "--no-int8-decode", f"int8 copies for steps of at most {NARROW_ROWS} rows"),
+            ("packed", packed, packing_unsupported, "--no-packed-decode", None)):
+        size = copy_bytes(chat.model, name)
+        reason = (unsupported(chat.model) or memory_short(size, available, flag)) if wanted else flag
         setattr(chat, f"{name}_decode", reason is None)
         # int8 was decided first: packed copies serve the wider steps beside it, or every step without it
         what = what or ("oneDNN-packed copies for wider steps" if chat.int8_decode else
                         "oneDNN-packed copies for every step")
         if reason is None:
-            parts.append(f"{what} (+{sum(w.numel() * element_bytes(w) for w in linear) / 2**20:.0f} MB)")
+            available -= size
+            parts.append(f"{what} (+{size / 2**20:.0f} MB)")
         else:
             parts.append(f"no {name} copies ({reason})")
     return "decode: " + "; ".join(parts)

@@ -214,3 +214,36 @@ def test_the_start_line_says_which_copies_serve_which_steps(tiny_model_dir):
         line = decode_weights.choose(bf16, int8=True, packed=True)
         assert f"int8 copies for steps of at most {decode_weights.NARROW_ROWS} rows" in line
         assert "oneDNN-packed copies for wider steps" in line
+
+
+@pytest.mark.skipif(PACKING["fp32"] is not None, reason=f"{PACKING['fp32']}")
+def test_copies_that_memory_cannot_hold_are_not_made_and_the_start_line_says_why(tiny_model_dir):
+    chat = ChatModel(*load_base(str(tiny_model_dir), dtype="fp32"), base_name=str(tiny_model_dir))
+    size = sum(m.weight.numel() * 4 for m in chat.model.modules() if type(m) is torch.nn.Linear)  # fp32 copies
+    line = decode_weights.choose(chat, int8=True, packed=True, available=decode_weights.MEMORY_HEADROOM + size)
+    assert chat.packed_decode and "oneDNN-packed copies for every step" in line  # fits, just
+    line = decode_weights.choose(chat, int8=True, packed=True, available=decode_weights.MEMORY_HEADROOM + size - 1)
+    assert not chat.packed_decode
+    assert "no packed copies (they would take" in line and "--no-packed-decode skips them" in line, line
+    if PACKING["bf16"] is None:  # int8 is decided first: it stays when only both would not fit
+        bf16 = ChatModel(*load_base(str(tiny_model_dir), dtype="bf16"), base_name=str(tiny_model_dir))
+        int8 = sum(m.weight.numel() for m in bf16.model.modules() if type(m) is torch.nn.Linear)
+        line = decode_weights.choose(bf16, int8=True, packed=True,
+                                     available=decode_weights.MEMORY_HEADROOM + int8 + 2 * int8 - 1)
+        assert bf16.int8_decode and not bf16.packed_decode, line
+
+
+@pytest.mark.skipif(PACKING["fp32"] is not None, reason=f"{PACKING['fp32']}")
+def test_the_evals_read_the_own_weights_when_memory_cannot_hold_packed_copies(tiny_model_dir, monkeypatch, capsys):
+    """The evals' process packs its own copies beside the app's: with too little memory free it says so in its
+    log and generates from the model's own weights. (free_memory is the OS's figure, set here.)"""
+    from evals.report import pack_weights
+
+    size = decode_weights.copy_bytes(load_base(str(tiny_model_dir), dtype="fp32")[0], "packed")
+    for free, packed in ((decode_weights.MEMORY_HEADROOM + size - 1, False), (decode_weights.MEMORY_HEADROOM + size, True)):
+        chat = ChatModel(*load_base(str(tiny_model_dir), dtype="fp32"), base_name=str(tiny_model_dir))
+        monkeypatch.setattr(decode_weights, "free_memory", lambda free=free: free)
+        on_own_thread(lambda: pack_weights(chat))
+        assert any(getattr(m, "_packed_copy", None) is not None for m in chat.model.modules()) == packed
+        logged = capsys.readouterr().out
+        assert ("evals: no packed copies of the weights (they would take" in logged) == (not packed), logged
