@@ -43,6 +43,7 @@ weights on top (peft calls the base layer, which is this one).
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 NARROW_ROWS = 4  # at most this many token rows per call take the int8 weights
 SIBLINGS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))  # read one input (Llama, Mistral, Qwen)
@@ -199,10 +200,28 @@ def copy_bytes(model, kind: str) -> int:
     return sum(w.numel() * (1 if kind == "int8" else w.element_size()) for w in weights)
 
 
-def free_memory() -> int:
+def free_memory(cgroup: Path = Path("/sys/fs/cgroup")) -> int:
+    """Bytes of memory this process can still take: what the OS reports available, or less inside a
+    container whose memory limit is lower (a Hugging Face Space runs in one, and psutil reports the
+    host's memory). The container's use counts without its inactive file cache, which the kernel
+    reclaims before it kills (as `docker stats` counts it)."""
     import psutil
 
-    return psutil.virtual_memory().available
+    available = psutil.virtual_memory().available
+    for limit_file, usage_file, cache_key in (("memory.max", "memory.current", "inactive_file"),  # cgroup v2
+                                              ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes",
+                                               "total_inactive_file")):  # cgroup v1
+        try:
+            limit = (cgroup / limit_file).read_text().strip()
+            usage = int((cgroup / usage_file).read_text())
+            stat = (cgroup / limit_file).with_name("memory.stat").read_text().split("\n")
+        except (OSError, ValueError):
+            continue
+        cache = next((int(line.split()[1]) for line in stat if line.startswith(cache_key + " ")), 0)
+        if limit.isdigit():  # "max" (v2) or a near-2**63 number (v1): no limit of its own
+            available = min(available, int(limit) - (usage - cache))
+        break
+    return available
 
 
 def memory_short(size: int, available: int, flag: str | None = None) -> str | None:

@@ -247,3 +247,24 @@ def test_the_evals_read_the_own_weights_when_memory_cannot_hold_packed_copies(ti
         assert any(getattr(m, "_packed_copy", None) is not None for m in chat.model.modules()) == packed
         logged = capsys.readouterr().out
         assert ("evals: no packed copies of the weights (they would take" in logged) == (not packed), logged
+
+
+def test_free_memory_is_the_containers_when_its_limit_is_lower(tmp_path):
+    """Inside a container (a Space), psutil sees the host: the cgroup's limit less its use, not counting
+    the inactive file cache, is what the copies may take. Files laid out as cgroup v2 and v1 mount them."""
+    v2, v1, unlimited = tmp_path / "v2", tmp_path / "v1" / "memory", tmp_path / "unlimited"
+    for directory in (v2, v1, unlimited):
+        directory.mkdir(parents=True)
+    (v2 / "memory.max").write_text("1000000000\n")
+    (v2 / "memory.current").write_text("600000000\n")
+    (v2 / "memory.stat").write_text("anon 400000000\nfile 200000000\ninactive_file 100000000\n")
+    (v1 / "memory.limit_in_bytes").write_text("2000000000\n")
+    (v1 / "memory.usage_in_bytes").write_text("1500000000\n")
+    (v1 / "memory.stat").write_text("cache 300000000\ntotal_inactive_file 250000000\n")
+    (unlimited / "memory.max").write_text("max\n")
+    (unlimited / "memory.current").write_text("600000000\n")
+    (unlimited / "memory.stat").write_text("inactive_file 0\n")
+    assert decode_weights.free_memory(v2) == 500_000_000
+    assert decode_weights.free_memory(tmp_path / "v1") == 750_000_000
+    host = decode_weights.free_memory(tmp_path / "none")  # no cgroup files: what psutil reports
+    assert host > 750_000_000 and abs(decode_weights.free_memory(unlimited) - host) < 2**28
