@@ -25,14 +25,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -74,10 +71,10 @@ def main() -> None:
     topics = [TOPICS[i % len(TOPICS)] for i in range(args.users)]
     runs = []  # (sequential seconds, its comparisons, shared seconds, its comparisons), one per repeat
     if args.through_app:
-        with serving_app(args) as clients:
+        with serving_app(args) as (clients, decided):
             for _ in range(args.repeats):  # interleaved, so a slow spell of a shared machine hits both alike
                 runs.append((*one_after_another(clients, topics, None), *all_at_once(clients, topics, None)))
-        decided, widest = app_decode_line, None
+        widest = None
     else:
         chat = ChatModel.load(None, args.cache_dir, dtype=args.dtype)
         decode_weights.choose(chat, args.int8_decode, args.packed_decode)  # as app.py decides
@@ -143,21 +140,19 @@ class AppClient:
         return None, time.perf_counter() - started, tokens
 
 
-app_decode_line = ""  # the app's own line saying which copies of the weights it decodes with
-
-
 @contextmanager
 def serving_app(args):
     """app.py on the embedded model in a subprocess with a data dir of its own (the converted model
-    shared from --cache-dir): one logged-in AppClient per annotator, each warmed up by one call."""
-    global app_decode_line
+    shared from --cache-dir): (one logged-in AppClient per annotator, each warmed up by one call; the
+    app's line saying which copies of the weights it decodes with)."""
     from labeling.users import add_user
     from models.loading import EMBEDDED, resolve_base_model
+    from tests.test_browser import serving_app as app_process
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_base_model(EMBEDDED, args.cache_dir))
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir, auth = Path(tmp) / "data", Path(tmp) / "users.txt"
+        data_dir, auth, log = Path(tmp) / "data", Path(tmp) / "users.txt", Path(tmp) / "app.log"
         (data_dir / "cache").mkdir(parents=True)
         (data_dir / "cache" / "models").symlink_to(args.cache_dir.resolve())
         # the team's Arena sampling, as an admin who generated with it leaves it: /arena_generate uses it
@@ -165,36 +160,15 @@ def serving_app(args):
         users = [(f"annotator{i}", f"password-{i}-for-the-bench") for i in range(args.users)]
         for user, password in users:
             add_user(auth, user, "annotator", password)
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
         flags = [flag for flag, on in (("--no-int8-decode", not args.int8_decode),
                                        ("--no-packed-decode", not args.packed_decode)) if on]
-        log = Path(tmp) / "app.log"
-        with log.open("wb") as out:
-            process = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port),
-                                        "--auth-file", str(auth), "--dtype", args.dtype, *flags],
-                                       cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        try:
-            url = f"http://127.0.0.1:{port}/"
-            deadline = time.monotonic() + 300
-            while True:
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"the app did not serve:\n{log.read_text()[-3000:]}")
-                try:
-                    with urllib.request.urlopen(url, timeout=2):
-                        break
-                except OSError:
-                    time.sleep(0.5)  # still loading the model
+        with app_process(data_dir, "--auth-file", str(auth), "--dtype", args.dtype, *flags, log=log) as (url, _):
             clients = [AppClient(url, user, password, args.tokens, tokenizer) for user, password in users]
             for client in clients:  # the first call waits for the model; each opens its client's stream
                 client.comparison("warm-up")
-            app_decode_line = next((line.strip() for line in log.read_text().splitlines()
-                                    if line.startswith("decode:")), "the app's decode copies: see its log")
-            yield clients
-        finally:
-            process.terminate()
-            process.wait(timeout=30)
+            decode_line = next((line.strip() for line in log.read_text().splitlines() if line.startswith("decode:")),
+                               "the app's decode copies: see its log")
+            yield clients, decode_line
 
 
 def one_after_another(clients, topics, params) -> tuple[float, list]:

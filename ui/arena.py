@@ -340,10 +340,10 @@ def undo(services, state, request: gr.Request = None):
     if not state or not state.get("voted"):
         return state, "⚠️ There is no vote of yours on this comparison to undo.", *unchanged
     try:
-        services.store.undo_vote(state["id"], services.require(request, "annotator"))
+        annotator = services.require(request, "annotator")
+        services.store.undo_vote(state["id"], annotator)
     except (gr.Error, ValueError, StoreWriteError) as exc:
         return state, f"⚠️ **Not undone**: {getattr(exc, 'message', exc)}", *unchanged
-    annotator = annotator_of(request)
     state = {key: value for key, value in state.items() if key != "continue_with"} | {"voted": False}
     return (state, "↩️ Vote undone: nothing is recorded for this comparison now. Vote again.",
             progress_text(services, annotator), *vote_buttons(True))
