@@ -6,6 +6,8 @@ Imports nothing else of ours; serving (generation) is models/chat.py.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import hashlib
 import importlib.util
 import json
@@ -46,6 +48,32 @@ def _file_fingerprint(path: Path) -> str:
     return hashlib.sha256(f"{path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}".encode()).hexdigest()[:12]
 
 
+@contextlib.contextmanager
+def gguf_parsed_once():
+    """Within it, transformers parses a GGUF file once and builds each tensor-name map once.
+
+    transformers reads the whole file three times (config, tokenizer, weights) and rebuilds gguf's
+    tensor-name map for every module it walks (397 times for SmolLM2): 2/3 of a first start's
+    conversion went there. It imports both from the gguf module at call time, so swapping them
+    there for the duration is enough; they are put back after.
+    """
+    import gguf
+
+    readers, original_reader, original_name_map = {}, gguf.GGUFReader, gguf.get_tensor_name_map
+
+    def reader(path, mode="r"):
+        key = (os.path.realpath(path), mode)
+        if key not in readers:
+            readers[key] = original_reader(path, mode)
+        return readers[key]
+
+    gguf.GGUFReader, gguf.get_tensor_name_map = reader, functools.lru_cache(maxsize=None)(original_name_map)
+    try:
+        yield
+    finally:
+        gguf.GGUFReader, gguf.get_tensor_name_map = original_reader, original_name_map
+
+
 def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     """Dequantize a GGUF once into a plain HF model dir; later loads take under a second."""
     target = cache_dir / f"{gguf.stem}-{_file_fingerprint(gguf)}"
@@ -55,8 +83,9 @@ def convert_gguf(gguf: Path, cache_dir: Path) -> Path:
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
     try:
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+        with gguf_parsed_once():
+            tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+            loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     except Exception as exc:  # transformers raises many types for a bad GGUF
         raise ModelLoadError(f"cannot read GGUF file {gguf}: {exc}") from exc
     # A GGUF-loaded model keeps a quantization_config and refuses save_pretrained,

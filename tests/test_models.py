@@ -58,6 +58,19 @@ def test_resolve_rejects_bad_specs_with_one_line(tmp_path):
         assert "\n" not in str(info.value)
 
 
+def test_a_gguf_is_parsed_once_during_conversion_and_gguf_is_left_as_it_was():
+    import gguf
+
+    from models.loading import embedded_gguf_path, gguf_parsed_once
+
+    reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    with gguf_parsed_once():
+        first = gguf.GGUFReader(embedded_gguf_path())
+        assert gguf.GGUFReader(str(embedded_gguf_path())) is first  # transformers opens it by str path
+        assert gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30) is gguf.get_tensor_name_map(gguf.MODEL_ARCH.LLAMA, 30)
+    assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+
+
 def test_resolve_accepts_local_dir_and_hub_id(tiny_model_dir, tmp_path):
     assert resolve_base_model(str(tiny_model_dir), tmp_path) == str(tiny_model_dir)
     assert resolve_base_model("HuggingFaceTB/SmolLM2-135M-Instruct", tmp_path) == "HuggingFaceTB/SmolLM2-135M-Instruct"
