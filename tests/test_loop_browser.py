@@ -2,7 +2,7 @@
 import the MT-bench prompts, label comparisons with the keyboard, train a DPO round, let its
 evals run by themselves, promote it, and find the candidate in the Arena and the Chat.
 
-Settings are small so it fits CI (answers of 48 tokens, 2 training steps, evals on 4 prompts);
+Settings are small so it fits CI (answers of 48 tokens, 2 training steps of 1 pair, evals on 4 prompts);
 everything else is the app as `make run` starts it. Screenshots go to test-artifacts/loop-*.png.
 """
 
@@ -118,7 +118,9 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     wait_text(page, "#train-data", f"{LABELS} votes")
     page.get_by_text("Hyper-parameters (from the recipe; edit freely)").click()
     set_number(page, "#knob-max_steps", 2)
+    set_number(page, "#knob-batch_size", 1)  # a step of the default 4 pairs takes ~8 s in 4-bit on 2 cores
     wait_text(page, "#train-config", "max_steps: 2")  # the server has the edited config
+    wait_text(page, "#train-config", "batch_size: 1")
     if page.is_disabled("#train-start"):
         # 48-token answers are often cut where no sentence end can save them, and such pairs are left
         # out by default; the reason says so, and the admin's way on is to include them on purpose
@@ -139,7 +141,8 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     round_id = next(p.name for p in (data_dir / "checkpoints").iterdir() if not p.name.startswith("."))
     round_info = json.loads((data_dir / "checkpoints" / round_id / "round.json").read_text())
     assert round_info["quantization"].startswith("nf4")
-    assert round_info["config"]["max_steps"] == 2 and round_info["metrics"]["steps"] <= 2  # the knob reached it
+    assert round_info["config"]["max_steps"] == 2 and round_info["metrics"]["steps"] <= 2  # the knobs reached it
+    assert round_info["config"]["batch_size"] == 1
 
     # 5. read the eval and promote (with a reason if the gate blocks)
     page.get_by_role("tab", name="Evals").click()
