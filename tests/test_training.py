@@ -414,7 +414,7 @@ def test_sigterm_cancels_cleanly(tiny_model_dir, tmp_path):
 @pytest.mark.slow
 def test_embedded_model_4bit_dpo_round(embedded_model_dir, tmp_path):
     data = write_jsonl(tmp_path / "pairs.jsonl", dpo_rows(6))
-    config = RoundConfig(base_model=str(embedded_model_dir), max_steps=2, batch_size=2, max_length=96)
+    config = RoundConfig(base_model=str(embedded_model_dir), max_steps=2, batch_size=1, max_length=96)
     final = run_round(config, data, tmp_path / "checkpoints", round_id="e1")
     info = json.loads((final / "round.json").read_text())
     assert info["quantization"].startswith("nf4") and info["metrics"]["steps"] == 2
