@@ -154,9 +154,10 @@ class ChatModel:
         complete: list[bool] | None = None,
         user: str = "local",
         background: bool = False,
+        every: float = 0.0,
     ) -> Iterator[list[str]]:
         """Decode the conversations in the shared loop, batched with everyone else's; yield every
-        row's text as it grows. The last yield is final.
+        row's text as it grows (with `every` > 0, at most once per `every` seconds). The last yield is final.
 
         `adapters[i]` is an adapter name from ensure_adapter, or None for the base. A list
         passed as `complete` is filled, once decoding ended, with whether each row reached
@@ -169,10 +170,10 @@ class ChatModel:
         engines = self._engines(adapters)
         if len(engines) == 1 and engines[0][0] is self:
             return self.scheduler.stream(conversations, adapters, params, complete=complete, user=user,
-                                         background=background)
-        return self._stream_across(engines, conversations, adapters, params, complete, user, background)
+                                         background=background, every=every)
+        return self._stream_across(engines, conversations, adapters, params, complete, user, background, every)
 
-    def _stream_across(self, engines, conversations, adapters, params, complete, user, background):
+    def _stream_across(self, engines, conversations, adapters, params, complete, user, background, every):
         """stream() for a request whose rows live in more than one model (a full fine-tune beside the base)."""
         listener: queue.Queue = queue.Queue()  # one for every loop serving this request
         rows: list = [None] * len(adapters)
@@ -189,7 +190,7 @@ class ChatModel:
             for row in rows:  # a loop that refused (SchedulerBusy) must not leave the others' rows running
                 row.stopped.set()
             raise
-        yield from follow(rows, listener, self.tokenizer, complete)
+        yield from follow(rows, listener, self.tokenizer, complete, every)
 
     def _release_adapters(self) -> None:
         """The decode loop leaves its per-row adapter settings in the LoRA layers between steps;

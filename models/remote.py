@@ -19,6 +19,7 @@ import asyncio
 import json
 import queue
 import threading
+import time
 from pathlib import Path
 from typing import Iterator, Sequence
 
@@ -28,7 +29,7 @@ from models.chat import SamplingParams
 from models.loading import (
     EMBEDDED, ModelLoadError, adapter_fingerprint, load_tokenizer, resolve_base_model, validate_adapter_dir,
 )
-from models.scheduler import SchedulerBusy
+from models.scheduler import SchedulerBusy, take_until
 
 CONNECT_S = 10.0
 READ_S = 300.0  # the longest wait for the next chunk: a busy server may queue a request before its first token
@@ -186,10 +187,10 @@ class RemoteChat:
 
     def stream(self, conversations: Sequence[list[dict]], adapters: Sequence[str | None],
                params: SamplingParams = SamplingParams(), complete: list[bool] | None = None,
-               user: str = "local", background: bool = False) -> Iterator[list[str]]:
-        """ChatModel.stream over HTTP: every row's text as it grows, the last yield final; `complete` gets
-        whether each row ended with finish_reason "stop". Closing the generator closes its requests.
-        `background` is accepted and not used: the server schedules every request alike."""
+               user: str = "local", background: bool = False, every: float = 0.0) -> Iterator[list[str]]:
+        """ChatModel.stream over HTTP: every row's text as it grows (paced by `every` as there), the last
+        yield final; `complete` gets whether each row ended with finish_reason "stop". Closing the generator
+        closes its requests. `background` is accepted and not used: the server schedules every request alike."""
         if len(conversations) != len(adapters):
             raise ValueError("one adapter (or None) per conversation")
         unknown = [a for a in adapters if a is not None and a not in self.adapters]
@@ -199,27 +200,35 @@ class RemoteChat:
                    "stream": True, "temperature": params.temperature, "top_p": params.top_p,
                    "max_tokens": params.max_new_tokens, "seed": params.seed + i}  # as the local loop: seed + row
                   for i, (messages, adapter) in enumerate(zip(conversations, adapters))]
-        return self._follow(bodies, complete, user)
+        return self._follow(bodies, complete, user, every)
 
-    def _follow(self, bodies: list[dict], complete: list[bool] | None, user: str) -> Iterator[list[str]]:
+    def _follow(self, bodies: list[dict], complete: list[bool] | None, user: str,
+                every: float) -> Iterator[list[str]]:
         self._reserve(user, len(bodies))
         updates: queue.Queue = queue.Queue()  # (row, "text" | "end" | "error", value), from the HTTP loop
         texts, reasons = [""] * len(bodies), [None] * len(bodies)
         tasks = [self._run(self._row(i, body, updates)) for i, body in enumerate(bodies)]
+        running = [len(bodies)]
+
+        def take(item) -> None:
+            row, kind, value = item
+            if kind == "error":
+                raise value
+            if kind == "text":
+                texts[row] += value
+            else:
+                reasons[row], running[0] = value, running[0] - 1
+
         try:
-            running = len(bodies)
-            while running:
-                item = updates.get()
-                while item is not None:  # coalesce: a slow client skips to the newest text
-                    row, kind, value = item
-                    if kind == "error":
-                        raise value
-                    if kind == "text":
-                        texts[row] += value
-                    else:
-                        reasons[row], running = value, running - 1
-                    item = None if updates.empty() else updates.get_nowait()
+            last_yield = None
+            while running[0]:
+                take(updates.get())
+                if every and last_yield is not None:
+                    take_until(updates, last_yield + every, lambda: not running[0], take)
+                while not updates.empty():  # coalesce: a slow client skips to the newest text
+                    take(updates.get_nowait())
                 yield list(texts)
+                last_yield = time.monotonic()
             if complete is not None:
                 complete[:] = [reason == "stop" for reason in reasons]
             yield list(texts)

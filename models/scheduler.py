@@ -89,7 +89,7 @@ class Scheduler:
 
     def stream(self, conversations: Sequence[list[dict]], adapters: Sequence[str | None], params,
                complete: list[bool] | None = None, user: str = "local",
-               background: bool = False) -> Iterator[list[str]]:
+               background: bool = False, every: float = 0.0) -> Iterator[list[str]]:
         """Yield every row's text so far as the shared loop advances; the last yield is final.
 
         Row i draws with seed `params.seed + i`, so two rows of one request (an Arena pair on the
@@ -97,7 +97,7 @@ class Scheduler:
         listener: queue.Queue = queue.Queue()
         rows = self.rows(conversations, adapters, params, user, listener, background)
         self.submit(rows)  # on the first next(), like any generator: nothing runs for a caller that never reads
-        yield from follow(rows, listener, self.chat.tokenizer, complete)
+        yield from follow(rows, listener, self.chat.tokenizer, complete, every)
 
     def rows(self, conversations, adapters, params, user: str, listener: queue.Queue, background: bool = False,
              seeds: Sequence[int] | None = None) -> list[Row]:
@@ -308,19 +308,37 @@ class Scheduler:
         return Batch(batch.cache, mask[:, first:])
 
 
-def follow(rows: list[Row], listener: queue.Queue, tokenizer, complete: list[bool] | None = None
-           ) -> Iterator[list[str]]:
-    """Yield the rows' texts after every step that moved them; the last yield is final. Closing the
+def take_until(updates: queue.Queue, deadline: float, finished, take=lambda item: None) -> None:
+    """Pass `take` every update that arrives before `deadline` (time.monotonic()), returning then, or as soon
+    as finished() says the rows are done: pacing a stream never holds back its last text."""
+    while not finished():
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return
+        try:
+            take(updates.get(timeout=left))
+        except queue.Empty:
+            return
+
+
+def follow(rows: list[Row], listener: queue.Queue, tokenizer, complete: list[bool] | None = None,
+           every: float = 0.0) -> Iterator[list[str]]:
+    """Yield the rows' texts after every step that moved them, or with `every` > 0 at most once per `every`
+    seconds (the first text at once, then the newest one each time); the last yield is final. Closing the
     generator (a Stop, a closed tab) or an error stops these rows at their loop's next step."""
+    last_yield = None
     try:
         while not all(row.done for row in rows):
             listener.get()
+            if every and last_yield is not None:
+                take_until(listener, last_yield + every, lambda: all(row.done for row in rows))
             while not listener.empty():  # coalesce: a slow client skips to the newest text
                 listener.get_nowait()
             failed = next((row.error for row in rows if row.error is not None), None)
             if failed is not None:
                 raise failed
             yield [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]
+            last_yield = time.monotonic()
         if complete is not None:
             complete[:] = [row.complete for row in rows]
         yield [tokenizer.decode(row.tokens, skip_special_tokens=True) for row in rows]

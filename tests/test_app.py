@@ -51,8 +51,11 @@ def test_chat_send_streams_both_sides_and_regenerate_replaces_answers(services):
     assert len(regenerated[0]) == 2 and regenerated[0][-1]["content"] == left[-1]["content"]
 
 
-def test_chat_stop_ends_the_turn_keeping_what_streamed(services):
+def test_chat_stop_ends_the_turn_keeping_what_streamed(services, monkeypatch):
     long_sampling = (0.0, 1.0, 400, 0, "")  # greedy, up to 400 new tokens
+    # an update per token, so the count below is in tokens (the page's pacing is tests/test_scheduler.py's;
+    # the Stop through it, tests/test_browser.py's)
+    monkeypatch.setattr(chat, "STREAM_EVERY_S", 0.0)
     me, other = FakeRequest("ann", "mine"), FakeRequest("bob", "theirs")
     services.request_stop("mine")  # a Stop pressed before the turn does not end it early
     turn = chat.send(services, "tell me a long story", [], [], "base", "base", *long_sampling, request=me)

@@ -30,6 +30,7 @@ class FakeBackend:
         self.loads: list[dict] = []  # those that loaded something
         self.adapters: dict[str, str] = {}  # name -> path
         self.gather = 1  # streams wait until this many requests are in flight together
+        self.word_delay = 0.0  # seconds between the words of an answer
         self.gathered: list[bool] = []  # per request: did all of its batch arrive while it waited
         self.disconnected = threading.Event()
         self._arrived = 0
@@ -93,6 +94,7 @@ class FakeBackend:
         words = TEXTS[body["model"]].split(" ")
         for i, word in enumerate(words[: body["max_tokens"]]):
             yield chunk(word if i == 0 else " " + word)
+            await asyncio.sleep(self.word_delay)
             if prompt == FAILS:
                 yield "data: " + json.dumps({"error": {"message": "CUDA out of memory", "code": 500}}) + "\n\n"
                 return
@@ -184,6 +186,17 @@ def test_base_and_adapter_rows_are_concurrent_requests_with_their_model_and_samp
     short: list[bool] = []
     *_, last = remote.stream([messages], [None], SamplingParams(max_new_tokens=2), complete=short)
     assert last == ["The base"] and short == [False]
+
+
+def test_a_paced_stream_yields_at_most_once_per_interval_and_ends_with_the_whole_answers(backend, remote):
+    from models.chat import SamplingParams
+    from tests.test_scheduler import paced_gaps
+
+    backend.word_delay = 0.02  # a word every 20 ms, in two concurrent streams
+    messages = [{"role": "user", "content": "Which is better?"}]
+    gaps, final = paced_gaps(remote.stream([messages, messages], [None, None], SamplingParams(), every=0.03))
+    assert final == [TEXTS[BASE], TEXTS[BASE]]
+    assert len(gaps) >= 2 and min(gaps[:-2], default=0.03) >= 0.03, gaps
 
 
 def test_an_adapter_is_loaded_once_even_across_app_restarts(backend, remote, tiny_model_dir, tmp_path):

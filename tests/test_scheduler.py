@@ -5,6 +5,7 @@ greedy answer equals what it gets served alone, adapters included."""
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import pytest
@@ -136,3 +137,20 @@ def test_rows_of_several_adapters_and_the_base_equal_each_served_alone(chat, tin
     assert third != [plain]
     assert list(chat.stream([PROMPTS[1]] * 3, ["r1", None, "r3"], GREEDY))[-1] == [expected[1], plain, *third]
     assert chat.generate([PROMPTS[1]], ["r1"], GREEDY) == [expected[1]]
+
+
+def paced_gaps(stream) -> tuple[list[float], list[str]]:
+    """Seconds between the texts a stream yields as its reader receives them, and its final texts."""
+    times, last = [], None
+    for last in stream:
+        times.append(time.monotonic())
+    return [b - a for a, b in zip(times, times[1:])], last
+
+
+def test_a_paced_stream_yields_at_most_once_per_interval_and_ends_with_the_same_answers(chat):
+    long = replace(GREEDY, max_new_tokens=64)
+    unpaced = list(chat.stream(PROMPTS[:2], [None, None], long))[-1]
+    gaps, final = paced_gaps(chat.stream(PROMPTS[:2], [None, None], long, every=0.03))
+    assert final == unpaced
+    # every text but the last two (the step that finished the rows, then the final one) waited its turn
+    assert len(gaps) >= 2 and min(gaps[:-2], default=0.03) >= 0.03, gaps

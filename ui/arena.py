@@ -23,8 +23,8 @@ from models.loading import ModelLoadError
 from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
     busy_as_error, BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
-    overlap_share, refuse, save_overlap_share, save_team_arena_sampling, session_of, stop, team_arena_sampling,
-    user_error,
+    overlap_share, refuse, save_overlap_share, save_team_arena_sampling, session_of, stop, STREAM_EVERY_S,
+    team_arena_sampling, user_error,
 )
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -94,7 +94,8 @@ def run_comparison(services, history, prompt, model_x, model_y, params, annotato
         raise user_error(str(exc)) from exc
     texts, complete = ["", ""], []
     with busy_as_error():
-        for texts in services.chat.stream(list(given), adapters, params, complete=complete, user=annotator):
+        for texts in services.chat.stream(list(given), adapters, params, complete=complete, user=annotator,
+                                          every=STREAM_EVERY_S):
             if services.take_stop_request(session):
                 return  # leaving the loop closes the stream, which stops decoding at the next token
             yield texts[0], texts[1], None

@@ -15,7 +15,7 @@ from evals import retrieval
 from models.loading import ModelLoadError
 from ui.services import (
     annotator_of, busy_as_error, BASE_CHOICE, Services, bind, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
-    user_error,
+    STREAM_EVERY_S, user_error,
 )
 
 
@@ -57,7 +57,7 @@ def stream_pair(services: Services, left: list, right: list, model_left: str, mo
     stopped = False
     texts = ["", ""]
     with busy_as_error():
-        for texts in services.chat.stream(conversations, adapters, params, user=user):
+        for texts in services.chat.stream(conversations, adapters, params, user=user, every=STREAM_EVERY_S):
             left[-1] = {"role": "assistant", "content": texts[0]}
             right[-1] = {"role": "assistant", "content": texts[1]}
             if services.take_stop_request(session):
