@@ -112,7 +112,7 @@ def trained_checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_model_dir(tmp_path_factory) -> Path:
-    """The real embedded SmolLM2, converted once per test session (about 30 s)."""
+    """The real embedded SmolLM2, converted once per test session (about 10 s)."""
     from models.loading import EMBEDDED, resolve_base_model
 
     cache = Path(os.environ.get("PREFLOOP_TEST_CACHE", tmp_path_factory.mktemp("model-cache")))
