@@ -22,20 +22,18 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.bench_serving import TOPICS, comparison  # noqa: E402
 from models import decode_weights  # noqa: E402
 from models.chat import ChatModel, SamplingParams  # noqa: E402
 from pipeline import yield_cpu_to_serving  # noqa: E402
 
-TOPICS = ["rainbows", "clear emails", "tide pools", "compound interest", "sourdough", "bicycle gears"]
+GREEDY_64 = SamplingParams(temperature=0, max_new_tokens=64)
 
 
 def comparisons_tok_s(chat: ChatModel) -> float:
     """Six Arena comparisons one after another: tokens per second over both rows."""
-    started, tokens = time.perf_counter(), 0
-    for topic in TOPICS:
-        messages = [{"role": "user", "content": f"Explain {topic} in a short paragraph."}]
-        *_, texts = chat.stream([messages, messages], [None, None], SamplingParams(temperature=0, max_new_tokens=64))
-        tokens += sum(len(chat.tokenizer(text, add_special_tokens=False)["input_ids"]) for text in texts)
+    started = time.perf_counter()
+    tokens = sum(comparison(chat, topic, GREEDY_64, "annotator")[2] for topic in TOPICS[:6])
     return tokens / (time.perf_counter() - started)
 
 

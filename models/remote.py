@@ -208,23 +208,24 @@ class RemoteChat:
         updates: queue.Queue = queue.Queue()  # (row, "text" | "end" | "error", value), from the HTTP loop
         texts, reasons = [""] * len(bodies), [None] * len(bodies)
         tasks = [self._run(self._row(i, body, updates)) for i, body in enumerate(bodies)]
-        running = [len(bodies)]
+        running = len(bodies)
 
         def take(item) -> None:
+            nonlocal running
             row, kind, value = item
             if kind == "error":
                 raise value
             if kind == "text":
                 texts[row] += value
             else:
-                reasons[row], running[0] = value, running[0] - 1
+                reasons[row], running = value, running - 1
 
         try:
             last_yield = None
-            while running[0]:
+            while running:
                 take(updates.get())
                 if every and last_yield is not None:
-                    take_until(updates, last_yield + every, lambda: not running[0], take)
+                    take_until(updates, last_yield + every, lambda: not running, take)
                 while not updates.empty():  # coalesce: a slow client skips to the newest text
                     take(updates.get_nowait())
                 yield list(texts)

@@ -326,12 +326,15 @@ def follow(rows: list[Row], listener: queue.Queue, tokenizer, complete: list[boo
     """Yield the rows' texts after every step that moved them, or with `every` > 0 at most once per `every`
     seconds (the first text at once, then the newest one each time); the last yield is final. Closing the
     generator (a Stop, a closed tab) or an error stops these rows at their loop's next step."""
+    def finished() -> bool:
+        return all(row.done for row in rows)
+
     last_yield = None
     try:
-        while not all(row.done for row in rows):
+        while not finished():
             listener.get()
             if every and last_yield is not None:
-                take_until(listener, last_yield + every, lambda: all(row.done for row in rows))
+                take_until(listener, last_yield + every, finished)
             while not listener.empty():  # coalesce: a slow client skips to the newest text
                 listener.get_nowait()
             failed = next((row.error for row in rows if row.error is not None), None)

@@ -163,7 +163,7 @@ def prefetch_next(services, annotator: str) -> Prefetch | None:
             adapters = [services.adapter_for(m) for m in models]
             complete: list[bool] = []
             for texts in services.chat.stream([messages, messages], adapters, job.params, complete=complete,
-                                              user=annotator, background=True):
+                                              user=annotator, background=True, every=STREAM_EVERY_S):
                 if job.abandon.is_set():
                     return  # leaving the loop stops these rows
             job.texts, job.complete = texts, complete
