@@ -15,10 +15,24 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from tests import app_logs  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def pytest_runtest_setup(item):
+    app_logs.new_test()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    """A failing test's report ends with the tail of every app it was served by (tests/app_logs.py)."""
+    report = yield
+    if report.failed:
+        report.sections.extend(app_logs.tails())
+    return report
 
 CHATML = (
     "{% for message in messages %}"

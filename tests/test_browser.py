@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
+from tests import app_logs
 from tests.conftest import ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -59,10 +60,12 @@ def serving_app(data_dir: Path, *args: str, log: Path):
         process = subprocess.Popen([sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port), *args],
                                    cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"
+    app_logs.started(log)  # a test that fails while it serves shows its tail
     try:
         wait_until_serving(url, process, log)
         yield url, process
     finally:
+        app_logs.stopped(log)
         if process.poll() is None:
             process.terminate()
         process.wait(timeout=30)
@@ -79,20 +82,8 @@ def app_url(app_data_dir, embedded_model_dir):
     # reuse the session's converted embedded model instead of converting it again
     (data_dir / "cache").mkdir()
     os.symlink(embedded_model_dir.parent, data_dir / "cache" / "models")
-    port = free_port()
-    log = data_dir / "app.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port)],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, log)
+    with serving_app(data_dir, log=data_dir / "app.log") as (url, _):
         yield url
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 @pytest.fixture(scope="module")

@@ -11,14 +11,12 @@ from __future__ import annotations
 import json
 import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.test_browser import ARTIFACTS, CHROMIUM, browser, free_port, wait_until_serving  # noqa: F401 (fixture)
+from tests.test_browser import ARTIFACTS, CHROMIUM, browser, serving_app  # noqa: F401 (fixture)
 
 pytestmark = [
     pytest.mark.slow,
@@ -38,21 +36,9 @@ def loop_app(tmp_path_factory, embedded_model_dir):
     eval_prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [
         "What is the capital of France?", "Give me one tip for better sleep.",
         "Explain what a prime number is.", "Name three primary colors."]))
-    port = free_port()
-    log = data_dir / "app.log"
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(port),
-             "--eval-prompts", str(eval_prompts), "--eval-max-new-tokens", "16"],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-        )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        wait_until_serving(url, process, log)
+    with serving_app(data_dir, "--eval-prompts", str(eval_prompts), "--eval-max-new-tokens", "16",
+                     log=data_dir / "app.log") as (url, _):
         yield url, data_dir
-    finally:
-        process.terminate()
-        process.wait(timeout=30)
 
 
 def text_of(page, selector: str) -> str:
