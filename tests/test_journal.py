@@ -16,6 +16,7 @@ import pytest
 from labeling import journal
 from labeling.__main__ import main as labeling_cli
 from labeling.store import DB_NAME, Store
+from tests import app_logs
 from tests.conftest import ROOT
 
 QUESTIONS = [f"question {i}: what is {i} plus {i}?" for i in range(6)]
@@ -186,10 +187,12 @@ class App:
     def __enter__(self):
         from tests.test_browser import wait_until_serving
 
-        wait_until_serving(self.url, self.process, self.log)
+        wait_until_serving(self.url, self.process, self.log)  # if it never serves, this says why
+        app_logs.started(self.log)  # a test that fails while it serves shows its tail
         return self
 
     def __exit__(self, *exc) -> None:
+        app_logs.stopped(self.log)
         self.process.terminate()
         self.process.wait(timeout=30)
 
