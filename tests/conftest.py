@@ -34,6 +34,7 @@ def pytest_runtest_makereport(item, call):
         report.sections.extend(app_logs.tails())
     return report
 
+
 CHATML = (
     "{% for message in messages %}"
     "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n' }}"

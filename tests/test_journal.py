@@ -3,6 +3,7 @@ while the app holds the database (labeling/journal.py, Store.restore_from_journa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -10,13 +11,13 @@ import sys
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from labeling import journal
 from labeling.__main__ import main as labeling_cli
 from labeling.store import DB_NAME, Store
-from tests import app_logs
 from tests.conftest import ROOT
 
 QUESTIONS = [f"question {i}: what is {i} plus {i}?" for i in range(6)]
@@ -171,30 +172,14 @@ def make_comparisons(data_dir: Path, n: int) -> list[str]:
                 for i in range(n)]
 
 
-class App:
-    def __init__(self, tmp_path: Path, model_dir: Path, data_dir: Path, sync_dir: Path, name: str):
-        from tests.test_browser import free_port
+@contextlib.contextmanager
+def serving(tmp_path: Path, model_dir: Path, data_dir: Path, sync_dir: Path, name: str):
+    """The app on `model_dir` with a sync dir, logging to <name>.log: (url, log) as attributes."""
+    from tests.test_browser import serving_app
 
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}/"
-        self.log = tmp_path / f"{name}.log"
-        with self.log.open("wb") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "app.py", "--data-dir", str(data_dir), "--port", str(self.port),
-                 "--base-model", str(model_dir), "--sync-dir", str(sync_dir)],
-                cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-
-    def __enter__(self):
-        from tests.test_browser import wait_until_serving
-
-        wait_until_serving(self.url, self.process, self.log)  # if it never serves, this says why
-        app_logs.started(self.log)  # a test that fails while it serves shows its tail
-        return self
-
-    def __exit__(self, *exc) -> None:
-        app_logs.stopped(self.log)
-        self.process.terminate()
-        self.process.wait(timeout=30)
+    log = tmp_path / f"{name}.log"
+    with serving_app(data_dir, "--base-model", str(model_dir), "--sync-dir", str(sync_dir), log=log) as (url, _):
+        yield SimpleNamespace(url=url, log=log)
 
 
 def exported(data_dir: Path, sync_dir: Path, out: Path) -> tuple[list[str], str]:
@@ -211,7 +196,7 @@ def test_votes_through_the_api_export_while_the_app_runs_and_come_back_once_afte
 
     sync_dir = tmp_path / "second-disk"
     ids = make_comparisons(data_dir, 4)
-    with App(tmp_path, tiny_model_dir, data_dir, sync_dir, "first") as app:
+    with serving(tmp_path, tiny_model_dir, data_dir, sync_dir, "first") as app:
         client = Client(app.url, verbose=False)
         for comparison_id in ids[:3]:
             assert client.predict(comparison_id, "a", "", api_name="/arena_vote").startswith("saved")
@@ -222,7 +207,7 @@ def test_votes_through_the_api_export_while_the_app_runs_and_come_back_once_afte
     assert "journaled 4 existing rows" in app.log.read_text()  # the comparisons made before the journal
 
     lose_db(data_dir)
-    with App(tmp_path, tiny_model_dir, data_dir, sync_dir, "second") as app:
+    with serving(tmp_path, tiny_model_dir, data_dir, sync_dir, "second") as app:
         assert "restored 0 prompts, 4 comparisons, 3 votes" in app.log.read_text()
         client = Client(app.url, verbose=False)  # the restored comparisons take votes again
         assert client.predict(ids[3], "b", "", api_name="/arena_vote").startswith("saved")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import BACKGROUND_NICE
 from tests.conftest import ROOT
 from tests.test_browser import ARTIFACTS, CHROMIUM, browser, serving_app  # noqa: F401 (fixture)
 
@@ -119,7 +120,7 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     assert page.is_disabled("#train-start")  # one round at a time
     # the round runs at the lowest CPU priority, so labeling goes on at full speed (pipeline.yield_cpu_to_serving)
     pid = json.loads(next((data_dir / "runs").glob("*/status.json")).read_text())["pid"]
-    assert os.getpriority(os.PRIO_PROCESS, pid) == 19
+    assert os.getpriority(os.PRIO_PROCESS, pid) == BACKGROUND_NICE
     # 4. its evals start by themselves once the round is done
     page.wait_for_function(
         "() => /evals of .*finished|failed/.test(document.querySelector('#train-status').innerText)",

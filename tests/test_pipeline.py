@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from formats import write_rows
-from pipeline import JobBusy, JobManager
+from pipeline import BACKGROUND_NICE, JobBusy, JobManager
 from training.config import load_recipe
 from ui.services import Settings
 
@@ -42,9 +42,9 @@ def test_round_runs_the_edited_config_then_its_evals(tiny_model_dir, data_dir, t
     job = jobs.start_round(config, snapshot)
     # at the lowest CPU priority, as its own scheduling group too where Linux groups by session: while it
     # runs, annotators' generation keeps its speed (pipeline.yield_cpu_to_serving)
-    assert os.getpriority(os.PRIO_PROCESS, job.process.pid) == 19
+    assert os.getpriority(os.PRIO_PROCESS, job.process.pid) == BACKGROUND_NICE
     autogroup = Path(f"/proc/{job.process.pid}/autogroup")
-    assert not autogroup.exists() or autogroup.read_text().split()[-1] == "19", autogroup.read_text()
+    assert not autogroup.exists() or autogroup.read_text().split()[-1] == str(BACKGROUND_NICE), autogroup.read_text()
     with pytest.raises(JobBusy, match="already running"):
         jobs.start_round(config, snapshot)  # one subprocess at a time
     assert wait_for(job) == 0, jobs.log_text(job)
