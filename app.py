@@ -188,6 +188,10 @@ def parse_args(argv: list[str] | None = None) -> Settings:
                         help="do not keep a second copy of the weights packed for oneDNN; by default a model served "
                              "on the CPU reads one on steps wider than 4 rows (the same numbers, ~1.4x faster for "
                              "a team's shared batch, at the cost of the weights' size in memory)")
+    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                        help="prefill every prompt whole; by default the decode loop keeps the keys and values of the "
+                             "template's opening that prompts share (the system turn) and prefills only the rest "
+                             "(models/scheduler.py)")
     parser.add_argument("--device", default="auto",
                         help="where the served model runs: auto (a CUDA GPU when torch sees one, else the CPU), "
                              "cpu, cuda or cuda:N; asking for cuda without one stops with an error")
@@ -209,7 +213,7 @@ def parse_args(argv: list[str] | None = None) -> Settings:
     return Settings(args.data_dir, args.base_model, host, args.port, args.auth_file, args.dtype,
                     args.eval_prompts and args.eval_prompts.resolve(), args.eval_max_new_tokens, args.device,
                     args.sync_dir, backend=args.backend, backend_model=args.backend_model,
-                    int8_decode=args.int8_decode, packed_decode=args.packed_decode)
+                    int8_decode=args.int8_decode, packed_decode=args.packed_decode, prefix_cache=args.prefix_cache)
 
 
 def freeze_startup_objects() -> None:
@@ -258,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype, device=settings.device)
             print(decode_weights.choose(chat, settings.int8_decode, settings.packed_decode), flush=True)
+            chat.scheduler.prefix_cache = settings.prefix_cache
             chat.scheduler.start()  # its copies of the weights are made now, not on the first user's Generate
     except (ModelLoadError, ValueError, OSError) as exc:
         store.close()

@@ -18,7 +18,8 @@ Speed-up = aggregate tok/s all at once / one after another (the rows of the two 
 on different copies of the weights, int8 and packed, so an answer can differ in length).
 
     python bench/bench_serving.py [--users 8] [--tokens 128] [--dtype bf16] [--no-int8-decode]
-                                  [--no-packed-decode] [--repeats 3] [--through-app] [--temperature 0]
+                                  [--no-packed-decode] [--no-prefix-cache] [--repeats 3] [--through-app]
+                                  [--temperature 0]
 """
 
 from __future__ import annotations
@@ -63,6 +64,8 @@ def main() -> None:
     parser.add_argument("--cache-dir", type=Path, default=ROOT / "data" / "cache" / "models")
     parser.add_argument("--no-int8-decode", dest="int8_decode", action="store_false")
     parser.add_argument("--no-packed-decode", dest="packed_decode", action="store_false")
+    parser.add_argument("--no-prefix-cache", dest="prefix_cache", action="store_false",
+                        help="prefill whole prompts (by default the loop keeps the shared prompt opening's keys and values)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--through-app", action="store_true", help="call /arena_generate on the real app")
     parser.add_argument("--temperature", type=float, default=0.0,
@@ -78,13 +81,15 @@ def main() -> None:
     else:
         chat = ChatModel.load(None, args.cache_dir, dtype=args.dtype)
         decode_weights.choose(chat, args.int8_decode, args.packed_decode)  # as app.py decides
+        chat.scheduler.prefix_cache = args.prefix_cache
         params = SamplingParams(temperature=args.temperature, top_p=0.9, max_new_tokens=args.tokens)
         clients = [DirectClient(chat, f"user{i}", args.tokens) for i in range(args.users)]
         DirectClient(chat, "warm", 8).comparison("warm-up")
         for _ in range(args.repeats):
             runs.append((*one_after_another(clients, topics, params), *all_at_once(clients, topics, params)))
         decided = (f"int8 decode {'on' if chat.int8_decode else 'off'}, "
-                   f"packed decode {'on' if chat.packed_decode else 'off'}")
+                   f"packed decode {'on' if chat.packed_decode else 'off'}, "
+                   f"prefix cache {'on' if args.prefix_cache else 'off'}")
         widest = chat.scheduler.stats["widest"]
     sampling = "greedy" if args.temperature <= 0 else f"temperature {args.temperature}, top-p 0.9"
     print(f"{args.users} comparisons (2 rows each), {args.tokens} new tokens, {args.dtype}, {sampling}, "
@@ -161,13 +166,15 @@ def serving_app(args):
         for user, password in users:
             add_user(auth, user, "annotator", password)
         flags = [flag for flag, on in (("--no-int8-decode", not args.int8_decode),
-                                       ("--no-packed-decode", not args.packed_decode)) if on]
+                                       ("--no-packed-decode", not args.packed_decode),
+                                       ("--no-prefix-cache", not args.prefix_cache)) if on]
         with app_process(data_dir, "--auth-file", str(auth), "--dtype", args.dtype, *flags, log=log) as (url, _):
             clients = [AppClient(url, user, password, args.tokens, tokenizer) for user, password in users]
             for client in clients:  # the first call waits for the model; each opens its client's stream
                 client.comparison("warm-up")
             decode_line = next((line.strip() for line in log.read_text().splitlines() if line.startswith("decode:")),
                                "the app's decode copies: see its log")
+            decode_line += f"; prefix cache {'on' if args.prefix_cache else 'off'}"
             yield clients, decode_line
 
 

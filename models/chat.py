@@ -54,6 +54,7 @@ class ChatModel:
         self._lock = threading.Lock()  # one forward pass / adapter change at a time on shared weights
         self._scheduler = None
         self._scheduler_lock = threading.Lock()
+        self._prompt_prefixes: dict[str, tuple[int, ...]] = {}  # system prompt -> prompt_prefix
         # the decode loop's own copies of the weights: int8 for narrow steps, oneDNN-packed for wide ones
         # (models/decode_weights.py); the app turns them on, so generate(), evals and tests keep the model's
         # own weights unless asked
@@ -137,6 +138,17 @@ class ChatModel:
 
     def prompt_ids(self, messages: list[dict], system_prompt: str = "") -> list[int]:
         return self._encode([messages], system_prompt)["input_ids"][0].tolist()
+
+    def prompt_prefix(self, system_prompt: str = "") -> tuple[int, ...]:
+        """The tokens every prompt with this system prompt opens with (the template's system turn, the opening
+        of the user's): what two one-message conversations share. The decode loop keeps their keys and values."""
+        if system_prompt not in self._prompt_prefixes:
+            if len(self._prompt_prefixes) >= 64:  # system prompts typed in the Chat tab: keep the memo small
+                self._prompt_prefixes.clear()
+            one, other = (self.prompt_ids([{"role": "user", "content": text}], system_prompt) for text in "ab")
+            shared = next((i for i, (x, y) in enumerate(zip(one, other)) if x != y), min(len(one), len(other)))
+            self._prompt_prefixes[system_prompt] = tuple(one[:shared])
+        return self._prompt_prefixes[system_prompt]
 
     @property
     def scheduler(self) -> Scheduler:

@@ -7,6 +7,12 @@ merged into the running batch (left-padded to a common length), so nobody waits 
 someone else's answer to finish. A row leaves when it reaches end-of-sequence, its token
 limit, or its own Stop; columns of padding nobody needs any more are cropped away.
 
+Prompts open alike: the chat template's system turn (SmolLM2 adds a default one) and the start of the user's
+turn are 25 of a typical Arena prompt's 38 tokens. Their keys and values are computed once per adapter and
+kept (`PREFIX_ENTRIES`), and a newcomer's prefill runs only on the rest of its prompt: its row is laid out
+as [prefix | padding | rest], the positions counting only what the mask lets in, as with left padding.
+A 16-row prefill of the embedded model took 445 ms for the whole prompts and 174 ms for the rest alone.
+
 Each row samples with its own temperature, top-p and seeded generator, so a batch neighbour
 does not change which tokens a row draws (only float rounding of its logits can differ).
 Rows pick their LoRA adapter per row, as peft's mixed batches allow. A served bf16 model on the
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 import atexit
 import queue
+from collections import OrderedDict
 import sys
 import threading
 import time
@@ -35,6 +42,7 @@ from models.lora_rows import RowAdapters
 BASE = "__base__"  # peft's name for "no adapter" inside a mixed batch
 TOP_K = 50  # transformers' generate() default when sampling; kept so answers read the same as before
 GATHER_S = 0.02  # an idle loop waits this long after the first request for others to arrive with it
+PREFIX_ENTRIES = 32  # prompt prefixes whose keys and values are kept (one per system prompt and adapter)
 
 
 class SchedulerBusy(RuntimeError):
@@ -52,6 +60,7 @@ class Row:
     user: str
     listener: queue.Queue  # shared by the rows of one request: told after every step that touched them
     background: bool = False  # work done ahead (pre-generation): admitted only after every waiting request
+    prefix: tuple[int, ...] = ()  # the opening of prompt_ids that every prompt with its system prompt shares
     tokens: list[int] = field(default_factory=list)
     complete: bool = False  # reached end-of-sequence (not the token limit, not a Stop)
     done: bool = False
@@ -80,10 +89,14 @@ class Scheduler:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.stats = {"steps": 0, "rows": 0, "widest": 0}  # for the bench and the curious
+        self.stats = {"steps": 0, "rows": 0, "widest": 0, "prefixes_computed": 0, "prefixes_reused": 0}  # for the bench and the curious
         self._row_adapters: RowAdapters | None = None
         self._adapters_seen: tuple = ()
         self.row_masks = True  # models/lora_rows.py; False: peft's mixed batch (the bench compares both)
+        # (prefix tokens, adapter, its fingerprint) -> per layer (keys, values) of one row; False: every
+        # prefill runs on whole prompts (the bench compares both)
+        self.prefix_cache = True
+        self._prefixes: OrderedDict[tuple, list] = OrderedDict()
 
     # ------------------------------------------------------------ the callers' side
 
@@ -103,9 +116,15 @@ class Scheduler:
              seeds: Sequence[int] | None = None) -> list[Row]:
         """One Row per conversation, told through `listener` (a request served by two loops shares one)."""
         seeds = seeds if seeds is not None else [params.seed + i for i in range(len(conversations))]
-        return [Row(self.chat.prompt_ids(messages, params.system_prompt), adapter, params.temperature,
-                    params.top_p, params.max_new_tokens, seed, user, listener, background=background)
-                for messages, adapter, seed in zip(conversations, adapters, seeds)]
+        prefix = self.chat.prompt_prefix(params.system_prompt)
+        rows = []
+        for messages, adapter, seed in zip(conversations, adapters, seeds):
+            ids = self.chat.prompt_ids(messages, params.system_prompt)
+            opens_with_prefix = len(ids) > len(prefix) and tuple(ids[:len(prefix)]) == prefix  # a conversation
+            # with its own system turn opens otherwise
+            rows.append(Row(ids, adapter, params.temperature, params.top_p, params.max_new_tokens, seed, user,
+                            listener, background=background, prefix=prefix if opens_with_prefix else ()))
+        return rows
 
     def close(self) -> None:
         """End the loop once no row runs; rows still waiting then would never be served, so fail them."""
@@ -245,6 +264,9 @@ class Scheduler:
         import torch
         from transformers import DynamicCache
 
+        prefix = rows[0].prefix
+        if self.prefix_cache and prefix and all(row.prefix == prefix for row in rows):
+            return self._prefill_after_prefix(rows, prefix)
         width = max(len(row.prompt_ids) for row in rows)
         pad, device = self.chat.tokenizer.pad_token_id, self.chat.model.device
         ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=device)
@@ -254,6 +276,51 @@ class Scheduler:
         cache = DynamicCache()
         logits = self._forward(ids, mask, positions, cache, [r.adapter for r in rows])
         return logits, Batch(cache, mask)
+
+    def _prefill_after_prefix(self, rows: list[Row], prefix: tuple[int, ...]) -> tuple[object, Batch]:
+        """Prefill only what follows the shared prefix, whose keys and values come from `_prefix_kv`:
+        row i is [prefix | padding | the rest of its prompt]."""
+        import torch
+        from transformers import DynamicCache
+
+        kept = self._prefix_kv(prefix, [row.adapter for row in rows])
+        rests = [row.prompt_ids[len(prefix):] for row in rows]
+        width = max(len(rest) for rest in rests)
+        pad, device = self.chat.tokenizer.pad_token_id, self.chat.model.device
+        ids = torch.tensor([[pad] * (width - len(rest)) + rest for rest in rests], device=device)
+        mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests],
+                            device=device)
+        positions = (mask.cumsum(-1) - 1)[:, len(prefix):]
+        cache = DynamicCache([(torch.cat([row_kv[layer][0] for row_kv in kept]),
+                               torch.cat([row_kv[layer][1] for row_kv in kept])) for layer in range(len(kept[0]))])
+        logits = self._forward(ids, mask, positions, cache, [row.adapter for row in rows])
+        return logits, Batch(cache, mask)
+
+    def _prefix_kv(self, prefix: tuple[int, ...], adapters: list[str | None]) -> list[list[tuple]]:
+        """Per row, each layer's (keys, values) of the prefix under the row's adapter: kept from an earlier
+        request, or computed now in one forward pass for every adapter not kept yet. An adapter changes the
+        keys and values, so each has its own, keyed by its fingerprint too."""
+        import torch
+        from transformers import DynamicCache
+
+        keys = {adapter: (prefix, adapter, self.chat.adapters.get(adapter)) for adapter in adapters}
+        missing = [adapter for adapter, key in keys.items() if key not in self._prefixes]
+        if missing:
+            device = self.chat.model.device
+            ids = torch.tensor([list(prefix)] * len(missing), device=device)
+            positions = torch.arange(len(prefix), device=device).expand(len(missing), -1)
+            cache = DynamicCache()
+            self._forward(ids, None, positions, cache, missing)
+            for j, adapter in enumerate(missing):
+                self._prefixes[keys[adapter]] = [(layer.keys[j:j + 1].clone(), layer.values[j:j + 1].clone())
+                                                 for layer in cache.layers]
+            self.stats["prefixes_computed"] += len(missing)
+        self.stats["prefixes_reused"] += len(keys) - len(missing)
+        for key in keys.values():
+            self._prefixes.move_to_end(key)
+        while len(self._prefixes) > PREFIX_ENTRIES:
+            self._prefixes.popitem(last=False)
+        return [self._prefixes[keys[adapter]] for adapter in adapters]
 
     def _decode_step(self, batch: Batch):
         """Feed every active row its last token; the cache and mask grow by one column."""

@@ -154,3 +154,25 @@ def test_a_paced_stream_yields_at_most_once_per_interval_and_ends_with_the_same_
     assert final == unpaced
     # every text but the last two (the step that finished the rows, then the final one) waited its turn
     assert len(gaps) >= 2 and min(gaps[:-2], default=0.03) >= 0.03, gaps
+
+
+def test_the_shared_prompt_opening_is_prefilled_once_per_adapter_and_answers_equal_each_served_alone(
+        chat, tiny_model_dir, tmp_path):
+    """The decode loop keeps the keys and values of the template's opening (models/scheduler.py, _prefix_kv):
+    computed once for the base and once for each adapter (which changes them), reused by later requests, and
+    the rows prefilled after it ([prefix | padding | rest]) answer as plain generate() on the whole prompt."""
+    chat.ensure_adapter("r1", make_adapter(tiny_model_dir, tmp_path / "a1", seed=1))
+    params = replace(GREEDY, system_prompt="You are a careful assistant. Answer in one short paragraph.")
+    prefix = chat.prompt_prefix(params.system_prompt)
+    assert chat.tokenizer.decode(list(prefix)).endswith("<|im_start|>user\n")  # the system turn and the user's opening
+    stats = chat.scheduler.stats
+    first = list(chat.stream([PROMPTS[0], PROMPTS[2]], [None, "r1"], params))[-1]
+    assert first == [alone(chat, PROMPTS[0], None, params), alone(chat, PROMPTS[2], "r1", params)]
+    assert (stats["prefixes_computed"], stats["prefixes_reused"]) == (2, 0)  # the base's and r1's
+    second = list(chat.stream([PROMPTS[1], PROMPTS[3], PROMPTS[0]], ["r1", None, None], params))[-1]
+    assert second == [alone(chat, PROMPTS[1], "r1", params), alone(chat, PROMPTS[3], None, params), first[0]]
+    assert (stats["prefixes_computed"], stats["prefixes_reused"]) == (2, 2)  # kept, not computed again
+    # a conversation with a system turn of its own opens otherwise: its prompt is prefilled whole
+    own_system = [{"role": "system", "content": "Reply in French."}, *PROMPTS[1]]
+    assert list(chat.stream([own_system], [None], params))[-1] == [alone(chat, own_system, None, params)]
+    assert (stats["prefixes_computed"], stats["prefixes_reused"]) == (2, 2)

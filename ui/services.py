@@ -62,6 +62,7 @@ class Settings:
     backend_model: str | None = None  # the base's name on that server; None = the one it lists
     int8_decode: bool = True  # narrow decode steps read int8 weights where the model allows (models/decode_weights.py)
     packed_decode: bool = True  # wider steps read oneDNN-packed weights where the model allows (the same)
+    prefix_cache: bool = True  # the decode loop keeps the shared prompt opening's keys and values (models/scheduler.py)
 
     @property
     def journal_dir(self) -> Path:
