@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             chat = ChatModel.load(settings.base_model, settings.cache_dir, dtype=settings.dtype, device=settings.device)
             print(decode_weights.choose(chat, settings.int8_decode, settings.packed_decode), flush=True)
-            chat.scheduler.prefix_cache = settings.prefix_cache
+            chat.prefix_cache = settings.prefix_cache
             chat.scheduler.start()  # its copies of the weights are made now, not on the first user's Generate
     except (ModelLoadError, ValueError, OSError) as exc:
         store.close()

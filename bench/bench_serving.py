@@ -81,7 +81,7 @@ def main() -> None:
     else:
         chat = ChatModel.load(None, args.cache_dir, dtype=args.dtype)
         decode_weights.choose(chat, args.int8_decode, args.packed_decode)  # as app.py decides
-        chat.scheduler.prefix_cache = args.prefix_cache
+        chat.prefix_cache = args.prefix_cache
         params = SamplingParams(temperature=args.temperature, top_p=0.9, max_new_tokens=args.tokens)
         clients = [DirectClient(chat, f"user{i}", args.tokens) for i in range(args.users)]
         DirectClient(chat, "warm", 8).comparison("warm-up")

@@ -60,6 +60,9 @@ class ChatModel:
         # own weights unless asked
         self.int8_decode = False
         self.packed_decode = False
+        # the decode loop keeps the shared prompt opening's keys and values (models/scheduler.py); False: every
+        # prefill runs on whole prompts (app.py --no-prefix-cache; the bench compares both)
+        self.prefix_cache = True
 
     @classmethod
     def load(cls, spec: str | None, cache_dir: Path, dtype: str = "auto", device: str = "cpu") -> "ChatModel":
@@ -108,6 +111,7 @@ class ChatModel:
                                      "load-full")
             self.full[name] = ChatModel(model, self.tokenizer, base_name=str(model_dir))
             self.full[name].int8_decode, self.full[name].packed_decode = self.int8_decode, self.packed_decode
+            self.full[name].prefix_cache = self.prefix_cache
             self.full_fingerprints[name] = adapter_fingerprint(model_dir)
             return self.full_fingerprints[name]
 

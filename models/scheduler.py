@@ -93,9 +93,7 @@ class Scheduler:
         self._row_adapters: RowAdapters | None = None
         self._adapters_seen: tuple = ()
         self.row_masks = True  # models/lora_rows.py; False: peft's mixed batch (the bench compares both)
-        # (prefix tokens, adapter, its fingerprint) -> per layer (keys, values) of one row; False: every
-        # prefill runs on whole prompts (the bench compares both)
-        self.prefix_cache = True
+        # (prefix tokens, adapter, its fingerprint) -> per layer (keys, values) of one row, while chat.prefix_cache
         self._prefixes: OrderedDict[tuple, list] = OrderedDict()
 
     # ------------------------------------------------------------ the callers' side
@@ -265,7 +263,7 @@ class Scheduler:
         from transformers import DynamicCache
 
         prefix = rows[0].prefix
-        if self.prefix_cache and prefix and all(row.prefix == prefix for row in rows):
+        if self.chat.prefix_cache and prefix and all(row.prefix == prefix for row in rows):
             return self._prefill_after_prefix(rows, prefix)
         width = max(len(row.prompt_ids) for row in rows)
         pad, device = self.chat.tokenizer.pad_token_id, self.chat.model.device
