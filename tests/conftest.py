@@ -22,6 +22,30 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers (the Makefile says why)
+        share_the_cores_with_background_jobs()
+
+
+def share_the_cores_with_background_jobs() -> None:
+    """Run this xdist worker, and all it starts, at the priority of the app's rounds and evals.
+
+    The app starts those at the lowest CPU priority, in sessions of their own (pipeline.yield_cpu_to_serving).
+    Beside the other worker's tests at normal priority they got about 1.5% of a core, and a test waiting on a
+    round or an eval timed out. So each worker moves to a session of its own (its own autogroup, where the
+    kernel schedules by autogroup) at that priority: the two workers' tests and the jobs they start then share
+    the cores evenly. The processes' own nice values stay 0, so a job's priority, which the pipeline tests
+    check, is still the one the app gave it. Where autogroups are off, process priorities are what counts."""
+    from pipeline import BACKGROUND_NICE
+
+    os.setsid()  # a worker is never a process group leader: execnet starts it in pytest's group
+    enabled = Path("/proc/sys/kernel/sched_autogroup_enabled")
+    if enabled.exists() and enabled.read_text().strip() == "1":
+        Path("/proc/self/autogroup").write_text(str(BACKGROUND_NICE))
+    else:
+        os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
+
+
 def pytest_runtest_setup(item):
     app_logs.new_test()
 

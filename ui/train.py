@@ -448,10 +448,14 @@ def train_tab(services: Services):
     recipe.change(recipe_values, recipe, [method, *knobs], **private)
     # switching method by hand loads that method's recipe (a DPO loss type would be refused for SFT)
     method.input(default_recipe, method, recipe, **private)
-    for trigger in (method.change, include_flagged.change, include_cut_off.change, refresh_data.click):
-        trigger(bind(start_gate, services), choices, gate, **private)
-    for knob in (recipe, method, *knobs):
-        knob.change(bind(config_summary, services), [recipe, method, start_from, *knobs], summary, **private)
+    # One listener per output, whatever triggers it, with trigger_mode="always_last": the page runs its calls
+    # one at a time and the newest values last. As a listener per trigger, the calls of one cascade (picking
+    # cpt changes the method, then the recipe, then every knob) ran side by side, and a reply to stale values
+    # ("⛔ loss_type for cpt must be one of nll, dft, got 'sigmoid'") could land last and stay on the page.
+    gr.on([method.change, include_flagged.change, include_cut_off.change, refresh_data.click],
+          bind(start_gate, services), choices, gate, trigger_mode="always_last", **private)
+    gr.on([knob.change for knob in (recipe, method, *knobs)], bind(config_summary, services),
+          [recipe, method, start_from, *knobs], summary, trigger_mode="always_last", **private)
     start.click(bind(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
                 [*outputs, start, reason], **private)
     cancel.click(bind(cancel_round, services), choices, [*outputs, start, reason], **private)
