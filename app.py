@@ -88,9 +88,14 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
         annotators_refresh = bind(annotators.refresh, services)
         annotators_page.select(annotators_refresh, None, annotators_outputs, **private)
         annotators_page.select(bind(review.refresh_review, services), None, review_outputs, **private)
-        demo.load(bind(arena.team_sampling_for, services), None, arena_sampling, **private)
-        demo.load(bind(arena.overlap_for, services), None, arena_overlap, **private)
-        demo.load(load_progress, None, arena_progress, **private)
+        def arena_on_load(request: gr.Request):
+            """The Arena's page-load values in one reply: the team's sampling (admins), the overlap share and
+            the progress line. As three load events their replies landed in any order, and a setting changed
+            before the sampling's reply arrived was put back; now the progress line shows that it has."""
+            return (*arena.team_sampling_for(services, request), arena.overlap_for(services, request),
+                    load_progress(request))
+
+        demo.load(arena_on_load, None, [*arena_sampling, arena_overlap, arena_progress], **private)
         # checkpoints finished since the page loaded appear when a tab is opened again
         for event in (demo.load, arena_page.select):
             event(bind(arena.refresh_models, services), arena_models, arena_models, **private)

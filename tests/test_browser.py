@@ -103,8 +103,16 @@ def browser():
 def page(browser, app_url):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(app_url)
+    wait_until_loaded(page)
     yield page
     page.close()
+
+
+def wait_until_loaded(page) -> None:
+    """Until the Arena's page-load reply has landed (app.py arena_on_load: the progress line comes with the
+    team's sampling settings). A test that set a slider before it arrived saw the reply put the slider back."""
+    page.wait_for_function("() => (document.querySelector('#arena-progress')?.innerText || '').trim().length > 0",
+                           timeout=60_000)
 
 
 def bot_text(page, pane: str) -> str:
@@ -115,8 +123,9 @@ def bot_text(page, pane: str) -> str:
 
 def set_greedy(page, prefix: str) -> None:
     """Temperature 0 in the open sampling settings of `prefix` (chat, arena). In full-module runs the slider
-    sometimes kept its old value after the box was filled, likely an event's answer landing just after; the
-    slider holds what the next event sends, so fill until it shows greedy."""
+    sometimes kept its old value after the box was filled: the page-load reply with the team's settings
+    landing just after, which the fixtures now wait for (wait_until_loaded); the slider holds what the next
+    event sends, so fill until it shows greedy."""
     for _ in range(5):
         page.fill(f"#{prefix}-temperature input[type=number]", "0")
         page.press(f"#{prefix}-temperature input[type=number]", "Tab")
