@@ -149,7 +149,7 @@ class ChatModel:
         if system_prompt not in self._prompt_prefixes:
             if len(self._prompt_prefixes) >= 64:  # system prompts typed in the Chat tab: keep the memo small
                 self._prompt_prefixes.clear()
-            one, other = (self.prompt_ids([{"role": "user", "content": text}], system_prompt) for text in "ab")
+            one, other = (self.prompt_ids([{"role": "user", "content": text}], system_prompt) for text in ("a", "b"))
             shared = next((i for i, (x, y) in enumerate(zip(one, other)) if x != y), min(len(one), len(other)))
             self._prompt_prefixes[system_prompt] = tuple(one[:shared])
         return self._prompt_prefixes[system_prompt]

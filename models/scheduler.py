@@ -8,7 +8,7 @@ someone else's answer to finish. A row leaves when it reaches end-of-sequence, i
 limit, or its own Stop; columns of padding nobody needs any more are cropped away.
 
 Prompts open alike: the chat template's system turn (SmolLM2 adds a default one) and the start of the user's
-turn are 25 of a typical Arena prompt's 38 tokens. Their keys and values are computed once per adapter and
+turn are 24 of a typical Arena prompt's 38 tokens. Their keys and values are computed once per adapter and
 kept (`PREFIX_ENTRIES`), and a newcomer's prefill runs only on the rest of its prompt: its row is laid out
 as [prefix | padding | rest], the positions counting only what the mask lets in, as with left padding.
 A 16-row prefill of the embedded model took 445 ms for the whole prompts and 174 ms for the rest alone.
@@ -29,10 +29,10 @@ from __future__ import annotations
 
 import atexit
 import queue
-from collections import OrderedDict
 import sys
 import threading
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
@@ -89,7 +89,8 @@ class Scheduler:
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
         self._closed = False
-        self.stats = {"steps": 0, "rows": 0, "widest": 0, "prefixes_computed": 0, "prefixes_reused": 0}  # for the bench and the curious
+        # for the bench and the curious (prefixes: the shared prompt openings kept per adapter, see _prefix_kv)
+        self.stats = {"steps": 0, "rows": 0, "widest": 0, "prefixes_computed": 0, "prefixes_reused": 0}
         self._row_adapters: RowAdapters | None = None
         self._adapters_seen: tuple = ()
         self.row_masks = True  # models/lora_rows.py; False: peft's mixed batch (the bench compares both)
