@@ -260,38 +260,27 @@ class Scheduler:
             self._row_adapters.restore()
 
     def _prefill(self, rows: list[Row]) -> tuple[object, Batch]:
+        """Prefill the newcomers, left-padded to a common width. When they share a kept prefix (`_prefix_kv`),
+        only what follows it: row i is then [prefix | padding | the rest of its prompt]."""
         import torch
         from transformers import DynamicCache
 
         prefix = rows[0].prefix
-        if self.chat.prefix_cache and prefix and all(row.prefix == prefix for row in rows):
-            return self._prefill_after_prefix(rows, prefix)
-        width = max(len(row.prompt_ids) for row in rows)
-        pad, device = self.chat.tokenizer.pad_token_id, self.chat.model.device
-        ids = torch.tensor([[pad] * (width - len(r.prompt_ids)) + r.prompt_ids for r in rows], device=device)
-        mask = torch.tensor([[0] * (width - len(r.prompt_ids)) + [1] * len(r.prompt_ids) for r in rows],
-                            device=device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = self._forward(ids, mask, positions, cache, [r.adapter for r in rows])
-        return logits, Batch(cache, mask)
-
-    def _prefill_after_prefix(self, rows: list[Row], prefix: tuple[int, ...]) -> tuple[object, Batch]:
-        """Prefill only what follows the shared prefix, whose keys and values come from `_prefix_kv`:
-        row i is [prefix | padding | the rest of its prompt]."""
-        import torch
-        from transformers import DynamicCache
-
-        kept = self._prefix_kv(prefix, [row.adapter for row in rows])
+        if not (self.chat.prefix_cache and all(row.prefix == prefix for row in rows)):
+            prefix = ()
         rests = [row.prompt_ids[len(prefix):] for row in rows]
         width = max(len(rest) for rest in rests)
         pad, device = self.chat.tokenizer.pad_token_id, self.chat.model.device
         ids = torch.tensor([[pad] * (width - len(rest)) + rest for rest in rests], device=device)
         mask = torch.tensor([[1] * len(prefix) + [0] * (width - len(rest)) + [1] * len(rest) for rest in rests],
                             device=device)
-        positions = (mask.cumsum(-1) - 1)[:, len(prefix):]
-        cache = DynamicCache([(torch.cat([row_kv[layer][0] for row_kv in kept]),
-                               torch.cat([row_kv[layer][1] for row_kv in kept])) for layer in range(len(kept[0]))])
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, len(prefix):]
+        cache = DynamicCache()
+        if prefix:
+            kept = self._prefix_kv(prefix, [row.adapter for row in rows])
+            cache = DynamicCache([(torch.cat([row_kv[layer][0] for row_kv in kept]),
+                                   torch.cat([row_kv[layer][1] for row_kv in kept]))
+                                  for layer in range(len(kept[0]))])
         logits = self._forward(ids, mask, positions, cache, [row.adapter for row in rows])
         return logits, Batch(cache, mask)
 
