@@ -27,7 +27,7 @@ run: $(STAMP)
 TEST_WORKERS ?= 0
 ifneq ($(TEST_WORKERS),0)
 TEST_ENV := OMP_NUM_THREADS=1
-XDIST := -n $(TEST_WORKERS) --dist loadfile
+XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 endif
 
 test: $(STAMP)

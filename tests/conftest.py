@@ -46,6 +46,21 @@ def share_the_cores_with_background_jobs() -> None:
         os.setpriority(os.PRIO_PROCESS, 0, BACKGROUND_NICE)
 
 
+# The files that take longest (measured with --durations, two workers on 2 cores), longest first. xdist hands
+# out whole files in collection order (the Makefile turns off its reordering by test count, which put the
+# one-test loop file last), so starting the longest ones first keeps the two workers' finishing times close.
+LONGEST_FILES_FIRST = (
+    "test_loop_browser.py", "test_tabs_feedback_browser.py", "test_journal.py", "test_training.py",
+    "test_roles_queue.py", "test_annotators_browser.py", "test_faults.py", "test_browser.py",
+    "test_pipeline.py", "test_decode_weights.py", "test_app.py", "test_identity_browser.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FILES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file keeps its own order
+
+
 def pytest_runtest_setup(item):
     app_logs.new_test()
 

@@ -57,7 +57,13 @@ def label_new(page, key: str) -> list[str]:
 
 
 def vote_on_shown(page, key: str) -> list[str]:
-    """Read both answers on screen, vote with the keyboard shortcut, wait until it is saved."""
+    """Read both answers on screen, vote with the keyboard shortcut, wait until it is saved.
+
+    The vote buttons come on in the same reply as the answers, but a pane draws its messages on its own
+    tick: once, a page showed pane B's prompt without its answer yet. So wait until both panes show one."""
+    page.wait_for_function("() => ['a', 'b'].every(side => [...document.querySelectorAll("
+                           "`#arena-${side} .message.bot, #arena-${side} [data-testid='bot']`)]"
+                           ".some(e => e.innerText.trim().length > 0))", timeout=30_000)
     shown = answers(page)
     page.keyboard.press(key)
     wait_text(page, "#arena-reveal", "Vote saved")

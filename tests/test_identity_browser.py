@@ -81,7 +81,9 @@ def test_each_logged_in_user_votes_under_their_own_name(browser, login_app):
     ann = sessions["ann"][1]
     ann.reload()  # the guidelines are read on every page load
     ann.get_by_text("Labeling guidelines (read these before voting)").click()
-    wait_text(ann, "#arena-guidelines-text", "edited by bob")
+    # the page first shows the text built into it, then its load reply's: wait for the new version, since
+    # "edited by bob" was true of the old text too (under load a test read it while the reply was pending)
+    wait_text(ann, "#arena-guidelines-text", f"Version {version_of(GUIDELINES)}, edited by bob")
     assert "Prefer the answer that is correct" in ann.inner_text("#arena-guidelines-text")
     vote_once(sessions["ann"][1], "hello from ann", "1")
     vote_once(sessions["bob"][1], "hello from bob", "2")

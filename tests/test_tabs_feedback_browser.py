@@ -236,7 +236,7 @@ def test_a_cancelled_eval_says_who_when_how_far_and_what_was_kept(open_page, eva
     page.wait_for_function("""() => /running · \\d+\\/\\d+ prompts/.test(
         document.querySelector('#evals-progress').innerText)""", timeout=180_000)
     page.click("#evals-cancel")
-    wait_text(page, "#evals-progress", f"cancelled by {ADMIN} at ", timeout=90_000)
+    wait_text(page, "#evals-progress", f"evals of {REPORTED} cancelled by {ADMIN} at ", timeout=90_000)
     line = text_of(page, "#evals-progress")
     assert re.search(rf"evals of {REPORTED} cancelled by {ADMIN} at \d\d:\d\d:\d\d UTC "
                      rf"after \d+/{2 * N_PROMPTS} prompts", line), line
