@@ -20,11 +20,10 @@ $(STAMP): requirements.txt Makefile
 run: $(STAMP)
 	$(PY) app.py $(ARGS)
 
-# TEST_WORKERS=2 runs the suite on two pytest-xdist workers, a test file each at a time (a module's app and
-# browser stay with one worker), and one OpenMP thread per torch process: two torch processes with two threads
-# each on 2 cores slow each other 5-10x. About 1.4x faster on 2 cores, but under that load some browser tests
-# still race the page (a late reply overwrites what the test typed): not the default until they are fixed.
-TEST_WORKERS ?= 0
+# The suite runs on two pytest-xdist workers, a test file each at a time (a module's app and browser stay with
+# one worker; the longest files first, tests/conftest.py), with one OpenMP thread per torch process: two torch
+# processes with two threads each on 2 cores slow each other 5-10x. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 ifneq ($(TEST_WORKERS),0)
 TEST_ENV := OMP_NUM_THREADS=1
 XDIST := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder

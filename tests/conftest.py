@@ -166,11 +166,22 @@ def trained_checkpoint(tiny_model_dir, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedded_model_dir(tmp_path_factory) -> Path:
-    """The real embedded SmolLM2, converted once per test session (about 10 s)."""
+    """The real embedded SmolLM2, converted once per test run (about 10 s, 25 s beside other work).
+
+    xdist workers share the run's root temp dir, and a lock makes the second worker wait for the first's
+    conversion and reuse it instead of converting it again on the same two cores."""
+    import fcntl
+
     from models.loading import EMBEDDED, resolve_base_model
 
-    cache = Path(os.environ.get("PREFLOOP_TEST_CACHE", tmp_path_factory.mktemp("model-cache")))
-    return Path(resolve_base_model(EMBEDDED, cache))
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent  # the run's own dir: each worker's base temp dir is a folder in it
+    cache = Path(os.environ.get("PREFLOOP_TEST_CACHE", root / "model-cache"))
+    cache.mkdir(parents=True, exist_ok=True)
+    with open(cache / ".converting.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        return Path(resolve_base_model(EMBEDDED, cache))
 
 
 @pytest.fixture
