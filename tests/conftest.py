@@ -71,7 +71,29 @@ def pytest_runtest_makereport(item, call):
     report = yield
     if report.failed:
         report.sections.extend(app_logs.tails())
+        if call.when == "call":
+            report.sections.extend(screenshots_of_open_pages(item))
     return report
+
+
+def screenshots_of_open_pages(item) -> list[tuple[str, str]]:
+    """A failing browser test's open pages, saved to test-artifacts/failed/: what the page showed when a wait
+    timed out is most of the diagnosis, and a race seen once under load may not come back."""
+    browser = item.funcargs.get("browser")
+    if browser is None:
+        return []
+    folder = ROOT / "test-artifacts" / "failed"
+    folder.mkdir(parents=True, exist_ok=True)
+    saved = []
+    pages = [page for context in browser.contexts for page in context.pages if not page.is_closed()]
+    for i, page in enumerate(pages):
+        path = folder / f"{item.name[:80]}-{i}.png".replace("/", "_")
+        try:
+            page.screenshot(path=str(path), full_page=True, timeout=10_000)
+            saved.append(str(path.relative_to(ROOT)))
+        except Exception as exc:  # a crashed page: say so, and leave the test's own error as the report
+            saved.append(f"(page {i}: no screenshot: {exc.__class__.__name__})")
+    return [("screenshots of the open pages", "\n".join(saved))] if saved else []
 
 
 CHATML = (

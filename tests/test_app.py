@@ -393,10 +393,9 @@ def test_evals_table_leads_noisy_checks_with_their_paired_evidence():
 @pytest.mark.parametrize("case", ["open network", "second app", "corrupt database", "bad auth file",
                                   pytest.param("cuda without a GPU", marks=pytest.mark.skipif(
                                       __import__("torch").cuda.is_available(), reason="this machine has a GPU"))])
-def test_app_refuses_to_start_in_seconds_with_one_line(case, tmp_path):
+def test_app_refuses_to_start_with_one_line_before_loading_the_model(case, tmp_path):
     import subprocess
     import sys
-    import time
 
     from tests.conftest import ROOT
 
@@ -415,11 +414,12 @@ def test_app_refuses_to_start_in_seconds_with_one_line(case, tmp_path):
     else:
         (tmp_path / "users.txt").write_text("ann\n")
         args += ["--auth-file", str(tmp_path / "users.txt")]
-    started = time.monotonic()
     result = subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
     if holder is not None:
         holder.close()
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    assert time.monotonic() - started < 15  # refused before any model loads (the base path does not even exist)
+    # refused before the model is looked at: the base path does not exist, so a load would have been refused
+    # for that instead (a time limit here failed on a loaded machine, where importing the app took 17 s)
+    assert "never-loaded" not in result.stderr and "unknown base model" not in result.stderr, result.stderr

@@ -452,10 +452,15 @@ def train_tab(services: Services):
     # one at a time and the newest values last. As a listener per trigger, the calls of one cascade (picking
     # cpt changes the method, then the recipe, then every knob) ran side by side, and a reply to stale values
     # ("⛔ loss_type for cpt must be one of nll, dft, got 'sigmoid'") could land last and stay on the page.
+    # The page can still send a second call while the first is on its way (it marks a call as running only
+    # after gathering its inputs, asynchronously), and two calls served side by side could answer out of order
+    # (seen under load: the stale one last); one call at a time on the server answers in the order they were
+    # sent. Both handlers take milliseconds, so a few admins hardly wait on each other.
+    in_order = dict(trigger_mode="always_last", concurrency_limit=1, **private)
     gr.on([method.change, include_flagged.change, include_cut_off.change, refresh_data.click],
-          bind(start_gate, services), choices, gate, trigger_mode="always_last", **private)
+          bind(start_gate, services), choices, gate, **in_order)
     gr.on([knob.change for knob in (recipe, method, *knobs)], bind(config_summary, services),
-          [recipe, method, start_from, *knobs], summary, trigger_mode="always_last", **private)
+          [recipe, method, start_from, *knobs], summary, **in_order)
     start.click(bind(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
                 [*outputs, start, reason], **private)
     cancel.click(bind(cancel_round, services), choices, [*outputs, start, reason], **private)
