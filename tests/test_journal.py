@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -200,10 +199,9 @@ def test_votes_through_the_api_export_while_the_app_runs_and_come_back_once_afte
         client = Client(app.url, verbose=False)
         for comparison_id in ids[:3]:
             assert client.predict(comparison_id, "a", "", api_name="/arena_vote").startswith("saved")
-        started = time.monotonic()
         prompts, note = exported(data_dir, sync_dir, tmp_path / "live.jsonl")
         assert prompts == QUESTIONS[:3], note  # while the app holds the DB
-        assert "read the journal" in note and time.monotonic() - started < 30
+        assert "read the journal" in note  # instead of the DB file the app holds
     assert "journaled 4 existing rows" in app.log.read_text()  # the comparisons made before the journal
 
     lose_db(data_dir)
