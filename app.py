@@ -101,12 +101,13 @@ def build_ui(settings: Settings, services: Services) -> gr.Blocks:
             event(bind(arena.refresh_models, services), arena_models, arena_models, **private)
         for event in (demo.load, chat_page.select):
             event(bind(refresh_pickers, services), chat_models, chat_models, **private)
-        train_refresh = bind(train.start_gate, services)
-        demo.load(train_refresh, train_choices, train_gate, **private)
-        train_page.select(train_refresh, train_choices, train_gate, **private)
-        evals_refresh = bind(evals.refresh, services)
-        demo.load(evals_refresh, evals_picker, evals_outputs, **private)
-        evals_page.select(evals_refresh, evals_picker, evals_outputs, **private)
+        # these write what the tabs' own listeners write, so they join the tabs' one-at-a-time queues
+        train_refresh, train_in_order = bind(train.start_gate, services), dict(private, **train.GATE_IN_ORDER)
+        demo.load(train_refresh, train_choices, train_gate, **train_in_order)
+        train_page.select(train_refresh, train_choices, train_gate, **train_in_order)
+        evals_refresh, evals_in_order = bind(evals.refresh, services), dict(private, **evals.VIEW_IN_ORDER)
+        demo.load(evals_refresh, evals_picker, evals_outputs, **evals_in_order)
+        evals_page.select(evals_refresh, evals_picker, evals_outputs, **evals_in_order)
     # Generation handlers only feed the shared decode loop (models/scheduler.py), which batches
     # them, so many run at once; page refreshes are short and thread-safe (the store serialises
     # writes itself) and set concurrency_limit=None, so only gradio's thread pool bounds them. Votes

@@ -317,12 +317,21 @@ def refresh(services: Services, round_id: str | None, request: gr.Request = None
         return (gr.skip(), checks_table(None), "", "", "", *trend_view(None),
                 *win_rates(None), overrides_frame(None))
     choices = [c.round_id for c in reversed(services.checkpoints())]
+    # The picker's value is set only when it has none that exists: this reply may have been asked for before the
+    # user picked (the tab select's, a timer tick's), and setting the value it was sent put the old pick back.
+    picker = gr.update(choices=choices) if round_id in choices else \
+        gr.update(choices=choices, value=choices[0] if choices else None)
     round_id = round_id if round_id in choices else (choices[0] if choices else None)
     board, pair_rows = win_rates(services)
-    return (gr.update(choices=choices, value=round_id), *show_checkpoint(services, round_id, request),
+    return (picker, *show_checkpoint(services, round_id, request),
             *trend_view(services), board, pair_rows, overrides_frame(services))
 
 
+# One call at a time, in the order the pages sent them, for every listener that writes the checkpoint view
+# (this tab's, and the page load's and tab select's in app.py): a reply computed for the checkpoint picked
+# before never lands after the one for the checkpoint picked now (seen under load: the first timer tick's
+# reply showed the newest checkpoint over the one just picked). Each call is a few reads of small files.
+VIEW_IN_ORDER = dict(concurrency_id="evals-view", concurrency_limit=1)
 VIEW_SIZE = 10  # what refresh returns: picker, table, notes, examples, gate, trend, its note, board, pairwise, overrides
 
 
@@ -362,7 +371,7 @@ def evals_tab(services: Services):
     seen = gr.State(None)  # the eval job and progress line this page last showed
     timer = gr.Timer(2.0)
 
-    private = dict(api_visibility="private")
+    private = dict(api_visibility="private", **VIEW_IN_ORDER)
     outputs = [picker, table, notes, examples, gate, trend, trend_note, board, pairwise, overrides]
     assert len(outputs) == VIEW_SIZE
     refresh_button.click(bind(refresh, services), picker, outputs, **private)

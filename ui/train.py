@@ -153,6 +153,12 @@ def gate_note(reason: str | None) -> str:
     return "" if reason is None else f"⛔ **Cannot start:** {reason}"
 
 
+# One call at a time, in the order the pages sent them, for every listener that writes the start gate (the data
+# summary, the lint, the Start button and why not): a reply computed from older inputs never lands after a newer
+# one. Each call takes milliseconds, so the admins' pages hardly wait on each other.
+GATE_IN_ORDER = dict(concurrency_id="train-gate", concurrency_limit=1)
+
+
 def start_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False,
                request: gr.Request = None):
     """The data summary, the lint table, the Start button (enabled only when a round can start) and why not."""
@@ -453,20 +459,22 @@ def train_tab(services: Services):
     # cpt changes the method, then the recipe, then every knob) ran side by side, and a reply to stale values
     # ("⛔ loss_type for cpt must be one of nll, dft, got 'sigmoid'") could land last and stay on the page.
     # The page can still send a second call while the first is on its way (it marks a call as running only
-    # after gathering its inputs, asynchronously), and two calls served side by side could answer out of order
-    # (seen under load: the stale one last); one call at a time on the server answers in the order they were
-    # sent. Both handlers take milliseconds, so a few admins hardly wait on each other.
-    in_order = dict(trigger_mode="always_last", concurrency_limit=1, **private)
+    # after gathering its inputs, asynchronously), and two calls served side by side can answer out of order
+    # (under load the summary once never showed the picked recipe, most likely so); one call at a time on the
+    # server answers in the order they were sent. Both take milliseconds: a few admins hardly wait on each other.
+    # The same holds across listeners: every one that writes the gate (this tab's, and the page load's and tab
+    # select's in app.py) is one queue of its own, GATE_IN_ORDER. Under load the tab select's reply, sent
+    # with method dpo, landed after the reply to picking cpt: the page showed "A DPO round would train on 0 rows".
     gr.on([method.change, include_flagged.change, include_cut_off.change, refresh_data.click],
-          bind(start_gate, services), choices, gate, **in_order)
+          bind(start_gate, services), choices, gate, trigger_mode="always_last", **GATE_IN_ORDER, **private)
     gr.on([knob.change for knob in (recipe, method, *knobs)], bind(config_summary, services),
-          [recipe, method, start_from, *knobs], summary, **in_order)
+          [recipe, method, start_from, *knobs], summary, trigger_mode="always_last", concurrency_limit=1, **private)
     start.click(bind(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
-                [*outputs, start, reason], **private)
-    cancel.click(bind(cancel_round, services), choices, [*outputs, start, reason], **private)
-    timer.tick(bind(status_and_gate, services), choices, [*outputs, start, reason], **private)
+                [*outputs, start, reason], **GATE_IN_ORDER, **private)
+    cancel.click(bind(cancel_round, services), choices, [*outputs, start, reason], **GATE_IN_ORDER, **private)
+    timer.tick(bind(status_and_gate, services), choices, [*outputs, start, reason], **GATE_IN_ORDER, **private)
     refresh_history.click(bind(past_rounds, services), None, history, **private)
     export_button.click(bind(export_data, services), [export_kind, export_format], export_file, **private)
     corpus.upload(bind(save_corpus, services), corpus, data, **private).then(
-        bind(start_gate, services), choices, gate, **private)
+        bind(start_gate, services), choices, gate, **GATE_IN_ORDER, **private)
     return choices, gate
