@@ -101,7 +101,13 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
     exported = call(ada, fns["export_data"], calls["export_data"])  # past the role check, to the data
     assert "no rows to write" in json.dumps(exported), exported
     # the Arena's sampling: what the admin generates with is what annotators get, whatever they send
-    call(ada, fns["refresh_models"], [None, None])
+    unset = call(ada, fns["refresh_models"], [None, None])["output"]["data"]
+    assert [update.get("value") for update in unset] == ["base", "r-trained"]  # unset sides: base vs the candidate
+    # a refresh sent before the admin picked (a tab select, under load) must not put the old pick back: where
+    # the page's values still exist, the reply carries the choices only, for both the Arena's and the Evals' pickers
+    kept = call(ada, fns["refresh_models"], ["base", "r-trained"])["output"]["data"]
+    assert all("value" not in update and ["r-trained", "r-trained"] in update["choices"] for update in kept), kept
+    assert "value" not in call(ada, fns["refresh"], ["r-trained"])["output"]["data"][0]
     admin_run = call(ada, fns["start"], ["admin sets the pace", {}, False, "base", "base", 0.0, 1.0, 16, 5, ""])
     assert admin_run["success"] is True, admin_run
     ann_run = call(ann, fns["start"], ["annotator asks", {}, False, None, None, 1.5, 0.5, 64, 7, "be rude"])

@@ -23,8 +23,8 @@ from models.loading import ModelLoadError
 from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
     busy_as_error, BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
-    overlap_share, refuse, save_overlap_share, save_team_arena_sampling, session_of, stop, STREAM_EVERY_S,
-    team_arena_sampling, user_error,
+    overlap_share, picker_update, refuse, save_overlap_share, save_team_arena_sampling, session_of, stop,
+    STREAM_EVERY_S, team_arena_sampling, user_error,
 )
 
 CHOICES = {"a": "A is better", "b": "B is better", "tie": "Tie", "both_bad": "Both bad"}
@@ -372,9 +372,9 @@ def refresh_models(services, model_x, model_y, request: gr.Request = None):
         return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
     choices = services.model_choices()
     base, candidate = default_pair(services)
-    model_x = model_x if model_x in choices else base
-    model_y = model_y if model_y in choices and model_y != BASE_CHOICE else candidate
-    return gr.update(choices=choices, value=model_x), gr.update(choices=choices, value=model_y)
+    x = model_x if model_x in choices else base
+    y = model_y if model_y in choices and model_y != BASE_CHOICE else candidate
+    return picker_update(choices, model_x, x), picker_update(choices, model_y, y)
 
 
 def team_sampling_for(services, request: gr.Request = None):

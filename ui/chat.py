@@ -15,7 +15,7 @@ from evals import retrieval
 from models.loading import ModelLoadError
 from ui.services import (
     annotator_of, busy_as_error, BASE_CHOICE, Services, bind, check_context, check_prompt, for_display, sampling, sampling_controls, session_of, stop,
-    STREAM_EVERY_S, user_error,
+    picker_update, STREAM_EVERY_S, user_error,
 )
 
 
@@ -163,11 +163,8 @@ def refresh_pickers(services: Services, model_left: str, model_right: str, reque
     if services.role_of(request) == "annotator":  # model names are for reviewers: the Arena is blind
         return gr.update(choices=[], value=None), gr.update(choices=[], value=None)
     choices = services.model_choices()
-    keep = lambda value, default: value if value in choices else default  # noqa: E731
-    return (
-        gr.update(choices=choices, value=keep(model_left, BASE_CHOICE)),
-        gr.update(choices=choices, value=keep(model_right, choices[1] if len(choices) > 1 else BASE_CHOICE)),
-    )
+    keep = lambda value, default: picker_update(choices, value, value if value in choices else default)  # noqa: E731
+    return keep(model_left, BASE_CHOICE), keep(model_right, choices[1] if len(choices) > 1 else BASE_CHOICE)
 
 
 def chat_tab(services: Services) -> None:

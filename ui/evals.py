@@ -12,7 +12,7 @@ import pandas as pd
 from evals import winrate
 from evals.report import BASELINES
 from pipeline import JobBusy
-from ui.services import Services, bind, described, inline_html, progress_bar, refuse, user_error
+from ui.services import Services, bind, described, inline_html, picker_update, progress_bar, refuse, user_error
 
 CHECK_COLUMNS = ["check", "flag", "base", "candidate", "note"]
 
@@ -317,13 +317,9 @@ def refresh(services: Services, round_id: str | None, request: gr.Request = None
         return (gr.skip(), checks_table(None), "", "", "", *trend_view(None),
                 *win_rates(None), overrides_frame(None))
     choices = [c.round_id for c in reversed(services.checkpoints())]
-    # The picker's value is set only when it has none that exists: this reply may have been asked for before the
-    # user picked (the tab select's, a timer tick's), and setting the value it was sent put the old pick back.
-    picker = gr.update(choices=choices) if round_id in choices else \
-        gr.update(choices=choices, value=choices[0] if choices else None)
-    round_id = round_id if round_id in choices else (choices[0] if choices else None)
+    sent, round_id = round_id, round_id if round_id in choices else (choices[0] if choices else None)
     board, pair_rows = win_rates(services)
-    return (picker, *show_checkpoint(services, round_id, request),
+    return (picker_update(choices, sent, round_id), *show_checkpoint(services, round_id, request),
             *trend_view(services), board, pair_rows, overrides_frame(services))
 
 

@@ -213,6 +213,13 @@ def for_display(history: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------- who is asking
 
+def picker_update(choices: list, sent, value):
+    """A model or checkpoint picker's new choices, and its value only where it differs from the one the request
+    carried. A refresh may have been asked for before the user picked (a tab select, a timer tick); a reply that
+    set the value it was sent landed after the pick under load and put the old pick back."""
+    return gr.update(choices=choices) if value == sent else gr.update(choices=choices, value=value)
+
+
 def bind(handler, *bound):
     """`handler` with its first arguments filled in (the services, a vote's choice), as a function
     gradio can read. functools.partial hides the signature, so gradio never passed `gr.Request` and
