@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"  # screenshots the tests take (git ignores it)
 sys.path.insert(0, str(ROOT))
 from tests import app_logs  # noqa: E402
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -85,7 +86,7 @@ def screenshots_of_open_pages(item) -> list[tuple[str, str]]:
     browser = item.funcargs.get("browser")
     if browser is None:
         return []
-    folder = ROOT / "test-artifacts" / "failed"
+    folder = ARTIFACTS / "failed"
     folder.mkdir(parents=True, exist_ok=True)
     saved = []
     pages = [page for context in browser.contexts for page in context.pages if not page.is_closed()]

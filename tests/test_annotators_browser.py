@@ -12,7 +12,7 @@ import pytest
 
 from labeling.store import Store
 from labeling.users import add_user
-from tests.test_browser import ARTIFACTS, CHROMIUM, browser, serving_app  # noqa: F401 (fixture)
+from tests.test_browser import ARTIFACTS, CHROMIUM, bot_selector, browser, serving_app  # noqa: F401 (fixture)
 from tests.test_identity_browser import log_in as identity_log_in
 from tests.test_loop_browser import wait_text
 
@@ -61,9 +61,9 @@ def vote_on_shown(page, key: str) -> list[str]:
 
     The vote buttons come on in the same reply as the answers, but a pane draws its messages on its own
     tick: once, a page showed pane B's prompt without its answer yet. So wait until both panes show one."""
-    page.wait_for_function("() => ['a', 'b'].every(side => [...document.querySelectorAll("
-                           "`#arena-${side} .message.bot, #arena-${side} [data-testid='bot']`)]"
-                           ".some(e => e.innerText.trim().length > 0))", timeout=30_000)
+    page.wait_for_function("sels => sels.every(sel => [...document.querySelectorAll(sel)]"
+                           ".some(e => e.innerText.trim().length > 0))",
+                           arg=[bot_selector("arena-a"), bot_selector("arena-b")], timeout=30_000)
     shown = answers(page)
     page.keyboard.press(key)
     wait_text(page, "#arena-reveal", "Vote saved")

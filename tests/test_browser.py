@@ -22,10 +22,9 @@ import pytest
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from tests import app_logs
-from tests.conftest import ROOT
+from tests.conftest import ARTIFACTS, ROOT
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = ROOT / "test-artifacts"
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="Debian chromium is not installed (.ci/run installs it)"),
@@ -115,10 +114,13 @@ def wait_until_loaded(page) -> None:
                            timeout=60_000)
 
 
+def bot_selector(pane: str) -> str:
+    """The CSS selector of a chatbot pane's answers (gradio 6 marks them either way)."""
+    return f"#{pane} .message.bot, #{pane} [data-testid='bot']"
+
+
 def bot_text(page, pane: str) -> str:
-    return page.eval_on_selector_all(
-        f"#{pane} .message.bot, #{pane} [data-testid='bot']", "els => els.map(e => e.innerText).join('\\n')"
-    )
+    return page.eval_on_selector_all(bot_selector(pane), "els => els.map(e => e.innerText).join('\\n')")
 
 
 def set_greedy(page, prefix: str) -> None:

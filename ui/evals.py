@@ -367,13 +367,13 @@ def evals_tab(services: Services):
     seen = gr.State(None)  # the eval job and progress line this page last showed
     timer = gr.Timer(2.0)
 
-    private = dict(api_visibility="private", **VIEW_IN_ORDER)
+    in_order = dict(api_visibility="private", **VIEW_IN_ORDER)
     outputs = [picker, table, notes, examples, gate, trend, trend_note, board, pairwise, overrides]
     assert len(outputs) == VIEW_SIZE
-    refresh_button.click(bind(refresh, services), picker, outputs, **private)
-    picker.change(bind(show_checkpoint, services), picker, [table, notes, examples, gate], **private)
-    promote_button.click(bind(promote, services), [picker, reason], [gate, reason, overrides], **private)
-    rerun.click(bind(run_evals, services), [picker, baseline, with_retrieval], [gate, progress], **private)
-    cancel.click(bind(cancel_evals, services), picker, [gate, progress], **private)
-    timer.tick(bind(watch, services), [picker, seen], [progress, seen, *outputs], **private)
+    refresh_button.click(bind(refresh, services), picker, outputs, **in_order)
+    picker.change(bind(show_checkpoint, services), picker, [table, notes, examples, gate], **in_order)
+    promote_button.click(bind(promote, services), [picker, reason], [gate, reason, overrides], **in_order)
+    rerun.click(bind(run_evals, services), [picker, baseline, with_retrieval], [gate, progress], **in_order)
+    cancel.click(bind(cancel_evals, services), picker, [gate, progress], **in_order)
+    timer.tick(bind(watch, services), [picker, seen], [progress, seen, *outputs], **in_order)
     return picker, outputs

@@ -155,7 +155,9 @@ def gate_note(reason: str | None) -> str:
 
 # One call at a time, in the order the pages sent them, for every listener that writes the start gate (the data
 # summary, the lint, the Start button and why not): a reply computed from older inputs never lands after a newer
-# one. Each call takes milliseconds, so the admins' pages hardly wait on each other.
+# one (seen under load: the tab select's reply, sent with method dpo, landed after the one for picking cpt). The
+# page can still send a call before its previous one is under way: it marks a call as running only after
+# gathering its inputs, asynchronously. Each call takes milliseconds, so admins' pages hardly wait on each other.
 GATE_IN_ORDER = dict(concurrency_id="train-gate", concurrency_limit=1)
 
 
@@ -454,17 +456,11 @@ def train_tab(services: Services):
     recipe.change(recipe_values, recipe, [method, *knobs], **private)
     # switching method by hand loads that method's recipe (a DPO loss type would be refused for SFT)
     method.input(default_recipe, method, recipe, **private)
-    # One listener per output, whatever triggers it, with trigger_mode="always_last": the page runs its calls
-    # one at a time and the newest values last. As a listener per trigger, the calls of one cascade (picking
-    # cpt changes the method, then the recipe, then every knob) ran side by side, and a reply to stale values
-    # ("⛔ loss_type for cpt must be one of nll, dft, got 'sigmoid'") could land last and stay on the page.
-    # The page can still send a second call while the first is on its way (it marks a call as running only
-    # after gathering its inputs, asynchronously), and two calls served side by side can answer out of order
-    # (under load the summary once never showed the picked recipe, most likely so); one call at a time on the
-    # server answers in the order they were sent. Both take milliseconds: a few admins hardly wait on each other.
-    # The same holds across listeners: every one that writes the gate (this tab's, and the page load's and tab
-    # select's in app.py) is one queue of its own, GATE_IN_ORDER. Under load the tab select's reply, sent
-    # with method dpo, landed after the reply to picking cpt: the page showed "A DPO round would train on 0 rows".
+    # One listener per output, whatever triggers it: picking cpt changes the method, then the recipe, then every
+    # knob, and as a listener per trigger their calls ran side by side and a reply to stale values ("⛔ loss_type
+    # for cpt must be one of nll, dft, got 'sigmoid'") could land last. trigger_mode="always_last" has the page
+    # send them one after another; one call at a time on the server (GATE_IN_ORDER for the gate, which the page
+    # load and tab select in app.py share) answers any that still overlap in the order they were sent.
     gr.on([method.change, include_flagged.change, include_cut_off.change, refresh_data.click],
           bind(start_gate, services), choices, gate, trigger_mode="always_last", **GATE_IN_ORDER, **private)
     gr.on([knob.change for knob in (recipe, method, *knobs)], bind(config_summary, services),
