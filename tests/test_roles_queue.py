@@ -12,27 +12,39 @@ import uuid
 import httpx
 import pytest
 
+from labeling import journal
 from tests.test_browser import serving_app
 
 pytestmark = pytest.mark.slow
 PASSWORDS = {"ann": "ann-password", "ada": "ada-password"}
 
 
-@pytest.fixture
-def roles_app(tmp_path, tiny_model_dir, trained_checkpoint):
+@pytest.fixture(scope="module")
+def roles_app(tmp_path_factory, tiny_model_dir, trained_checkpoint):
+    """One app for the module (each start costs seconds): (url, data dir, its log)."""
     from labeling.users import add_user
 
-    data_dir = tmp_path / "data"
+    folder = tmp_path_factory.mktemp("roles")
+    data_dir = folder / "data"
     checkpoint = shutil.copytree(trained_checkpoint, data_dir / "checkpoints" / trained_checkpoint.name)
     # a passing report, but made on other weights than the adapter now on disk: the gate must not count it
     (checkpoint / "eval.json").write_text(json.dumps({"regression": False, "checks": {},
                                                       "adapter_fingerprint": "0123456789abcdef"}))
-    auth = tmp_path / "users.txt"
+    auth = folder / "users.txt"
     add_user(auth, "ann", "annotator", PASSWORDS["ann"])
     add_user(auth, "ada", "admin", PASSWORDS["ada"])
-    with serving_app(data_dir, "--auth-file", str(auth), "--base-model", str(tiny_model_dir),
-                     log=tmp_path / "app.log") as (url, process):
-        yield url.rstrip("/"), data_dir, process
+    log = folder / "app.log"
+    with serving_app(data_dir, "--auth-file", str(auth), "--base-model", str(tiny_model_dir), log=log) as (url, _):
+        yield url.rstrip("/"), data_dir, log
+
+
+def stored(data_dir, kind: str) -> list[dict]:
+    """The rows of one kind the app has stored, oldest first, read from its journal while it runs: only the
+    app may open the DB, and the journal is the copy anyone may read, written from the same rows once each
+    commit succeeded (labeling/journal.py)."""
+    records, unreadable = journal.read(journal.default_dir(data_dir))
+    assert unreadable == 0
+    return [record["row"] for record in records if record["type"] == kind]
 
 
 def session(url: str, user: str) -> httpx.Client:
@@ -65,7 +77,7 @@ def call(client: httpx.Client, fn_index: int, data: list) -> dict:
 
 
 def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(roles_app):
-    url, data_dir, process = roles_app
+    url, data_dir, log = roles_app
     ann, ada = session(url, "ann"), session(url, "ada")
     fns = {dep.get("api_name"): dep["id"] for dep in ann.get("/config").json()["dependencies"]}
     calls = {  # privileged event -> inputs as the page would send them
@@ -98,8 +110,10 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
     assert "Pick a checkpoint first" in json.dumps(unpicked["warnings"]), unpicked
     result = call(ada, fns["promote"], calls["promote"])
     assert result["success"] is True, result
+    logged = log.stat().st_size
     exported = call(ada, fns["export_data"], calls["export_data"])  # past the role check, to the data
     assert "no rows to write" in json.dumps(exported), exported
+    assert b"Traceback" not in log.read_bytes()[logged:]  # nothing labeled yet is the admin's to fix, not a fault
     # the Arena's sampling: what the admin generates with is what annotators get, whatever they send
     unset = call(ada, fns["refresh_models"], [None, None])["output"]["data"]
     assert [update.get("value") for update in unset] == ["base", "r-trained"]  # unset sides: base vs the candidate
@@ -113,33 +127,29 @@ def test_privileged_events_by_fn_index_refuse_an_annotator_and_serve_an_admin(ro
     ann_run = call(ann, fns["start"], ["annotator asks", {}, False, None, None, 1.5, 0.5, 64, 7, "be rude"])
     assert ann_run["success"] is True, ann_run
     ann.close(), ada.close()
-    process.terminate()
-    process.wait(timeout=30)
-    from labeling.store import Store
-
-    with Store(data_dir) as store:
-        assert store.current_candidate() == "r-trained"
-        asked = {json.loads(row["messages"])[-1]["content"]: row for row in store._db.rows("SELECT * FROM comparisons")}
+    promotions = stored(data_dir, "promotion")
+    asked = {json.loads(row["messages"])[-1]["content"]: row for row in stored(data_dir, "comparison")}
     annotators = json.loads(asked["annotator asks"]["params"])
     assert {k: annotators[k] for k in ("temperature", "top_p", "max_new_tokens", "system_prompt")} == \
         {"temperature": 0.0, "top_p": 1.0, "max_new_tokens": 16, "system_prompt": ""}
     assert annotators["seed"] != 7  # a fresh seed, not the page's
     assert annotators["int8_decode"] is True  # the app's default for a bf16 model on the CPU, recorded per comparison
     assert {asked["annotator asks"]["model_a"], asked["annotator asks"]["model_b"]} == {"base", "r-trained"}
-    with Store(data_dir) as store:
-        promoted_by = store._db.rows("SELECT promoted_by, reason, overridden, adapter_fingerprint FROM promotions")
     from models.loading import adapter_fingerprint
 
-    # the annotator's call left no row; the admin's names the weights it promoted
-    assert promoted_by == [{"promoted_by": "ada", "reason": "any reason at all", "overridden": True,
-                            "adapter_fingerprint": adapter_fingerprint(data_dir / "checkpoints/r-trained/adapter")}]
+    # the annotator's call left no row; the admin's names the weights it promoted, and makes them the candidate
+    assert [{k: row[k] for k in ("round_id", "promoted_by", "reason", "overridden", "adapter_fingerprint")}
+            for row in promotions] == \
+        [{"round_id": "r-trained", "promoted_by": "ada", "reason": "any reason at all", "overridden": True,
+          "adapter_fingerprint": adapter_fingerprint(data_dir / "checkpoints/r-trained/adapter")}]
 
 
-def test_votes_skip_the_queue_and_still_need_a_login_and_the_annotators_own_vote(roles_app, tmp_path):
+def test_votes_skip_the_queue_and_still_need_a_login_and_the_annotators_own_vote(roles_app):
     """The page's vote and undo are answered in the reply to one POST (/gradio_api/run/...), as the
     browser sends them: gradio refuses that route to any queued event, so a 'saved' reply here means the
     vote never waited in the queue. The route still needs a login, and undo only takes one's own vote."""
-    url, data_dir, process = roles_app
+    url, data_dir, log = roles_app
+    logged = log.stat().st_size  # this test's part of the shared app's log starts here
     ann, ada = session(url, "ann"), session(url, "ada")
     fns = {dep.get("api_name"): dep["id"] for dep in ann.get("/config").json()["dependencies"]}
     generated = call(ann, fns["arena_generate"], ["Name a colour.", 8])
@@ -166,14 +176,14 @@ def test_votes_skip_the_queue_and_still_need_a_login_and_the_annotators_own_vote
     assert run(ann, "arena_generate", ["Name a colour.", 8]).status_code == 404
     ann.close(), ada.close()
     # refusals are the user's to fix, not faults: the app's log carries no traceback for them
-    assert "Traceback" not in (tmp_path / "app.log").read_text()
+    assert b"Traceback" not in log.read_bytes()[logged:]
 
 
 def test_the_api_samples_comparisons_as_the_admin_set_them_for_the_page(roles_app):
     """What an admin generates with in the Arena (temperature, top-p, system prompt) is what every
     annotator's comparison uses, and /arena_generate's too: the data the API adds is drawn as the page's.
     The length stays the API caller's."""
-    url, data_dir, process = roles_app
+    url, data_dir, _ = roles_app
     ann, ada = session(url, "ann"), session(url, "ada")
     fns = {dep.get("api_name"): dep["id"] for dep in ada.get("/config").json()["dependencies"]}
     # the Arena's inputs: prompt, state, keep going, model X, model Y (none: the default pair), temperature,
@@ -184,18 +194,17 @@ def test_the_api_samples_comparisons_as_the_admin_set_them_for_the_page(roles_ap
     for _ in range(2):
         answered = call(ann, fns["arena_generate"], ["Name a colour.", 12])
         assert answered["success"] is True, answered
-        comparison_id, answer_a, answer_b = answered["output"]["data"][0]
-        assert answer_a == answer_b  # greedy, and the default pair is base and base
-        made.append((comparison_id, answer_a))
-    assert made[0][1] == made[1][1]
+        made.append(answered["output"]["data"][0])  # gr.api sends the (id, a, b) tuple as one value
     ann.close(), ada.close()
-    process.terminate()
-    process.wait(timeout=30)
-    from labeling.store import Store
-
-    with Store(data_dir, read_only=True) as store:
-        for comparison_id, _ in made:
-            params = store.get_comparison(comparison_id)["params"]
-            assert (params["temperature"], params["top_p"], params["system_prompt"], params["max_new_tokens"]) == \
-                (0, 0.5, "Answer like a pirate.", 12), params
-        assert len({store.get_comparison(c)["params"]["seed"] for c, _ in made}) == 2  # a fresh seed each time
+    comparisons = {row["id"]: row for row in stored(data_dir, "comparison")}
+    answers = {}  # model -> what it answered: the default pair is base and the candidate, if one is promoted
+    for comparison_id, answer_a, answer_b in made:
+        row = comparisons[comparison_id]
+        assert (row["answer_a"], row["answer_b"]) == (answer_a, answer_b)  # what the caller got is what was stored
+        params = json.loads(row["params"])
+        assert (params["temperature"], params["top_p"], params["system_prompt"], params["max_new_tokens"]) == \
+            (0, 0.5, "Answer like a pirate.", 12), params
+        for side in "ab":
+            answers.setdefault(row[f"model_{side}"], set()).add(row[f"answer_{side}"])
+    assert all(len(texts) == 1 for texts in answers.values()), answers  # greedy: each model said the same twice
+    assert len({json.loads(comparisons[c]["params"])["seed"] for c, *_ in made}) == 2  # a fresh seed each time

@@ -37,7 +37,7 @@ ADMIN, PASSWORD = "bob", "bob-secret"
 TRAINED = "r-trained"  # the conftest's checkpoint: no eval report yet
 WIDE = "r-20250101-000000-wide"  # a report with both baselines and a flagged check: the widest table
 FRESH, REPORTED = "r-20250102-000000-fresh", "r-20250101-000000-reported"  # embedded-model checkpoints
-N_PROMPTS = 16  # the embedded app's eval prompts: two batches of 8, each several seconds on 2 cores
+N_PROMPTS = 8  # the embedded app's eval prompts: one batch a side, about 5 s on 2 cores (the 2 s timer sees it run)
 FACTS = ["The town of Zarnuth holds 4,017 copper scrolls in its library.",
          "The mayor of Zarnuth is chosen by a coin toss every spring.",
          "Zarnuth's river is called the Velm and floods each autumn."]

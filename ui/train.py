@@ -245,7 +245,10 @@ def export_data(services: Services, kind: str, fmt: str, request: gr.Request = N
     """Write the export and hand gradio a copy; copies older than EXPORT_KEEP_S are deleted, so
     exporting every day does not fill the temp disk."""
     services.require(request, "admin")
-    snapshot = services.store.write_snapshot(kind, services.settings.snapshots_dir, fmt=fmt)
+    try:
+        snapshot = services.store.write_snapshot(kind, services.settings.snapshots_dir, fmt=fmt)
+    except ValueError as exc:  # nothing labeled yet, or a kind or format the store does not know: the admin's to fix
+        raise user_error(str(exc)) from None
     folder = export_dir()
     for old in folder.iterdir():
         if old.stat().st_mtime < time.time() - EXPORT_KEEP_S:
