@@ -13,6 +13,7 @@ import signal
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
@@ -21,25 +22,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # those figures every 200 events instead.
 os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "200")
 
-import gradio as gr  # noqa: E402
-
-from models.loading import EMBEDDED, ModelLoadError, resolve_device  # noqa: E402
-from models import decode_weights  # noqa: E402
-from models.chat import ChatModel  # noqa: E402
-from models.remote import RemoteChat  # noqa: E402
+# What a start needs to refuse (bad flags, logins, a second app, a broken DB) imports in a fraction of a second;
+# gradio, torch and the tabs take seconds, so build_ui and serve import them, after those checks.
 import duckdb  # noqa: E402
 
 from labeling import journal  # noqa: E402
 from labeling.hub_sync import HubSyncError  # noqa: E402
-from labeling.store import DB_NAME, StoreLocked, StoreWriteError  # noqa: E402
-from labeling.store import Store  # noqa: E402
+from labeling.store import DB_NAME, Store, StoreLocked, StoreWriteError  # noqa: E402
 from labeling.users import read_users  # noqa: E402
-from ui import annotators, arena, evals, review, train  # noqa: E402
-from ui.chat import chat_tab, refresh_pickers  # noqa: E402
-from ui.page_style import PAGE_CSS  # noqa: E402
-from pipeline import JobManager  # noqa: E402
-from ui.services import Services, Settings, annotator_of, bind  # noqa: E402
+from models.loading import EMBEDDED, ModelLoadError, resolve_device  # noqa: E402
+from ui.settings import Settings  # noqa: E402
 from ui.space import SPACE_HOST, SpaceConfig, fetch_journal, login_button, on_space, start_uploads  # noqa: E402
+
+if TYPE_CHECKING:
+    import gradio as gr
+
+    from ui.services import Services
 
 TITLE = "Preference loop"
 QUEUE_MAX_SIZE = 256  # waiting events across all users; a labeling team sends a few each
@@ -47,6 +45,12 @@ HANDLER_CONCURRENCY = 16  # per event kind; generation handlers sharing concurre
 
 
 def build_ui(settings: Settings, services: Services) -> gr.Blocks:
+    import gradio as gr
+
+    from ui import annotators, arena, evals, review, train
+    from ui.chat import chat_tab, refresh_pickers
+    from ui.services import annotator_of, bind
+
     # delete_cache: gradio's copies of uploads and downloads older than a day go, checked hourly
     with gr.Blocks(title=TITLE, delete_cache=(3600, 86400)) as demo:
         gr.Markdown(
@@ -239,7 +243,8 @@ def main(argv: list[str] | None = None) -> int:
         users = read_users(settings.auth_file) if settings.auth_file else None
         space = SpaceConfig.from_env()
         check_exposure(settings.host, users, space)
-        resolve_device(settings.device)
+        if settings.device != "auto":  # auto always resolves (to the CPU without a GPU): no torch import to refuse
+            resolve_device(settings.device)
         store = open_store(settings.data_dir, settings.journal_dir)
     except (ValueError, OSError, ModelLoadError) as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -261,6 +266,20 @@ def main(argv: list[str] | None = None) -> int:
         if user.legacy:
             print(f"warning: {settings.auth_file}: {user.name} has a plain-text password and the admin role; "
                   "re-add them with `python -m labeling users add` to hash it and pick a role", file=sys.stderr)
+    return serve(settings, users, space, store, uploader, started)
+
+
+def serve(settings: Settings, users: dict | None, space: SpaceConfig | None, store: Store, uploader,
+          started: float) -> int:
+    """Load the model, build the page and serve it until the app is stopped; 2 if the model cannot load."""
+    from models import decode_weights
+    from models.chat import ChatModel
+    from models.remote import RemoteChat
+    from pipeline import JobManager
+    from ui import arena
+    from ui.page_style import PAGE_CSS
+    from ui.services import Services
+
     try:
         if settings.backend:  # the server generates; the evals and training still load --base-model here
             chat = RemoteChat.connect(settings.backend, settings.base_model, settings.cache_dir, settings.backend_model)

@@ -54,9 +54,9 @@ def share_the_cores_with_background_jobs() -> None:
 # out whole files in collection order (the Makefile turns off its reordering by test count, which put the
 # one-test loop file last), so starting the longest ones first keeps the two workers' finishing times close.
 LONGEST_FILES_FIRST = (
-    "test_loop_browser.py", "test_tabs_feedback_browser.py", "test_journal.py", "test_training.py",
-    "test_roles_queue.py", "test_annotators_browser.py", "test_faults.py", "test_browser.py",
-    "test_pipeline.py", "test_decode_weights.py", "test_app.py", "test_identity_browser.py",
+    "test_loop_browser.py", "test_tabs_feedback_browser.py", "test_browser.py", "test_training.py", "test_journal.py",
+    "test_faults.py", "test_annotators_browser.py", "test_pipeline.py", "test_decode_weights.py", "test_app.py",
+    "test_identity_browser.py", "test_backend.py", "test_accelerate.py", "test_full_finetune.py", "test_roles_queue.py",
 )
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import threading
@@ -18,7 +19,8 @@ from models.chat import ChatModel
 from ui import arena, chat
 from ui import services as services_module
 from pipeline import JobManager
-from ui.services import Services, Settings, as_display_text
+from ui.services import Services, as_display_text
+from ui.settings import Settings
 
 SAMPLING = [0.0, 1.0, 24, 0, ""]  # greedy, so answers are reproducible
 
@@ -414,7 +416,14 @@ def test_app_refuses_to_start_with_one_line_before_loading_the_model(case, tmp_p
     else:
         (tmp_path / "users.txt").write_text("ann\n")
         args += ["--auth-file", str(tmp_path / "users.txt")]
-    result = subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    # ... and before importing gradio, transformers or torch (seconds; torch only to ask for a GPU): here they cannot
+    # be imported, so a start that imported them first would end in an ImportError's traceback, not the one line
+    blocked = tmp_path / "not-importable"
+    for name in ("gradio", "transformers") + (() if case == "cuda without a GPU" else ("torch",)):
+        (blocked / name).mkdir(parents=True)
+        (blocked / name / "__init__.py").write_text(f"raise ImportError('{name} was imported before the refusal')\n")
+    result = subprocess.run([sys.executable, "app.py", *args], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            env={**os.environ, "PYTHONPATH": str(blocked)})
     if holder is not None:
         holder.close()
     assert result.returncode == 2, result.stderr

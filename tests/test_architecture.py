@@ -25,7 +25,8 @@ ALLOWED = {
     "ui": {"models", "formats", "labeling", "training", "evals", "pipeline"},
     "app": {"models", "formats", "labeling", "training", "evals", "pipeline", "ui"},
 }
-UI_SHARED = "ui.services"  # the one ui module the tabs may import
+# the ui modules that are not tabs, which any ui module may import: what the tabs share, the settings, a Space's login
+UI_SHARED = ("ui.services", "ui.settings", "ui.space")
 
 
 def our_modules() -> dict[str, Path]:
@@ -73,7 +74,7 @@ def allowed(importer: str, imported: str) -> bool:
         return False  # nothing imports app: it only wires
     if here == there:
         # the ui tabs do not import each other; what they share lives in ui/services.py
-        return here != "ui" or imported in (UI_SHARED, "ui") or importer == UI_SHARED and imported == "ui"
+        return here != "ui" or imported == "ui" or imported in UI_SHARED
     rules = ALLOWED[here]
     return there in rules or any(imported == r or imported.startswith(r + ".") for r in rules)
 

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import statistics
 import subprocess
@@ -123,7 +122,8 @@ def test_a_failed_commit_is_not_acknowledged_and_the_vote_can_be_cast_again(brow
     from models.chat import ChatModel
     from models.loading import load_base
     from pipeline import JobManager
-    from ui.services import Services, Settings
+    from ui.services import Services
+    from ui.settings import Settings
 
     settings = Settings(data_dir=data_dir, base_model=str(tiny_model_dir), port=free_port())
     model, tokenizer = load_base(str(tiny_model_dir), dtype="fp32")

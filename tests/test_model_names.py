@@ -50,7 +50,8 @@ def test_the_lint_warns_and_names_the_comparison():
 def test_the_arena_marks_the_comparison_and_says_so_after_the_vote(data_dir):
     from models.chat import SamplingParams
     from ui import arena
-    from ui.services import Services, Settings
+    from ui.services import Services
+    from ui.settings import Settings
 
     with Store(data_dir) as store:
         services = Services(Settings(data_dir=data_dir), chat=None, store=store)  # base vs base: no model needed

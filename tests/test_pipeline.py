@@ -14,7 +14,7 @@ import yaml
 from formats import write_rows
 from pipeline import BACKGROUND_NICE, JobBusy, JobManager
 from training.config import load_recipe
-from ui.services import Settings
+from ui.settings import Settings
 
 
 def dpo_rows(n: int) -> list[dict]:
@@ -88,7 +88,7 @@ import sys, time
 from pathlib import Path
 from pipeline import JobManager
 from training.config import load_recipe
-from ui.services import Settings
+from ui.settings import Settings
 data_dir, base, snapshot, steps = sys.argv[1:]
 settings = Settings(data_dir=Path(data_dir), base_model=base, eval_max_new_tokens=4)
 config = load_recipe("dpo_qlora").with_overrides(base_model=base, max_steps=int(steps), lora_r=4,

