@@ -4,8 +4,9 @@
                   [--backend URL [--backend-model NAME]]
 """
 
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: gradio finds the handlers that take the request (who is asking) by
+# resolving their `request: gr.Request` with typing.get_type_hints in this module's globals, which hold no `gr`
+# (it is imported in build_ui). An annotation evaluated where the handler is defined is the class itself.
 import argparse
 import gc
 import os
@@ -44,7 +45,7 @@ QUEUE_MAX_SIZE = 256  # waiting events across all users; a labeling team sends a
 HANDLER_CONCURRENCY = 16  # per event kind; generation handlers sharing concurrency_id "model" count as one kind
 
 
-def build_ui(settings: Settings, services: Services) -> gr.Blocks:
+def build_ui(settings: Settings, services: "Services") -> "gr.Blocks":
     import gradio as gr
 
     from ui import annotators, arena, evals, review, train

@@ -256,6 +256,26 @@ def test_build_ui_registers_the_named_api_endpoints(services):
     assert {"arena_generate", "arena_vote"} <= names
 
 
+def test_every_handler_that_asks_who_is_asking_is_told(services):
+    """gradio hands a handler the request (the user, and so their role) only where it can resolve the parameter's
+    annotation to gr.Request. One it cannot resolve leaves the request out without an error: every user of a
+    page with logins then looked like nobody, and an admin saw the annotator's page."""
+    import inspect
+    from typing import Optional
+
+    from gradio.utils import get_type_hints
+
+    from app import build_ui
+
+    demo = build_ui(services.settings, services)
+    asking = {d.fn.__qualname__: d.fn for d in demo.fns.values()
+              if d.fn is not None and "request" in inspect.signature(d.fn).parameters}
+    assert {"build_ui.<locals>.pages_for", "build_ui.<locals>.arena_on_load", "vote"} <= set(asking), asking
+    unresolved = [name for name, fn in asking.items()
+                  if get_type_hints(fn).get("request") not in (gr.Request, Optional[gr.Request])]
+    assert not unresolved, unresolved
+
+
 def test_cli_parsing_users_file_and_roles(tmp_path):
     from app import check_exposure, login_checker, parse_args
     from labeling.users import add_user, read_users
