@@ -37,7 +37,9 @@ def annotators_frame(rows: list[dict]) -> pd.DataFrame:
 def overall(rows: list[dict], share: float) -> str:
     agree = agreement.agreement(rows)
     alpha = agree["krippendorff_alpha"]
-    return (f"**{len(rows)} votes**; **{agree['comparisons']} comparisons labeled by more than one annotator** "
+    votes, shared = len(rows), agree["comparisons"]
+    return (f"**{votes} vote{'' if votes == 1 else 's'}**; **{shared} comparison{'' if shared == 1 else 's'} labeled by "
+            "more than one annotator** "
             f"({share:.0%} of queued prompts are set to be labeled twice). Krippendorff's alpha over them: "
             f"**{'n/a (no shared comparisons yet)' if alpha is None else f'{alpha:.2f}'}**. "
             f"Position bias is flagged when the left answer's share of decisive votes has p < {agreement.BIAS_P} "
