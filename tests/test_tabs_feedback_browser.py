@@ -218,8 +218,11 @@ def test_run_evals_again_shows_progress_and_outcome_without_a_refresh(open_page,
     wait_text(page, "#evals-gate", "can be promoted" if "no regression" in outcome else "Promotion blocked")
     assert "canned_reply" in page.inner_text("#evals-table")
     assert (data_dir / "checkpoints" / FRESH / "eval.json").is_file()
-    # a second evaluated round: the plot gets it (its axis reaches round 2) and the one-round note goes
-    page.wait_for_function("() => document.querySelector('#evals-trend').innerText.split('\\n').includes('2.00')")
+    # a second evaluated round: the plot gets it (a tick per round, #1 and #2, none between) and the one-round note goes
+    page.wait_for_function("() => document.querySelector('#evals-trend').innerText.split('\\n').includes('#2')")
+    ticks = page.evaluate("() => document.querySelector('#evals-trend').innerText.split('\\n')")
+    between = [tick for tick in ticks if re.fullmatch(r"\d+\.\d+", tick) and float(tick) > 1]
+    assert "#1" in ticks and not between, ticks  # the values' axis runs 0.0-1.0: no round 1.05, 1.10, ...
     assert "One evaluated round" not in text_of(page, "#evals-trend-note")
     shot(page, "evals-finished")
 

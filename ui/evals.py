@@ -109,16 +109,22 @@ PAIRWISE_COLUMNS = ["model_a", "model_b", "n_votes", "a_wins", "b_wins", "ties",
 
 
 def trend_frame(services: Services) -> pd.DataFrame:
-    """Candidate value of every share-valued check, one point per evaluated round."""
+    """Candidate value of every share-valued check, one point per evaluated round.
+
+    The x axis is the round's number as a label ("#1", "#2", ...; "#01" once there are ten), one tick per round:
+    as a number, the plot put ticks at 1.05, 1.10, ... between two rounds. The labels are padded to one width
+    because the plot orders them as text, and the checkpoints come oldest first, so that order is the rounds'."""
+    checkpoints = services.checkpoints() if services else []
+    width = len(str(len(checkpoints)))
     points = []
-    for index, checkpoint in enumerate(services.checkpoints() if services else [], 1):
+    for index, checkpoint in enumerate(checkpoints, 1):
         for name, check in ((checkpoint.eval or {}).get("checks") or {}).items():
             if name in TREND_COLORS and isinstance(check.get("candidate"), (int, float)):
-                points.append({"round": index, "value": float(check["candidate"]), "check": name,
+                points.append({"round": f"#{index:0{width}d}", "value": float(check["candidate"]), "check": name,
                                "round_id": checkpoint.round_id})
     frame = pd.DataFrame(points, columns=["round", "value", "check", "round_id"])
-    # typed even when empty, so the plot starts with numeric axes rather than categorical ones
-    return frame.astype({"round": int, "value": float, "check": str, "round_id": str})
+    # typed even when empty, so the plot starts with a category axis for the rounds and a numeric one for the values
+    return frame.astype({"round": str, "value": float, "check": str, "round_id": str})
 
 
 def gate_text(services: Services, round_id: str | None) -> str:
