@@ -10,7 +10,7 @@ page but not generate, vote or change anything (`Services.require` refuses them)
 
 The votes outlive the Space's disk in a dataset repo: the variable PREFERENCE_DATASET_REPO names it
 and the secret HF_TOKEN (write access) reaches it; labeling/hub_sync.py does the Hub calls.
-Off a Space nothing here runs.
+Off a Space nothing here runs but `hf_username`, which finds no Hugging Face login there.
 """
 
 from __future__ import annotations
