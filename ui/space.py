@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 from labeling import journal
 from labeling.hub_sync import HubJournal, JournalUploader
 
-if TYPE_CHECKING:  # gradio itself is imported only where a button is made: app.py checks a Space's
-    import gradio as gr  # settings before the seconds gradio takes to import
+# gradio takes seconds to import, and app.py checks a Space's settings before it: login_button imports it itself
+if TYPE_CHECKING:
+    import gradio as gr
 
 ADMINS_VAR = "PREFERENCE_ADMINS"
 REVIEWERS_VAR = "PREFERENCE_REVIEWERS"
