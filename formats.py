@@ -166,6 +166,51 @@ def load_reference_file(path) -> dict[str, str]:
     return refs
 
 
+# ---- the gate's prompts stay out of training --------------------------------------------------
+# The promotion gate judges a round on a prompt set. A round that trained on those prompts is judged on
+# questions it has seen, so its figures flatter it. The Arena import and `python -m labeling import`
+# leave the gate's prompts out of the labeling queue, and the evals leave out of the gate any prompt
+# the round (or a round it continued) trained on anyway, a typed one say.
+
+GATE_PROMPTS = Path(__file__).parent / "evals" / "prompts" / "default.jsonl"  # the gate's bundled set
+
+
+def prompt_key(text: str) -> str:
+    """What two prompts are compared by: the canonical text, ignoring case and how it is spaced."""
+    return " ".join(canonical_text(text).casefold().split())
+
+
+def user_turns(row: dict) -> list[str]:
+    """The user turns of a prompt-file row ({"prompt"} or {"messages"}) or of a training row (TRL's
+    conversational `prompt` or `messages`, or a plain `prompt` string)."""
+    turns = []
+    for key in ("prompt", "messages"):
+        value = row.get(key)
+        if isinstance(value, str):
+            turns.append(value)
+        elif isinstance(value, list):
+            turns += [text_content(m.get("content")) or "" for m in value
+                      if isinstance(m, dict) and m.get("role") == "user"]
+    return [t for t in turns if t.strip()]
+
+
+def leave_out_gate_prompts(rows: list[dict], gate_rows: list[dict]) -> tuple[list[dict], list[dict]]:
+    """(rows to queue, rows left out): a row is left out when any of its user turns is a gate prompt."""
+    gate = {prompt_key(r["prompt"]) for r in gate_rows}
+    kept, left_out = [], []
+    for row in rows:
+        (left_out if any(prompt_key(t) in gate for t in user_turns(row)) else kept).append(row)
+    return kept, left_out
+
+
+def training_prompt_keys(snapshot_path) -> set[str]:
+    """prompt_key of every user turn in a JSONL training snapshot (DPO, KTO or SFT rows)."""
+    keys = set()
+    for _, record in read_records(snapshot_path):
+        keys.update(prompt_key(t) for t in user_turns(record))
+    return keys
+
+
 def canonical_jsonl(rows: list[dict]) -> bytes:
     return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode()
 

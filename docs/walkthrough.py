@@ -73,7 +73,7 @@ def walk(url: str, data_dir: Path, labels: int, timings: dict) -> None:
         page.get_by_text("Models compared (admins)").click()
         page.set_input_files("input[type=file]", str(MT_BENCH))
         page.click("#arena-import")
-        wait_text(page, "#arena-progress", "in the queue: 80")
+        wait_text(page, "#arena-progress", "in the queue: 40")
         t = step("import the MT-bench prompts", t, "import")
         page.get_by_text("Models compared (admins)").click()  # closed again: what an annotator sees
         label(page, labels)

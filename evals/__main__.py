@@ -84,6 +84,12 @@ def format_table(report: dict) -> str:
     warnings = report.get("warnings") or []  # shown, not failing (a length shift without a quality drop)
     lines += ["-" * 40, f"{report['n_prompts']} prompts; {verdict}"
               + (f"; warnings (not failing): {', '.join(warnings)}" if warnings else "")]
+    trained_on = report.get("trained_on") or {}
+    if trained_on.get("left_out"):
+        lines.append(f"left out {len(trained_on['left_out'])} eval prompts the candidate trained on "
+                     f"(ids {', '.join(trained_on['left_out'][:10])}{', ...' if len(trained_on['left_out']) > 10 else ''})")
+    for why in trained_on.get("unreadable") or []:
+        lines.append(f"could not check its training data for eval prompts: {why}")
     for name in baselines:
         about = report[name]
         what = (repr(about["system_prompt"][:40]) if "system_prompt" in about
@@ -143,6 +149,9 @@ class Progress:
         n, flagged = report["n_prompts"], report["flagged"]
         self.files.event("end", step=n, max_steps=n, elapsed_s=self._elapsed(), eta_s=0.0,
                          regression=report["regression"], flagged=flagged, report=str(out))
+        left_out = (report.get("trained_on") or {}).get("left_out")
+        if left_out:
+            self.files.say(f"left out {len(left_out)} eval prompts the candidate trained on; the gate judged {n}")
         self.files.say(("REGRESSION: " + ", ".join(flagged) if flagged else "no regression") + f"; report {out}")
         self.files.status("done")
 

@@ -20,9 +20,11 @@ from evals import comparisons, retrieval
 from evals.config import (
     DEFAULT_BATCH_SIZE, DEFAULT_DTYPE, DEFAULT_MAX_NEW_TOKENS, DEFAULT_THRESHOLDS, Thresholds,
 )
-from formats import PromptFileError, load_prompt_file, load_reference_file
+from formats import (
+    GATE_PROMPTS, PromptFileError, load_prompt_file, load_reference_file, prompt_key, training_prompt_keys,
+)
 
-DEFAULT_PROMPTS = Path(__file__).parent / "prompts" / "default.jsonl"
+DEFAULT_PROMPTS = GATE_PROMPTS
 DEFAULT_CACHE_DIR = Path("data") / "cache" / "models"
 CANDIDATE = "candidate"  # adapter name prefix of the checkpoint under test
 
@@ -51,6 +53,42 @@ def load_references(path: Path | str) -> dict[str, str]:
 
 def attach_references(rows: list[dict], refs: dict[str, str]) -> list[dict]:
     return [{**r, "reference": refs.get(r["id"]) or refs.get(r["prompt"]) or r.get("reference")} for r in rows]
+
+
+def training_data_of(candidate_dir: Path) -> dict:
+    """What the candidate trained on, from the round.json beside it and those of the rounds it continued
+    (init_adapter): {"keys": prompt_key of every user turn, "snapshots": the files read, "unreadable": why
+    a round's data could not be read}. A candidate without a round.json (an adapter from elsewhere) has none."""
+    keys, snapshots, unreadable, seen = set(), [], [], set()
+    round_file = candidate_dir.parent / "round.json"
+    while round_file.is_file() and round_file.resolve() not in seen:
+        seen.add(round_file.resolve())
+        try:
+            info = json.loads(round_file.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            unreadable.append(f"{round_file}: {exc}")
+            break
+        snapshot = (info.get("snapshot") or {}).get("path")
+        if snapshot and info.get("method") != "cpt":  # a CPT corpus is text, not prompts
+            try:
+                keys |= training_prompt_keys(snapshot)
+                snapshots.append(snapshot)
+            except (PromptFileError, OSError) as exc:
+                unreadable.append(str(exc))
+        init = (info.get("init_adapter") or {}).get("path")
+        round_file = Path(init).parent / "round.json" if init else Path()
+    return {"keys": keys, "snapshots": snapshots, "unreadable": unreadable}
+
+
+def leave_out_trained(rows: list[dict], trained: dict) -> tuple[list[dict], dict]:
+    """(the rows the gate evaluates, what the report says of the rest): a prompt the candidate trained on
+    would judge it on a question it has seen, so it is left out of every check."""
+    kept = [r for r in rows if prompt_key(r["prompt"]) not in trained["keys"]]
+    left_out = [r["id"] for r in rows if prompt_key(r["prompt"]) in trained["keys"]]
+    if not kept:
+        raise EvalInputError(f"all {len(rows)} eval prompts are in the candidate's training data "
+                             f"({', '.join(trained['snapshots'])}): evaluate it on prompts it did not train on (--prompts)")
+    return kept, {"left_out": left_out, "snapshots": trained["snapshots"], "unreadable": trained["unreadable"]}
 
 
 # ---------------------------------------------------------------- the report
@@ -302,6 +340,7 @@ def run_eval(
     rows = load_prompts(prompts_file)
     if references_file:
         rows = attach_references(rows, load_references(references_file))
+    rows, trained_on = leave_out_trained(rows, training_data_of(adapter_dir))
     if batch_size < 1 or max_new_tokens < 1:
         raise EvalInputError("batch_size and max_new_tokens must be positive")
     index = None
@@ -363,6 +402,7 @@ def run_eval(
         full_fine_tune=name in chat.full,
         base_model=base_model or chat.base_name,
         prompts_file=str(prompts_file or DEFAULT_PROMPTS),
+        trained_on=trained_on,  # eval prompts left out because the candidate trained on them
         generation={"greedy": True, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
                     "dtype": weights_dtype,
                     "base_answers_cached": cached is not None},

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from formats import load_prompt_file, write_rows
+from formats import GATE_PROMPTS, leave_out_gate_prompts, load_prompt_file, write_rows
 from labeling import journal, lint, pairs
 from labeling.store import Store, StoreLocked
 from labeling.users import ROLES, add_user
@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--file", type=Path, required=True)
     load.add_argument("--source", help="label stored with the prompts (default: the file name)")
     load.add_argument("--sync-dir", type=Path, help=sync_help + "; the new prompts are journaled there")
+    load.add_argument("--eval-prompts", type=Path, default=GATE_PROMPTS,
+                      help="the promotion gate's prompt set (the app's --eval-prompts; default: the bundled set): "
+                           "its prompts are left out of the queue, so no round trains on what judges it")
     stats = commands.add_parser("stats", help="counts, annotators, position bias, agreement")
     stats.add_argument("--data-dir", type=Path, required=True)
     stats.add_argument("--sync-dir", type=Path, help=sync_help + "; read while the app holds the DB")
@@ -115,11 +118,14 @@ def _export(args) -> None:
 
 
 def _import(args) -> None:
-    prompts = load_prompt_file(args.file)
+    prompts, gated = leave_out_gate_prompts(load_prompt_file(args.file), load_prompt_file(args.eval_prompts))
     with Store(args.data_dir, journal_dir=_journal_dir(args)) as store:
-        added = store.import_prompts(prompts, source=args.source or args.file.name)
+        added = store.import_prompts(prompts, source=args.source or args.file.name) if prompts else 0
         queued = store.queue_size()
-    print(f"added {added} of {len(prompts)} prompts ({queued} not yet labeled)")
+    print(f"added {added} of {len(prompts) + len(gated)} prompts ({queued} not yet labeled)")
+    if gated:
+        print(f"left out {len(gated)} prompts the promotion gate evaluates on ({args.eval_prompts}): "
+              "a round trained on them would be judged on questions it has seen")
 
 
 def _format_stats(s: dict) -> str:

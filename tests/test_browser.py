@@ -305,6 +305,8 @@ def test_evals_tab_blocks_a_collapsed_checkpoint_until_an_override_reason(page, 
             "Gravity pulls masses together."]
     report = build_report(prompts, base, ["Dear, how can I help you?"] * 4)
     assert report["regression"] and report["checks"]["canned_reply"]["flagged"]
+    # evals.report.leave_out_trained: a fifth eval prompt was in the round's training data
+    report["trained_on"] = {"left_out": ["5"], "snapshots": ["snapshots/dpo-x.jsonl"], "unreadable": []}
     checkpoint = app_data_dir / "checkpoints" / "r-collapsed"
     (checkpoint / "adapter").mkdir(parents=True)
     (checkpoint / "round.json").write_text(json.dumps({"round_id": "r-collapsed", "finished_at": "2026-01-01"}))
@@ -314,6 +316,8 @@ def test_evals_tab_blocks_a_collapsed_checkpoint_until_an_override_reason(page, 
     page.wait_for_function("() => document.querySelector('#evals-gate').innerText.includes('Promotion blocked')",
                            timeout=30_000)
     assert "canned_reply" in page.inner_text("#evals-gate")
+    assert "1 eval prompt left out: this round (or one it continued) trained on it" in page.inner_text(
+        "#evals-gate") and "The checks ran on the other 4." in page.inner_text("#evals-gate")
     assert "REGRESSION" in page.inner_text("#evals-table")
     page.click("#evals-promote")  # no reason: refused
     page.wait_for_selector("text=write the reason", timeout=10_000)

@@ -157,6 +157,44 @@ def test_log_dir_gets_progress_events_and_a_status_like_training(gate_base, tmp_
     assert not (log_dir / "metrics.jsonl").exists()  # training's files in the same dir are left alone
 
 
+def test_the_gate_leaves_out_eval_prompts_the_round_or_the_round_it_continued_trained_on(gate_base, tmp_path,
+                                                                                        capsys):
+    """A round judged on prompts it trained on would pass on memory. Round 2 continued round 1: round 1's SFT
+    snapshot holds eval prompt 6 (inside a conversation), round 2's DPO snapshot holds eval prompt 1 (spaced
+    and cased otherwise). Both leave the gate; every other prompt is judged as before."""
+    checkpoints = tmp_path / "checkpoints"
+    first = make_identity_adapter(gate_base, checkpoints / "r-1" / "adapter")
+    second = make_identity_adapter(gate_base, checkpoints / "r-2" / "adapter")
+    (tmp_path / "snapshots").mkdir()
+    sft = write_jsonl(tmp_path / "snapshots" / "sft.jsonl", [{"messages": [
+        {"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."},
+        {"role": "user", "content": EVAL_PROMPTS[5]}, {"role": "assistant", "content": "Mercury, Venus, Earth."}]}])
+    dpo = write_jsonl(tmp_path / "snapshots" / "dpo.jsonl", [{
+        "prompt": [{"role": "user", "content": "  " + EVAL_PROMPTS[0].upper().replace(" ", "  ")}],
+        "chosen": [{"role": "assistant", "content": "Rayleigh scattering."}],
+        "rejected": [{"role": "assistant", "content": "Because."}]}])
+    (checkpoints / "r-1" / "round.json").write_text(json.dumps(
+        {"method": "sft", "snapshot": {"path": str(sft)}, "init_adapter": None}))
+    (checkpoints / "r-2" / "round.json").write_text(json.dumps(
+        {"method": "dpo", "snapshot": {"path": str(dpo)}, "init_adapter": {"path": str(first)}}))
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"prompt": p} for p in EVAL_PROMPTS])
+    code = run_cli("--adapter", second, "--prompts", prompts, "--base-model", gate_base, "--cache-dir",
+                   tmp_path / "cache", "--max-new-tokens", 4, "--log-dir", tmp_path / "runs")
+    assert code == 0
+    report = json.loads((checkpoints / "r-2" / "eval.json").read_text())
+    assert report["trained_on"] == {"left_out": ["1", "6"], "snapshots": [str(dpo), str(sft)], "unreadable": []}
+    assert report["n_prompts"] == 6
+    assert [s["prompt"] for s in report["samples"]] == [p for i, p in enumerate(EVAL_PROMPTS) if i not in (0, 5)]
+    assert "left out 2 eval prompts the candidate trained on (ids 1, 6)" in capsys.readouterr().out
+    assert "left out 2 eval prompts the candidate trained on; the gate judged 6" in (tmp_path / "runs" / "eval.log").read_text()
+
+    # round 1 alone trained on one of them; a gate set made only of trained prompts judges nothing: refused
+    only_trained = write_jsonl(tmp_path / "trained.jsonl", [{"prompt": EVAL_PROMPTS[5]}])
+    assert run_cli("--adapter", first, "--prompts", only_trained, "--base-model", gate_base) == 2
+    err = capsys.readouterr().err
+    assert "all 1 eval prompts are in the candidate's training data" in err and err.count("\n") == 1
+
+
 def test_log_dir_records_a_failure_and_a_cancel(gate_base, tmp_path, monkeypatch):
     import evals.__main__ as cli
 

@@ -7,13 +7,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from labeling.__main__ import main
-from labeling.store import Store
+from labeling.store import DB_NAME, Store
 
 ROOT = Path(__file__).resolve().parent.parent
 MT_BENCH = Path(__file__).resolve().parent.parent / "evals" / "prompts" / "mt_bench_questions.jsonl"
+GATE_SET = Path(__file__).resolve().parent.parent / "evals" / "prompts" / "default.jsonl"
 ANSWERS = [
     ("What is the capital of France?", "The capital of France is Paris.", "Rain falls on the quiet town."),
     ("Write a short poem about the sea.", "The sea and the sky and the wind.", "Buy now and save 50 percent!"),
@@ -102,16 +104,28 @@ def test_export_with_no_votes_exits_2(data_dir, tmp_path, capsys):
 
 
 def test_import_and_stats(data_dir, tmp_path, capsys):
+    # the bundled gate set holds 40 of MT-bench's first turns: those stay out of the queue
+    gate = [json.loads(line)["prompt"] for line in GATE_SET.read_text().splitlines()]
     assert main(["import", "--data-dir", str(data_dir), "--file", str(MT_BENCH)]) == 0
-    assert "added 80 of 80 prompts" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "added 40 of 80 prompts" in printed and "left out 40 prompts the promotion gate evaluates on" in printed
+    with duckdb.connect(str(data_dir / DB_NAME), read_only=True) as db:
+        queued = [json.loads(m)[0]["content"] for (m,) in db.execute("SELECT messages FROM prompts").fetchall()]
+    assert len(queued) == 40 and not set(queued) & set(gate)
     assert main(["import", "--data-dir", str(data_dir), "--file", str(MT_BENCH)]) == 0
     assert "added 0 of 80" in capsys.readouterr().out
+    # with a gate set of its own (the app's --eval-prompts), the other 40 queue too, and only its prompt stays out
+    own_gate = tmp_path / "gate.jsonl"
+    own_gate.write_text(json.dumps({"prompt": "  compose an ENGAGING travel blog post about a recent trip to Hawaii, "
+                                               "highlighting cultural experiences and must-see attractions."}) + "\n")
+    assert main(["import", "--data-dir", str(data_dir), "--file", str(MT_BENCH), "--eval-prompts", str(own_gate)]) == 0
+    assert "added 39 of 80" in capsys.readouterr().out  # its one prompt, told apart by case and spacing only
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n")
     assert main(["import", "--data-dir", str(data_dir), "--file", str(bad)]) == 2
     assert "not valid JSON" in capsys.readouterr().err
     assert main(["stats", "--data-dir", str(data_dir), "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["prompts"] == 80
+    assert json.loads(capsys.readouterr().out)["prompts"] == 79
 
 
 def test_stats_text(labeled_dir, capsys):

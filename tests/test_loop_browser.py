@@ -26,6 +26,9 @@ pytestmark = [
 MT_BENCH = ROOT / "evals" / "prompts" / "mt_bench_questions.jsonl"
 LABELS = 5  # a DPO round needs 4 pairs (the recipe's min_pairs); one more, in case a pair is left out
 ROUND_ID = re.compile(r"\br-\d{8}-\d{6}-")  # pipeline.new_round_id
+# one of MT-bench's questions is in this app's gate set (--eval-prompts), so the import leaves it out of the queue
+GATED_MT_BENCH_QUESTION = ("Compose an engaging travel blog post about a recent trip to Hawaii, highlighting cultural "
+                           "experiences and must-see attractions.")
 
 
 @pytest.fixture(scope="module")
@@ -36,7 +39,7 @@ def loop_app(tmp_path_factory, embedded_model_dir):
     eval_prompts = data_dir / "eval-prompts.jsonl"
     eval_prompts.write_text("".join(json.dumps({"prompt": p}) + "\n" for p in [
         "What is the capital of France?", "Give me one tip for better sleep.",
-        "Explain what a prime number is.", "Name three primary colors."]))
+        "Explain what a prime number is.", GATED_MT_BENCH_QUESTION]))
     with serving_app(data_dir, "--eval-prompts", str(eval_prompts), "--eval-max-new-tokens", "16",
                      log=data_dir / "app.log") as (url, _):
         yield url, data_dir
@@ -90,7 +93,9 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     page.get_by_text("Models compared (admins)").click()
     page.set_input_files("input[type=file]", str(MT_BENCH))
     page.click("#arena-import")
-    wait_text(page, "#arena-progress", "in the queue: 80", timeout=120_000)  # took over 30 s on a loaded 2-core machine
+    wait_text(page, "#arena-progress", "in the queue: 79", timeout=120_000)  # took over 30 s on a loaded 2-core machine
+    page.wait_for_selector("text=Imported 79 new prompts (0 were already queued). 1 prompt left out: the promotion "
+                           "gate evaluates every round on it (eval-prompts.jsonl)", timeout=10_000)
     assert "Cold start" in page.inner_text("#arena-progress")
     shot(page, "1-import")
     page.get_by_text("Sampling settings (apply to both sides)").locator("visible=true").first.click()

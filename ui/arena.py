@@ -17,12 +17,12 @@ from pathlib import Path
 import gradio as gr
 
 from evals.checks import names_its_model
-from formats import load_prompt_file
+from formats import GATE_PROMPTS, leave_out_gate_prompts, load_prompt_file
 from labeling.store import StoreWriteError
 from models.loading import ModelLoadError
 from models.chat import SamplingParams, end_at_last_sentence
 from ui.services import (
-    busy_as_error, BASE_CHOICE, Services, annotator_of, bind, check_context, check_prompt, for_display, sampling, sampling_controls,
+    busy_as_error, BASE_CHOICE, Services, annotator_of, bind, check_context, counted, check_prompt, for_display, sampling, sampling_controls,
     overlap_share, picker_update, refuse, save_overlap_share, save_team_arena_sampling, session_of, stop,
     STREAM_EVERY_S, team_arena_sampling, user_error,
 )
@@ -356,12 +356,17 @@ def import_prompts(services, upload, request: gr.Request = None):
     if upload is None:
         raise user_error("Choose a .jsonl or .csv file first.")
     path = getattr(upload, "name", upload)
+    gate_file = services.settings.eval_prompts or GATE_PROMPTS
     try:
-        rows = load_prompt_file(path)
-        added = services.store.import_prompts(rows, source=Path(path).name)
+        rows, gated = leave_out_gate_prompts(load_prompt_file(path), load_prompt_file(gate_file))
+        added = services.store.import_prompts(rows, source=Path(path).name) if rows else 0
     except (ValueError, OSError) as exc:
         raise user_error(f"Could not import {Path(path).name}: {exc}") from exc
-    gr.Info(f"Imported {added} new prompts ({len(rows) - added} were already queued).")
+    gr.Info(f"Imported {added} new prompts ({len(rows) - added} were already queued)."
+            + (f" {counted(len(gated), 'prompt')} left out: the promotion gate evaluates every round on "
+               f"{'it' if len(gated) == 1 else 'them'} ({gate_file.name}), and a round trained on "
+               f"{'it' if len(gated) == 1 else 'them'} would be judged on questions it has seen." if gated else ""),
+            duration=None if gated else 10)
     return progress_text(services, annotator_of(request))
 
 

@@ -12,7 +12,7 @@ import pandas as pd
 from evals import winrate
 from evals.report import BASELINES
 from pipeline import JobBusy
-from ui.services import Services, bind, described, inline_html, picker_update, progress_bar, refuse, user_error
+from ui.services import Services, bind, counted, described, inline_html, picker_update, progress_bar, refuse, user_error
 
 CHECK_COLUMNS = ["check", "flag", "base", "candidate", "note"]
 
@@ -127,6 +127,18 @@ def trend_frame(services: Services) -> pd.DataFrame:
     return frame.astype({"round": str, "value": float, "check": str, "round_id": str})
 
 
+def trained_on_note(report: dict) -> str:
+    """What the gate left out because the candidate trained on it (evals.report.leave_out_trained)."""
+    trained_on = report.get("trained_on") or {}
+    left_out = trained_on.get("left_out") or []
+    note = (f"\n\nℹ️ {counted(len(left_out), 'eval prompt')} left out: this round (or one it continued) trained on "
+            f"{'it' if len(left_out) == 1 else 'them'}, and a round is not judged on questions it has seen. "
+            f"The checks ran on the other {report.get('n_prompts')}." if left_out else "")
+    if trained_on.get("unreadable"):
+        note += "\n\n⚠️ Its training data could not be checked for eval prompts: " + "; ".join(trained_on["unreadable"])
+    return note
+
+
 def gate_text(services: Services, round_id: str | None) -> str:
     if not round_id:
         return "No checkpoint yet: train a round in the Train tab."
@@ -146,7 +158,8 @@ def gate_text(services: Services, round_id: str | None) -> str:
                        "⚠️ Not evaluated yet: promotion needs an eval report (or an override with a reason).")
     if checkpoint.regression:
         flagged = [n for n, c in checkpoint.eval.get("checks", {}).items() if c.get("flagged")]
-        return head + f"🚩 **Promotion blocked**: flagged {', '.join(flagged)}. An admin may override with a written reason."
+        return (head + f"🚩 **Promotion blocked**: flagged {', '.join(flagged)}. An admin may override with a written reason."
+                + trained_on_note(checkpoint.eval))
     warnings = checkpoint.eval.get("warnings") or []
     note = f" Warning: {', '.join(warnings)} changed, with no quality drop (a change of style, not a regression)." if warnings else ""
     prompted = checkpoint.eval.get("prompted_base")
@@ -155,7 +168,7 @@ def gate_text(services: Services, round_id: str | None) -> str:
     retrieval = checkpoint.eval.get("retrieval_base")
     if retrieval:
         note += f"\n\nAgainst the base with the top {retrieval.get('k')} passages of the corpus: {retrieval['summary']}."
-    return head + "✅ **All checks pass**: this checkpoint can be promoted." + note
+    return head + "✅ **All checks pass**: this checkpoint can be promoted." + note + trained_on_note(checkpoint.eval)
 
 
 def show_checkpoint(services: Services, round_id: str | None, request: gr.Request = None):

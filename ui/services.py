@@ -210,6 +210,11 @@ def bind(handler, *bound):
     return bound_handler
 
 
+def counted(n: int, noun: str) -> str:
+    """'1 vote', '2 votes': a newcomer's first round starts from single digits."""
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def inline_html(text: str) -> str:
     """The few markdown marks the job messages use (**bold**, `code`), as escaped HTML."""
     text = html.escape(text)

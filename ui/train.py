@@ -26,7 +26,7 @@ from pipeline import JobBusy
 from training.config import (
     DPO_LOSSES, RECIPES_DIR, SFT_LOSSES, RoundConfig, default_recipe, field_type, knob_fields, load_recipe,
 )
-from ui.services import BASE_CHOICE, Services, bind, progress_bar, user_error
+from ui.services import BASE_CHOICE, Services, bind, counted, progress_bar, user_error
 
 LOSSES = {"dpo": list(DPO_LOSSES), "sft": list(SFT_LOSSES), "cpt": list(SFT_LOSSES)}
 MAX_CORPUS_BYTES = 200 * 2**20  # a CPT corpus for a small model; far more would train for days on a CPU
@@ -81,11 +81,6 @@ def save_corpus(services: Services, uploads, request: gr.Request = None) -> str:
     shutil.rmtree(corpus_dir(services), ignore_errors=True)
     staging.rename(corpus_dir(services))
     return corpus_summary(services)[0]
-
-
-def counted(n: int, noun: str) -> str:
-    """'1 vote', '2 votes': a newcomer's first round starts from single digits."""
-    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def data_summary(services: Services, method: str, include_flagged: bool = False,
