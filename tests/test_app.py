@@ -452,3 +452,25 @@ def test_app_refuses_to_start_with_one_line_before_loading_the_model(case, tmp_p
     # refused before the model is looked at: the base path does not exist, so a load would have been refused
     # for that instead (a time limit here failed on a loaded machine, where importing the app took 17 s)
     assert "never-loaded" not in result.stderr and "unknown base model" not in result.stderr, result.stderr
+
+
+def test_the_live_plot_has_one_point_per_step_and_series_and_a_tick_per_step():
+    from ui.train import STEPS_AS_LABELS, metric_frame, plot_update
+
+    events = [{"event": "start", "step": 0, "max_steps": 2, "loss": None},
+              {"event": "log", "step": 1, "max_steps": 2, "loss": 0.69, "rewards/accuracies": 0.0},
+              {"event": "log", "step": 2, "max_steps": 2, "loss": 0.68, "rewards/accuracies": 1.0},
+              {"event": "eval", "step": 2, "max_steps": 2, "eval_loss": 0.66},
+              {"event": "end", "step": 2, "max_steps": 2, "loss": 0.68, "eval_loss": 0.66}]  # repeats step 2
+    frame = metric_frame(events)
+    # over labels the plot sums the points that share a step and series: the repeat once drew a loss of 1.36
+    assert sorted(map(tuple, frame.values.tolist())) == sorted([
+        ("1", 0.0, "reward accuracy"), ("1", 0.69, "train loss"),
+        ("2", 0.66, "held-out loss"), ("2", 1.0, "reward accuracy"), ("2", 0.68, "train loss")])
+    assert plot_update(events)["x_lim"] is None
+    # ten steps and more are padded, so that the plot's text order is the steps' order
+    assert list(metric_frame([{"step": s, "max_steps": 12, "loss": 1.0} for s in (2, 11)])["step"]) == ["02", "11"]
+    # a longer round: numbers, over the planned steps from the start
+    long_round = [{"step": s, "max_steps": STEPS_AS_LABELS + 10, "loss": 1.0} for s in (1, 2)]
+    assert list(metric_frame(long_round)["step"]) == [1, 2]
+    assert plot_update(long_round)["x_lim"] == [0, STEPS_AS_LABELS + 10]

@@ -133,6 +133,11 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     status = text_of(page, "#train-status")
     assert status.startswith("evals of ") and "finished" in status, status
     shot(page, "3-train")
+    # the live plot's step axis: a tick per step (2 steps once drew ticks at 1.05, 1.10, ...)
+    x_ticks = page.evaluate("""() => { const axis = [...document.querySelectorAll('#train-plot g[aria-roledescription="axis"]')]
+        .find(g => (g.getAttribute('aria-label') || '').startsWith('X-axis'));
+        return axis ? [...axis.querySelectorAll('.role-axis-label text')].map(t => t.textContent) : null; }""")
+    assert x_ticks == ["1", "2"], x_ticks
     round_id = next(p.name for p in (data_dir / "checkpoints").iterdir() if not p.name.startswith("."))
     round_info = json.loads((data_dir / "checkpoints" / round_id / "round.json").read_text())
     assert round_info["quantization"].startswith("nf4")

@@ -272,15 +272,31 @@ SERIES = {"loss": "train loss", "eval_loss": "held-out loss", "rewards/margins":
 SERIES_COLORS = dict(zip(SERIES.values(), ["#f97316", "#2563eb", "#16a34a", "#0d9488", "#9333ea"]))
 
 
+# A round planned this short gets one tick per step, the steps as labels ("1", "2"; "01", "02" from ten on,
+# because the plot orders labels as text): as numbers over a few steps the plot drew ticks at 1.05, 1.10, ...
+# A longer round gets a numeric axis over its planned steps, whose ticks are whole steps at any page width.
+STEPS_AS_LABELS = 30
+
+
+def planned_steps(rows: list[dict]) -> int:
+    return max([int(r.get("max_steps") or 0) for r in rows] + [int(r.get("step") or 0) for r in rows] + [0])
+
+
 def metric_frame(rows: list[dict]) -> pd.DataFrame:
     """Long format (step, value, series) for one LinePlot with a colour per series."""
-    wanted = SERIES
     points = [
         {"step": row["step"], "value": float(row[key]), "series": label}
         for row in rows if row.get("step") is not None
-        for key, label in wanted.items() if isinstance(row.get(key), (int, float))
+        for key, label in SERIES.items() if isinstance(row.get(key), (int, float))
     ]
-    return pd.DataFrame(points, columns=["step", "value", "series"]).astype({"step": int, "value": float})
+    frame = pd.DataFrame(points, columns=["step", "value", "series"]).astype({"step": int, "value": float})
+    # one point per step and series: the round's "end" event repeats the last step's loss, and over labels
+    # the plot sums the points that share one (a loss of 0.69 drawn as 1.38)
+    frame = frame.drop_duplicates(["step", "series"], keep="last").reset_index(drop=True)
+    planned = planned_steps(rows)
+    if planned <= STEPS_AS_LABELS:
+        frame["step"] = frame["step"].map(lambda step: f"{step:0{len(str(planned))}d}").astype(str)
+    return frame
 
 
 def round_status(services: Services):
@@ -342,11 +358,15 @@ def round_result(services: Services, round_id: str) -> str:
 
 
 def plot_update(rows: list[dict]):
-    """The live plot, hidden until a round has logged a point (no empty axes before any round)."""
+    """The live plot, hidden until a round has logged a point (no empty axes before any round). A numeric
+    step axis spans the round's planned steps from the start, so the lines grow toward its end."""
     frame = metric_frame(rows)
     # Nothing to show: leave the plot alone. An update every tick, even one that keeps it hidden,
     # made gradio 6.31 re-render the tab and drop a knob value being typed.
-    return gr.skip() if frame.empty else gr.update(value=frame, visible=True)
+    if frame.empty:
+        return gr.skip()
+    numeric = frame["step"].dtype.kind == "i"
+    return gr.update(value=frame, visible=True, x_lim=[0, planned_steps(rows)] if numeric else None)
 
 
 def status_and_gate(services: Services, method: str, include_flagged: bool = False, include_cut_off: bool = False,
