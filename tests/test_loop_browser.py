@@ -89,8 +89,10 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(url)
 
-    # 1. import the MT-bench questions into the queue
-    page.get_by_text("Models compared (admins)").click()
+    # 1. import the MT-bench questions into the queue: an empty queue tells the admin where, and what ships
+    page.click("#arena-next")
+    page.wait_for_selector("text=import a prompt file under “Models compared (admins)” below", timeout=10_000)
+    page.get_by_role("button", name="Models compared (admins)").click()  # not the toast that names it
     page.set_input_files("input[type=file]", str(MT_BENCH))
     page.click("#arena-import")
     wait_text(page, "#arena-progress", "in the queue: 79", timeout=120_000)  # took over 30 s on a loaded 2-core machine

@@ -267,7 +267,10 @@ def take_queued(services, request: gr.Request = None):
                 ready_to_vote(comparison, "Both answers are ready"), *vote_buttons(True))
     row = services.store.next_prompt(annotator)
     if row is None:
-        gr.Info("The prompt queue is empty for you: type your own prompt, or ask an admin to import prompts.")
+        gr.Info("The prompt queue is empty for you: type your own prompt, or "
+                + ("import a prompt file under “Models compared (admins)” below (the app ships MT-bench's "
+                   "questions: evals/prompts/mt_bench_questions.jsonl)." if services.role_of(request) == "admin"
+                   else "ask an admin to import prompts."))
         return gr.skip(), {}, *unchanged
     text = row["messages"][-1]["content"] if row.get("messages") else row.get("prompt", "")
     return text, {"queued_prompt": text, "queued_prompt_id": row["id"]}, *unchanged
