@@ -71,7 +71,10 @@ def tiny_args(model_dir: Path, data: Path, out: Path, round_id: str, *extra) -> 
 def dpo_round(tiny_model_dir, tmp_path_factory):
     """One DPO round through the CLI, shared by the checkpoint tests."""
     root = tmp_path_factory.mktemp("dpo-round")
-    data = write_jsonl(root / "pairs.jsonl", dpo_rows(8))
+    rows = dpo_rows(8)
+    for i, row in enumerate(rows):  # two prompts, four comparisons each: the queue serves a prompt again
+        row["prompt"] = dpo_rows(2)[i % 2]["prompt"]
+    data = write_jsonl(root / "pairs.jsonl", rows)
     out = root / "checkpoints"
     result = cli(*tiny_args(tiny_model_dir, data, out, "r1", "--method", "dpo", "--steps", "3", "--no-4bit",
                             "--lr", "5e-3"))
@@ -164,6 +167,34 @@ def test_plan_steps_caps_epochs_at_max_steps():
     assert plan_steps(3, config.with_overrides(grad_accum=2, num_epochs=1)) == 1
 
 
+def test_rows_that_share_a_first_prompt_are_held_out_together():
+    from datasets import Dataset
+
+    from training.data import prompt_groups, split_holdout
+
+    def conversation(first, *more):
+        turns = [{"role": "user", "content": first}]
+        for text in more:
+            turns += [{"role": "assistant", "content": "ok"}, {"role": "user", "content": text}]
+        return turns
+
+    prompts = [conversation(f"question {i % 5}", *(["and then?"] if i % 3 else [])) for i in range(20)]
+    data = Dataset.from_list([{"prompt": p, "chosen": [{"role": "assistant", "content": "a"}],
+                               "rejected": [{"role": "assistant", "content": "b"}]} for p in prompts])
+    groups = prompt_groups(data)
+    assert len(set(groups)) == 5  # a conversation's later turns belong to its first prompt
+    for seed in range(10):
+        train, held = split_holdout(data, 0.25, seed, groups)
+        first = lambda rows: {row["prompt"][0]["content"] for row in rows}  # noqa: E731
+        assert not first(train) & first(held) and len(train) + len(held) == 20 and len(held) == 4  # a whole prompt: nearest 5 rows
+    # one prompt in all: the held-out row shares it (nothing else to hold out), and training keeps the rest
+    same = Dataset.from_list([{"prompt": conversation("q"), "chosen": [], "rejected": []}] * 4)
+    train, held = split_holdout(same, 0.25, 0, prompt_groups(same))
+    assert (len(train), len(held)) == (3, 1)
+    # a CPT corpus has no prompts: chunks are split one by one
+    assert prompt_groups(Dataset.from_dict({"text": ["a", "b"]})) is None
+
+
 # ---------------------------------------------------------------- real rounds on the tiny model
 
 def test_cli_dpo_round_writes_a_complete_checkpoint(dpo_round):
@@ -178,7 +209,8 @@ def test_cli_dpo_round_writes_a_complete_checkpoint(dpo_round):
     assert info["quantization"] == "none" and info["config"]["max_steps"] == 3 and info["recipe"] == "dpo_qlora"
     assert set(info["versions"]) >= {"torch", "transformers", "trl", "peft", "bitsandbytes"}
     m = info["metrics"]
-    assert m["steps"] == 3 and m["n_train"] + m["n_holdout"] == 8 and m["n_holdout"] >= 1
+    # a quarter held out is 2 rows, but rows that share a prompt stay on one side: one prompt's 4 rows
+    assert m["steps"] == 3 and m["n_train"] == 4 and m["n_holdout"] == 4
     assert m["best_step"] in (3,) and m["best_eval_loss"] is not None
     assert m["heldout_reward_accuracy"] is not None and m["heldout_reward_margin"] is not None
     assert m["peak_memory"]["rss_max_mb"] > 50 and m["duration_s"] > 0
@@ -196,6 +228,7 @@ def test_cli_dpo_round_writes_a_complete_checkpoint(dpo_round):
     status = json.loads((log_dir / "status.json").read_text())
     assert status["state"] == "done" and status["checkpoint"] == str(final) and status["error"] is None
     assert "step 3/3" in (log_dir / "train.log").read_text()
+    assert "4 training rows, 4 held out (whole prompts: 1 of 2)" in (log_dir / "train.log").read_text()
 
 
 def test_checkpoint_loads_in_chat_model_and_generates(dpo_round, tiny_model_dir):

@@ -6,6 +6,7 @@ exiting 2; nothing is trained and no checkpoint appears.
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import formats
@@ -84,11 +85,40 @@ def load_corpus(path: Path, min_rows: int):
     return datasets.Dataset.from_dict({"text": chunks})
 
 
-def split_holdout(data, fraction: float, seed: int):
-    """(train, held-out): at least one row on each side."""
+def prompt_groups(data) -> list[str] | None:
+    """Each row's first user turn (formats.prompt_key), or None for rows without prompts (a CPT corpus)."""
+    if "text" in data.column_names:
+        return None
+    return [formats.prompt_key(next(iter(formats.user_turns(row)), "")) for row in data]
+
+
+def split_holdout(data, fraction: float, seed: int, groups: list[str] | None = None):
+    """(train, held-out): at least one row on each side, about `fraction` of the rows held out.
+
+    With `groups` (prompt_groups), rows that share a first prompt are held out together. The queue serves a
+    prompt again (its votes split, or its answers were far apart), and a conversation's turns share their
+    first prompt: split row by row, the held-out loss would be measured on prompts the round trains on, and
+    the best step it picks would be the one that memorised them best. Only when every row shares one prompt
+    does the held-out row share it too (there is nothing else to hold out)."""
     n_holdout = min(len(data) - 1, max(1, round(len(data) * fraction)))
-    parts = data.train_test_split(test_size=n_holdout, seed=seed, shuffle=True)
-    return parts["train"], parts["test"]
+    if groups is None or len(set(groups)) < 2:
+        parts = data.train_test_split(test_size=n_holdout, seed=seed, shuffle=True)
+        return parts["train"], parts["test"]
+    members: dict[str, list[int]] = {}
+    for index, group in enumerate(groups):
+        members.setdefault(group, []).append(index)
+    order = sorted(members)
+    random.Random(seed).shuffle(order)
+    held: list[int] = []
+    for group in order:
+        size = len(members[group])
+        if len(held) + size >= len(data):  # training keeps at least one row
+            continue
+        if held and abs(len(held) + size - n_holdout) >= abs(len(held) - n_holdout):
+            continue  # it would land farther from the held-out share than stopping here: a smaller group may fit
+        held += members[group]
+    kept = sorted(set(range(len(data))) - set(held))
+    return data.select(kept), data.select(sorted(held))
 
 
 file_sha256 = corpus_sha256  # a snapshot file, or a corpus folder

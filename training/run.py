@@ -32,7 +32,9 @@ from formats import ProgressFiles, now_iso, read_manifest
 from models.loading import ModelLoadError, adapter_fingerprint, resolve_base_model
 from training.callbacks import Progress, Unwritten, is_main_process
 from training.config import RoundConfig
-from training.data import BadInput, file_sha256, load_corpus, load_snapshot, one_line, split_holdout
+from training.data import (
+    BadInput, file_sha256, load_corpus, load_snapshot, one_line, prompt_groups, split_holdout,
+)
 from training.registry import remove_stale_temp_dirs, temp_dir_for
 from training.trainer import attach_lora, build_trainer, compute_dtype, find_adapter, heldout_results, load_model
 
@@ -197,7 +199,8 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     else:
         data = load_snapshot(data_path, config.method, config.min_pairs,
                              tmp / "datasets-cache" if scratch is None else Path(scratch.name))
-    train, holdout = split_holdout(data, config.holdout_fraction, config.seed)
+    groups = prompt_groups(data)
+    train, holdout = split_holdout(data, config.holdout_fraction, config.seed, groups)
     resolved, init, dtype, model, tokenizer, quantization = _load(config, cache_dir, files)
     # full fine-tuning trains the loaded weights themselves; otherwise a LoRA adapter on top of them
     model, peft_config = (model, None) if config.full else attach_lora(config, model, init)
@@ -217,6 +220,8 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
               + (f" (packed from {len(train)} + {len(holdout)} chunks into {config.max_length}-token blocks)"
                  if packed else "")
               + (f" ({dropped} dropped: prompt longer than max_length)" if dropped else "")
+              + ("" if groups is None else f" (whole prompts: {len(set(prompt_groups(holdout)))} of {len(set(groups))}"
+                 + (", the only one, shared with training" if len(set(groups)) < 2 else "") + ")")
               + f", {max_steps} steps, quantization {quantization}")
     info = {
         "round_id": files.run_id,
