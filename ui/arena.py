@@ -369,7 +369,7 @@ def import_prompts(services, upload, request: gr.Request = None):
             + (f" {counted(len(gated), 'prompt')} left out: the promotion gate evaluates every round on "
                f"{'it' if len(gated) == 1 else 'them'} ({gate_file.name}), and a round trained on "
                f"{'it' if len(gated) == 1 else 'them'} would be judged on questions it has seen." if gated else ""),
-            duration=None if gated else 10)
+            duration=30 if gated else 10)  # a longer message: time to read it, not a note that never leaves
     return progress_text(services, annotator_of(request))
 
 
