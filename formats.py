@@ -204,11 +204,18 @@ def leave_out_gate_prompts(rows: list[dict], gate_rows: list[dict]) -> tuple[lis
 
 
 def training_prompt_keys(snapshot_path) -> set[str]:
-    """prompt_key of every user turn in a JSONL training snapshot (DPO, KTO or SFT rows)."""
-    keys = set()
-    for _, record in read_records(snapshot_path):
-        keys.update(prompt_key(t) for t in user_turns(record))
-    return keys
+    """prompt_key of every user turn in a training snapshot (DPO, KTO or SFT rows; .jsonl or .parquet, as
+    write_rows writes them, at any size: a team's snapshot outgrows the cap on prompt files). A file that
+    cannot be read raises OSError or ValueError."""
+    path = Path(snapshot_path)
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        records = pq.read_table(path).to_pylist()
+    else:
+        with path.open(encoding="utf-8") as lines:
+            records = [json.loads(line) for line in lines if line.strip()]
+    return {prompt_key(t) for record in records if isinstance(record, dict) for t in user_turns(record)}
 
 
 def canonical_jsonl(rows: list[dict]) -> bytes:

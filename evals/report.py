@@ -73,8 +73,8 @@ def training_data_of(candidate_dir: Path) -> dict:
             try:
                 keys |= training_prompt_keys(snapshot)
                 snapshots.append(snapshot)
-            except (PromptFileError, OSError) as exc:
-                unreadable.append(str(exc))
+            except (OSError, ValueError) as exc:  # gone (another machine's path), or not rows of JSON
+                unreadable.append(f"{snapshot}: {exc}")
         init = (info.get("init_adapter") or {}).get("path")
         round_file = Path(init).parent / "round.json" if init else Path()
     return {"keys": keys, "snapshots": snapshots, "unreadable": unreadable}

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from evals.__main__ import main
-from formats import ProgressFiles
+from formats import ProgressFiles, write_rows
 from models import decode_weights
 from tests.test_report import make_identity_adapter, write_jsonl
 
@@ -165,10 +165,10 @@ def test_the_gate_leaves_out_eval_prompts_the_round_or_the_round_it_continued_tr
     checkpoints = tmp_path / "checkpoints"
     first = make_identity_adapter(gate_base, checkpoints / "r-1" / "adapter")
     second = make_identity_adapter(gate_base, checkpoints / "r-2" / "adapter")
-    (tmp_path / "snapshots").mkdir()
-    sft = write_jsonl(tmp_path / "snapshots" / "sft.jsonl", [{"messages": [
+    sft = write_rows([{"messages": [  # a snapshot may be Parquet (`python -m training run --data x.parquet`)
         {"role": "user", "content": "Hello."}, {"role": "assistant", "content": "Hi."},
-        {"role": "user", "content": EVAL_PROMPTS[5]}, {"role": "assistant", "content": "Mercury, Venus, Earth."}]}])
+        {"role": "user", "content": EVAL_PROMPTS[5]}, {"role": "assistant", "content": "Mercury, Venus, Earth."}]}],
+        tmp_path / "snapshots" / "sft.parquet")
     dpo = write_jsonl(tmp_path / "snapshots" / "dpo.jsonl", [{
         "prompt": [{"role": "user", "content": "  " + EVAL_PROMPTS[0].upper().replace(" ", "  ")}],
         "chosen": [{"role": "assistant", "content": "Rayleigh scattering."}],
@@ -187,6 +187,14 @@ def test_the_gate_leaves_out_eval_prompts_the_round_or_the_round_it_continued_tr
     assert [s["prompt"] for s in report["samples"]] == [p for i, p in enumerate(EVAL_PROMPTS) if i not in (0, 5)]
     assert "left out 2 eval prompts the candidate trained on (ids 1, 6)" in capsys.readouterr().out
     assert "left out 2 eval prompts the candidate trained on; the gate judged 6" in (tmp_path / "runs" / "eval.log").read_text()
+
+    # a snapshot that is gone (the round was trained on another machine) is said, not skipped in silence
+    dpo.unlink()
+    assert run_cli("--adapter", second, "--prompts", prompts, "--base-model", gate_base, "--cache-dir",
+                   tmp_path / "cache", "--max-new-tokens", 4) == 0
+    trained_on = json.loads((checkpoints / "r-2" / "eval.json").read_text())["trained_on"]
+    assert trained_on["left_out"] == ["6"] and trained_on["unreadable"][0].startswith(f"{dpo}: ")
+    assert f"could not check its training data for eval prompts: {dpo}: " in capsys.readouterr().out
 
     # round 1 alone trained on one of them; a gate set made only of trained prompts judges nothing: refused
     only_trained = write_jsonl(tmp_path / "trained.jsonl", [{"prompt": EVAL_PROMPTS[5]}])
