@@ -4,7 +4,8 @@ and save a screenshot of each step under docs/walkthrough/ plus the seconds each
     .venv/bin/python docs/walkthrough.py [--data-dir DIR] [--labels 8]
 
 It is the whole-loop browser test (tests/test_loop_browser.py) at full size: default answer
-length, the default recipe, evals on the bundled 80 prompts. Needs Debian's chromium.
+length, the default recipe, evals on the bundled 80 prompts. Needs Debian's chromium, and its
+fonts-noto-color-emoji for the page's emoji (headless Chromium draws empty boxes without it).
 """
 
 from __future__ import annotations

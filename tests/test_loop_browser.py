@@ -122,8 +122,10 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
         page.click("#train-include-cut-off input")
     page.wait_for_selector("#train-start:not([disabled])", timeout=30_000)
     page.click("#train-start")
-    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes('training')",
-                           timeout=60_000)
+    # until the round has counted its steps, the status says what it is doing (it said "step 0/?")
+    page.wait_for_function("() => document.querySelector('#train-status').innerText.includes("
+                           "'started') && document.querySelector('#train-status').innerText.includes("
+                           "'loading the model and the data')", timeout=60_000)
     assert page.is_disabled("#train-start")  # one round at a time
     # the round runs at the lowest CPU priority, so labeling goes on at full speed (pipeline.yield_cpu_to_serving)
     pid = json.loads(next((data_dir / "runs").glob("*/status.json")).read_text())["pid"]

@@ -291,7 +291,9 @@ def test_a_cpt_round_shows_its_held_out_perplexity(admin_page, tabs_app):
     shot(page, "train-cpt-result")
     round_id = re.search(r"Round result (r-\S+-cpt):", status).group(1)
     # its evals start by themselves once the training process has exited; cancelling them keeps the round
-    wait_text(page, "#train-status", f"evals of {round_id} running", timeout=60_000)
+    page.wait_for_function(  # loading its model, or already decoding
+        f"() => /evals of .?{round_id}.? (started|running)/.test(document.querySelector('#train-status').innerText)",
+        timeout=60_000)
     page.click("#train-cancel")
     wait_text(page, "#train-status", f"evals of {round_id} cancelled by {ADMIN}", timeout=60_000)
     status = text_of(page, "#train-status")

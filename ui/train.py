@@ -311,13 +311,16 @@ def round_status(services: Services):
     if job.kind == "eval":  # the bar follows the eval's prompts, not the round's steps: a cancel shows where it stopped
         step, total = services.jobs.eval_progress(job)
     elapsed = (job.ended or time.time()) - job.started  # a finished job's duration stays put
-    if job.running and job.kind == "eval":
+    if job.running and not total:  # the subprocess has not counted its work yet (as the Evals tab says it)
+        what = f"**evals** of `{job.round_id}`" if job.kind == "eval" else f"**training** `{job.round_id}`"
+        label = f"{what} started {elapsed:.0f} s ago: loading the model and the data…"
+    elif job.running and job.kind == "eval":
         eta = elapsed / step * (total - step) if step else None
-        label = (f"**evals** of `{job.round_id}` running · {step}/{total or '?'} prompts"
+        label = (f"**evals** of `{job.round_id}` running · {step}/{total} prompts"
                  + (f" · ETA {eta:.0f} s" if eta is not None else "") + f" · {elapsed:.0f} s elapsed")
     elif job.running:
         eta = last.get("eta_s")
-        label = (f"**training** `{job.round_id}` running · step {step}/{total or '?'}"
+        label = (f"**training** `{job.round_id}` running · step {step}/{total}"
                  + (f" · ETA {eta:.0f} s" if isinstance(eta, (int, float)) else "")
                  + f" · {elapsed:.0f} s elapsed")
     elif services.jobs.was_cancelled(job):
