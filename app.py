@@ -27,6 +27,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_CACHE_FREQUENCY", "200")
 # gradio, torch and the tabs take seconds, so build_ui and serve import them, after those checks.
 import duckdb  # noqa: E402
 
+from formats import GATE_PROMPTS, write_gate_pointer  # noqa: E402
 from labeling import journal  # noqa: E402
 from labeling.hub_sync import HubSyncError  # noqa: E402
 from labeling.store import DB_NAME, Store, StoreLocked, StoreWriteError  # noqa: E402
@@ -252,6 +253,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if space is not None:
         print(space.describe(), flush=True)
+    try:  # for `python -m labeling import` on this data dir: the prompts it must keep out of the queue
+        write_gate_pointer(settings.data_dir, settings.eval_prompts or GATE_PROMPTS)
+    except OSError as exc:
+        store.close()
+        print(f"error: {settings.data_dir}: {exc}", file=sys.stderr)
+        return 2
     try:
         sync_journal(store, settings.journal_dir, space)
         uploader = start_uploads(space, settings.journal_dir) if space is not None else None

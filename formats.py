@@ -173,6 +173,25 @@ def load_reference_file(path) -> dict[str, str]:
 # the round (or a round it continued) trained on anyway, a typed one say.
 
 GATE_PROMPTS = Path(__file__).parent / "evals" / "prompts" / "default.jsonl"  # the gate's bundled set
+GATE_POINTER = "gate_prompts.json"  # in the data dir: the set the app last judged rounds with (its --eval-prompts)
+
+
+def write_gate_pointer(data_dir, gate_prompts) -> Path:
+    """Record, for `python -m labeling import` on the same data dir, which prompt set the app's gate uses."""
+    return write_atomic(Path(data_dir) / GATE_POINTER, json.dumps({"path": str(gate_prompts)}).encode())
+
+
+def gate_prompts_of(data_dir) -> Path:
+    """The gate set the app last started on `data_dir` judges with (the bundled set when no app ran there).
+    A recorded set that is gone raises PromptFileError: guessing would queue the gate's own prompts."""
+    try:
+        recorded = Path(json.loads((Path(data_dir) / GATE_POINTER).read_text())["path"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return GATE_PROMPTS
+    if not recorded.is_file():
+        raise PromptFileError(f"the app on {data_dir} judges rounds with {recorded}, which is gone: "
+                              "pass the gate's prompt set with --eval-prompts")
+    return recorded
 
 
 def prompt_key(text: str) -> str:

@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 
-from formats import GATE_PROMPTS, leave_out_gate_prompts, load_prompt_file, write_rows
+from formats import gate_prompts_of, leave_out_gate_prompts, load_prompt_file, write_rows
 from labeling import journal, lint, pairs
 from labeling.store import Store, StoreLocked
 from labeling.users import ROLES, add_user
@@ -37,9 +37,10 @@ def _parser() -> argparse.ArgumentParser:
     load.add_argument("--file", type=Path, required=True)
     load.add_argument("--source", help="label stored with the prompts (default: the file name)")
     load.add_argument("--sync-dir", type=Path, help=sync_help + "; the new prompts are journaled there")
-    load.add_argument("--eval-prompts", type=Path, default=GATE_PROMPTS,
-                      help="the promotion gate's prompt set (the app's --eval-prompts; default: the bundled set): "
-                           "its prompts are left out of the queue, so no round trains on what judges it")
+    load.add_argument("--eval-prompts", type=Path,
+                      help="the promotion gate's prompt set, whose prompts are left out of the queue so that no round "
+                           "trains on what judges it (default: the set the app last started on --data-dir uses, "
+                           "its --eval-prompts, else the bundled one)")
     stats = commands.add_parser("stats", help="counts, annotators, position bias, agreement")
     stats.add_argument("--data-dir", type=Path, required=True)
     stats.add_argument("--sync-dir", type=Path, help=sync_help + "; read while the app holds the DB")
@@ -118,14 +119,15 @@ def _export(args) -> None:
 
 
 def _import(args) -> None:
-    prompts, gated = leave_out_gate_prompts(load_prompt_file(args.file), load_prompt_file(args.eval_prompts))
+    gate_file = args.eval_prompts or gate_prompts_of(args.data_dir)
+    prompts, gated = leave_out_gate_prompts(load_prompt_file(args.file), load_prompt_file(gate_file))
     with Store(args.data_dir, journal_dir=_journal_dir(args)) as store:
         added = store.import_prompts(prompts, source=args.source or args.file.name) if prompts else 0
         queued = store.queue_size()
     print(f"added {added} of {len(prompts) + len(gated)} prompts ({queued} not yet labeled)")
     if gated:
-        print(f"left out {len(gated)} prompts the promotion gate evaluates on ({args.eval_prompts}): "
-              "a round trained on them would be judged on questions it has seen")
+        print(f"left out {len(gated)} prompt{'' if len(gated) == 1 else 's'} the promotion gate evaluates on "
+              f"({gate_file}): a round trained on them would be judged on questions it has seen")
 
 
 def _format_stats(s: dict) -> str:

@@ -10,6 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
+from formats import GATE_POINTER, write_gate_pointer
 from labeling.__main__ import main
 from labeling.store import DB_NAME, Store
 
@@ -120,6 +121,15 @@ def test_import_and_stats(data_dir, tmp_path, capsys):
                                                "highlighting cultural experiences and must-see attractions."}) + "\n")
     assert main(["import", "--data-dir", str(data_dir), "--file", str(MT_BENCH), "--eval-prompts", str(own_gate)]) == 0
     assert "added 39 of 80" in capsys.readouterr().out  # its one prompt, told apart by case and spacing only
+    # without the flag: the set the app last started on this data dir judges with (app.py records it)
+    write_gate_pointer(data_dir, own_gate)
+    assert main(["import", "--data-dir", str(data_dir), "--file", str(MT_BENCH)]) == 0
+    assert f"left out 1 prompt the promotion gate evaluates on ({own_gate})" in capsys.readouterr().out
+    own_gate.unlink()  # a recorded set that is gone is not guessed at
+    assert main(["import", "--data-dir", str(data_dir), "--file", str(MT_BENCH)]) == 2
+    err = capsys.readouterr().err
+    assert f"judges rounds with {own_gate}, which is gone: pass the gate's prompt set with --eval-prompts" in err
+    (data_dir / GATE_POINTER).unlink()  # the bundled set again
     bad = tmp_path / "bad.jsonl"
     bad.write_text("{oops\n")
     assert main(["import", "--data-dir", str(data_dir), "--file", str(bad)]) == 2

@@ -86,6 +86,9 @@ def label(page, n: int) -> None:
 
 def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     url, data_dir = loop_app
+    # what `python -m labeling import` on this data dir keeps out of the queue: the app's gate set
+    assert json.loads((data_dir / "gate_prompts.json").read_text()) == {
+        "path": str((data_dir / "eval-prompts.jsonl").resolve())}
     page = browser.new_page(viewport={"width": 1400, "height": 1100})
     page.goto(url)
 
