@@ -122,7 +122,7 @@ def _import(args) -> None:
     gate_file = args.eval_prompts or gate_prompts_of(args.data_dir)
     prompts, gated = leave_out_gate_prompts(load_prompt_file(args.file), load_prompt_file(gate_file))
     with Store(args.data_dir, journal_dir=_journal_dir(args)) as store:
-        added = store.import_prompts(prompts, source=args.source or args.file.name) if prompts else 0
+        added = store.import_prompts(prompts, source=args.source or args.file.name)
         queued = store.queue_size()
     print(f"added {added} of {len(prompts) + len(gated)} prompts ({queued} not yet labeled)")
     if gated:

@@ -12,7 +12,7 @@ import gradio as gr
 import pandas as pd
 
 from labeling import agreement
-from ui.services import Services, bind, overlap_share
+from ui.services import Services, bind, counted, overlap_share
 
 COLUMNS = ["annotator", "votes", "median s/vote", "tie", "both bad", "left wins", "position bias (p)",
            "shared votes", "kappa vs others"]
@@ -38,8 +38,7 @@ def overall(rows: list[dict], share: float) -> str:
     agree = agreement.agreement(rows)
     alpha = agree["krippendorff_alpha"]
     votes, shared = len(rows), agree["comparisons"]
-    return (f"**{votes} vote{'' if votes == 1 else 's'}**; **{shared} comparison{'' if shared == 1 else 's'} labeled by "
-            "more than one annotator** "
+    return (f"**{counted(votes, 'vote')}**; **{counted(shared, 'comparison')} labeled by more than one annotator** "
             f"({share:.0%} of queued prompts are set to be labeled twice). Krippendorff's alpha over them: "
             f"**{'n/a (no shared comparisons yet)' if alpha is None else f'{alpha:.2f}'}**. "
             f"Position bias is flagged when the left answer's share of decisive votes has p < {agreement.BIAS_P} "

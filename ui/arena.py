@@ -362,13 +362,14 @@ def import_prompts(services, upload, request: gr.Request = None):
     gate_file = services.settings.eval_prompts or GATE_PROMPTS
     try:
         rows, gated = leave_out_gate_prompts(load_prompt_file(path), load_prompt_file(gate_file))
-        added = services.store.import_prompts(rows, source=Path(path).name) if rows else 0
+        added = services.store.import_prompts(rows, source=Path(path).name)
     except (ValueError, OSError) as exc:
         raise user_error(f"Could not import {Path(path).name}: {exc}") from exc
+    them = "it" if len(gated) == 1 else "them"
     gr.Info(f"Imported {added} new prompts ({len(rows) - added} were already queued)."
-            + (f" {counted(len(gated), 'prompt')} left out: the promotion gate evaluates every round on "
-               f"{'it' if len(gated) == 1 else 'them'} ({gate_file.name}), and a round trained on "
-               f"{'it' if len(gated) == 1 else 'them'} would be judged on questions it has seen." if gated else ""),
+            + (f" {counted(len(gated), 'prompt')} left out: the promotion gate evaluates every round on {them} "
+               f"({gate_file.name}), and a round trained on {them} would be judged on questions it has seen."
+               if gated else ""),
             duration=30 if gated else 10)  # a longer message: time to read it, not a note that never leaves
     return progress_text(services, annotator_of(request))
 
