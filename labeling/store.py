@@ -22,7 +22,7 @@ from pathlib import Path
 from formats import (
     canonical_jsonl, clean_messages, content_hash as messages_hash, now_iso, write_manifest, write_rows,
 )
-from labeling import agreement, journal, pairs, review
+from labeling import agreement, journal, pairs, prompt_queue, review
 from labeling.db import Database, StoreLocked, StoreWriteError, utc_now as _now
 from labeling.group_commit import GroupCommit
 
@@ -166,6 +166,7 @@ class Store:
         self._report_lock = threading.Lock()  # two page loads at once compute the report once
         self._report: tuple[tuple[int, int], pairs.TrainingDataReport] | None = None
         self._votes = GroupCommit(self._write_votes)  # votes arriving together share one transaction
+        self.holds = prompt_queue.PromptHolds()  # who works on which queued prompt now
 
     @classmethod
     def from_journal(cls, journal_dir) -> tuple[Store, dict]:
@@ -377,30 +378,6 @@ class Store:
                 journaled.append(_journal_record("prompt", prompt_id, row))
         return len(new)
 
-    # Prompts the annotator has neither voted on nor been served (a comparison they
-    # generated and skipped counts as served, so a skip does not come back forever).
-    _UNSEEN = """
-        WITH seen AS (
-            SELECT prompt_id FROM comparisons WHERE annotator = ? AND prompt_id IS NOT NULL
-            UNION SELECT c.prompt_id FROM votes v JOIN comparisons c ON c.id = v.comparison_id
-                  WHERE v.annotator = ? AND c.prompt_id IS NOT NULL),
-        labels AS (
-            SELECT c.prompt_id, count(*) AS n, count(DISTINCT v.choice) AS choices
-            FROM votes v JOIN comparisons c ON c.id = v.comparison_id GROUP BY c.prompt_id),
-        gaps AS (
-            SELECT prompt_id, max(abs(length(answer_a) - length(answer_b))
-                                  / greatest(length(answer_a), length(answer_b), 1)) AS gap
-            FROM comparisons WHERE prompt_id IS NOT NULL GROUP BY prompt_id)
-        SELECT p.id, p.messages, p.source, p.category, p.reference, coalesce(l.n, 0) AS labels,
-               CASE WHEN l.n IS NULL THEN 1.0
-                    ELSE 2.0 * (l.choices > 1)::INTEGER + coalesce(g.gap, 0.0) END AS information
-        FROM prompts p LEFT JOIN labels l ON l.prompt_id = p.id LEFT JOIN gaps g ON g.prompt_id = p.id
-        WHERE p.id NOT IN (SELECT prompt_id FROM seen)"""
-
-    # Which prompts are labeled twice: a fixed share picked by a hash of the prompt id, so every
-    # process and restart agrees on it without storing anything.
-    _DOUBLE = "((p.id * 2654435761) % 1000) < ?"
-
     def next_second_label(self, annotator: str, overlap_share: float) -> dict | None:
         """A comparison someone else generated and voted on, for a prompt in the double-labeled share,
         that this annotator has not seen: voting on the same answers is what agreement measures."""
@@ -408,7 +385,7 @@ class Store:
             return None
         rows = self._db.rows(f"""
             SELECT c.* FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
-            WHERE {self._DOUBLE}
+            WHERE {prompt_queue.DOUBLE}
               AND (SELECT count(*) FROM votes v WHERE v.comparison_id = c.id) = 1
               AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.comparison_id = c.id AND v.annotator = ?)
               AND c.annotator <> ?
@@ -427,18 +404,24 @@ class Store:
     def next_prompt(self, annotator: str) -> dict | None:
         """The unseen queued prompt expected to teach the most, scored from cheap signals of the earlier
         comparisons on it (`information`):
-        - 2 when its votes split (annotators chose differently): the preference is still uncertain;
+        - 2 when its votes split (annotators judged the same thing differently: labeling/prompt_queue.py);
         - plus the largest length gap between two answers, |len a - len b| / longer, 0 to 1: the
           models answer it differently, so a label separates them;
         - a prompt nobody labeled yet scores 1 (unknown; about one big gap).
         So split votes come first, then never-labeled prompts, then labeled ones whose answers differ
         most; a prompt the models answer alike (small gap, agreed vote) waits at the end. Ties go to
         the least labeled, then the oldest. Eval flags and ROUGE-L are not used: no cheap per-prompt
-        figure of them exists at vote time."""
-        rows = self._db.rows(self._UNSEEN + " ORDER BY information DESC, labels, p.id LIMIT 1", [annotator, annotator])
-        if not rows:
-            return None
-        row = rows[0]
+        figure of them exists at vote time.
+
+        The prompt served is held for `annotator` (prompt_queue.PromptHolds): others are served it only
+        when every other prompt left for them is held too."""
+        with self.holds.serving:
+            rows = self._db.rows(prompt_queue.NEXT, [annotator, annotator, self.holds.held_by_others(annotator),
+                                              self.holds.held_by(annotator)])
+            if not rows:
+                return None
+            row = rows[0]
+            self.holds.hold(annotator, row["id"])
         row["messages"] = json.loads(row["messages"])
         row["prompt"] = row["messages"][-1]["content"]
         return row
@@ -446,7 +429,7 @@ class Store:
     def queue_size(self, annotator: str | None = None) -> int:
         """Prompts still to label: for one annotator, or (no annotator) prompts nobody labeled yet."""
         if annotator is not None:
-            return self._db.scalar(f"SELECT count(*) FROM ({self._UNSEEN})", [annotator, annotator])
+            return self._db.scalar(f"SELECT count(*) FROM ({prompt_queue.UNSEEN})", [annotator, annotator])
         return self._db.scalar("""SELECT count(*) FROM prompts p WHERE NOT EXISTS (
             SELECT 1 FROM comparisons c JOIN votes v ON v.comparison_id = c.id WHERE c.prompt_id = p.id)""")
 

@@ -22,6 +22,7 @@ pytestmark = [
 ]
 USERS = {"ann": "ann-secret", "bob": "bob-secret"}
 FIRST_GUIDELINES = "Be kind."
+QUEUED = ("Name a river.", "Name a mountain.")
 GUIDELINES = "## How to vote\nPrefer the answer that is correct; if both are, the shorter one."
 
 
@@ -40,6 +41,7 @@ def login_app(tmp_path_factory, tiny_model_dir, trained_checkpoint):
 
     with Store(data_dir) as store:  # a first version: the test sees it arrive in the editor before typing
         store.save_guidelines(FIRST_GUIDELINES, "bob")
+        store.import_prompts([{"prompt": prompt} for prompt in QUEUED], source="test")
     with serving_app(data_dir, "--auth-file", str(auth), "--base-model", str(tiny_model_dir),
                      log=data_dir / "app.log") as (url, process):
         yield url, data_dir, process
@@ -70,6 +72,12 @@ def test_each_logged_in_user_votes_under_their_own_name(browser, login_app):
     sessions = {user: log_in(browser, url, user) for user in USERS}
     for user, (_, page) in sessions.items():
         wait_text(page, "#arena-progress", f"{user} · labeled today: 0")  # the greeting names the user
+    # two annotators who take the next queued prompt at the same moment get different ones
+    for _, page in sessions.values():
+        page.click("#arena-next")
+    for _, page in sessions.values():
+        page.wait_for_function("() => document.querySelector('#arena-prompt textarea').value.length > 0")
+    assert sorted(page.input_value("#arena-prompt textarea") for _, page in sessions.values()) == sorted(QUEUED)
     bob = sessions["bob"][1]  # an admin writes the labeling guidelines in the Arena's admin panel
     bob.get_by_text("Models compared (admins)").click()
     # opening the panel loads the saved text into the editor; typing before it lands would be replaced

@@ -146,3 +146,28 @@ def test_the_queue_serves_split_votes_first_then_unlabeled_then_the_widest_answe
             add(store, row["messages"], annotator="cy", prompt_id=row["id"])  # served: the next one comes
         assert order == ["split", "fresh", "gap", "agreed"]
         assert store.next_prompt("cy") is None
+
+
+def test_votes_split_only_when_they_judge_the_same_thing_differently(data_dir):
+    """An `a` on one comparison and a `b` on another are not a dispute: each comparison shuffles its
+    sides, and two comparisons of the base against itself are four different samples."""
+    with Store(data_dir) as store:
+        store.import_prompts([{"prompt": p} for p in ("samples", "models", "fresh")], source="t")
+        ids = {json.loads(row["messages"])[0]["content"]: row["id"]
+               for row in store._db.rows("SELECT id, messages FROM prompts")}
+
+        def label(prompt, who, choice, model_a, model_b):
+            cid = add(store, [{"role": "user", "content": prompt}], a="Red.", b="Rot.", model_a=model_a,
+                      model_b=model_b, prompt_id=ids[prompt], annotator=who)
+            store.record_vote(cid, who, choice)
+
+        label("samples", "ann", "a", "base", "base")  # the left sample, then the right one: no dispute
+        label("samples", "bob", "b", "base", "base")
+        label("models", "ann", "a", "base", "round-1")  # ann prefers the base, bob the round
+        label("models", "bob", "a", "round-1", "base")
+        order = []
+        for _ in range(3):
+            row = store.next_prompt("cy")
+            order.append(row["prompt"])
+            add(store, row["messages"], annotator="cy", prompt_id=row["id"])
+        assert order == ["models", "fresh", "samples"]

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -16,6 +17,7 @@ from formats import (
     PromptFileError, load_prompt_file, load_reference_file, manifest_path, read_manifest, write_manifest,
 )
 from labeling import pairs
+from labeling.prompt_queue import HOLD_S, PromptHolds
 from labeling.store import MIGRATIONS, Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -334,11 +336,37 @@ def test_next_prompt_serves_least_labeled_unseen_prompts(store):
     assert first["prompt"] == "one" and first["source"] == "t"
     store.record_vote(add(store, first["messages"], annotator="x", prompt_id=first["id"]), "x", "a")
     assert store.next_prompt("x")["prompt"] == "two"  # x has labeled "one"
-    assert store.next_prompt("y")["prompt"] == "two"  # "one" already has a label, "two" has none
+    assert store.next_prompt("y")["prompt"] == "three"  # "one" already has a label, "two" is x's now
     skipped = add(store, [{"role": "user", "content": "two"}], annotator="x", prompt_id=store.next_prompt("x")["id"])
     assert skipped and store.next_prompt("x")["prompt"] == "three"  # a generated-but-skipped prompt is not re-served
     assert store.queue_size("x") == 1 and store.queue_size() == 2
     assert store.annotator_progress("x") == {"today": 1, "total": 1}
+
+
+def test_annotators_asking_at_once_get_different_prompts_and_a_short_queue_turns_nobody_away(store):
+    clock = [0.0]
+    store.holds = PromptHolds(clock=lambda: clock[0])
+    store.import_prompts([{"prompt": p} for p in ("one", "two", "three")], source="t")
+    barrier = threading.Barrier(3)
+
+    def ask(annotator):
+        barrier.wait()  # all three ask at the same moment
+        return store.next_prompt(annotator)["prompt"]
+
+    with ThreadPoolExecutor(3) as pool:
+        served = dict(zip("abc", pool.map(ask, "abc")))
+    assert sorted(served.values()) == ["one", "three", "two"], served  # nobody does another's work twice
+    assert store.next_prompt("a")["prompt"] == served["a"]  # asking again keeps your own (its prefetch)
+    assert store.next_prompt("d")["prompt"] == "one"  # all held: the most useful one, not "the queue is empty"
+    assert store.queue_size("d") == 3  # held prompts still count as waiting
+    clock[0] += HOLD_S / 2
+    assert store.next_prompt("a")["prompt"] == served["a"]  # a is still at it: their hold starts again
+    clock[0] += HOLD_S / 2 + 1  # b and c left: their holds lapse, and their prompts are served again
+    assert store.next_prompt("e")["prompt"] == min(served["b"], served["c"], key=["one", "two", "three"].index)
+    holds = PromptHolds()
+    holds.hold("a", 1)
+    holds.hold("a", 2)  # taking another prompt frees the one before
+    assert holds.held_by_others("b") == [2] and holds.held_by("a") == 2 and holds.held_by_others("a") == []
 
 
 # ---- snapshots, promotions, stats ----
