@@ -15,7 +15,9 @@ Holds. Two annotators who press *Next queued prompt* in the same minute would ge
 (neither has labeled it yet), each generate their own comparison of it, and do the team's work
 twice while leaving the rest of the queue waiting. A prompt served to one annotator is held for
 them until they take another one or `HOLD_S` passes (they may have left). Others get a held prompt
-only when every prompt left for them is held, so a short queue never turns anyone away. Holds live
+only when every prompt left for them is held, so a short queue never turns anyone away. A
+comparison from the double-labeled share is held the same way, and skipped while someone else
+holds it: one second vote is what agreement needs. Holds live
 in the app's memory: after a restart every page takes a new prompt anyway, and only the app serves
 the queue.
 """
@@ -70,25 +72,29 @@ DOUBLE = "((p.id * 2654435761) % 1000) < ?"
 
 
 class PromptHolds:
-    """Which queued prompt each annotator was served last, and when. `serving()` makes choosing a
-    prompt and holding it one step, so two annotators asking at once never get the same one."""
+    """What each annotator was served last, and when: a queued prompt (its id, an int) or, from the
+    double-labeled share, a comparison to vote on (its id, a str). `serving` makes choosing a task and
+    holding it one step, so two annotators asking at once never get the same one."""
 
     def __init__(self, hold_s: float = HOLD_S, clock=time.monotonic):
         self.hold_s = hold_s
         self._clock = clock
-        self._held: dict[str, tuple[int, float]] = {}  # annotator -> (prompt id, served at)
+        self._held: dict[str, tuple[int | str, float]] = {}  # annotator -> (prompt or comparison id, served at)
         self.serving = threading.Lock()
 
-    def _live(self) -> dict[str, int]:
+    def _live(self) -> dict[str, int | str]:
         now = self._clock()
-        return {who: prompt_id for who, (prompt_id, since) in self._held.items() if now - since < self.hold_s}
+        return {who: task for who, (task, since) in self._held.items() if now - since < self.hold_s}
 
-    def held_by_others(self, annotator: str) -> list[int]:
-        return sorted({prompt_id for who, prompt_id in self._live().items() if who != annotator})
+    def held_by_others(self, annotator: str, kind: type = int) -> list:
+        """The prompt ids (`kind` int) or comparison ids (str) that others hold."""
+        return sorted({task for who, task in self._live().items() if who != annotator and isinstance(task, kind)})
 
     def held_by(self, annotator: str) -> int | None:
-        return self._live().get(annotator)
+        """The queued prompt `annotator` holds, if any."""
+        task = self._live().get(annotator)
+        return task if isinstance(task, int) else None
 
-    def hold(self, annotator: str, prompt_id: int) -> None:
-        """`annotator` works on `prompt_id` from now on; whatever they held before is free again."""
-        self._held[annotator] = (prompt_id, self._clock())
+    def hold(self, annotator: str, task: int | str) -> None:
+        """`annotator` works on `task` from now on; whatever they held before is free again."""
+        self._held[annotator] = (task, self._clock())

@@ -380,24 +380,29 @@ class Store:
 
     def next_second_label(self, annotator: str, overlap_share: float) -> dict | None:
         """A comparison someone else generated and voted on, for a prompt in the double-labeled share,
-        that this annotator has not seen: voting on the same answers is what agreement measures."""
+        that this annotator has not seen and nobody else holds: voting on the same answers is what
+        agreement measures. It is held for `annotator` (prompt_queue.PromptHolds)."""
         if overlap_share <= 0:
             return None
-        rows = self._db.rows(f"""
-            SELECT c.* FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
-            WHERE {prompt_queue.DOUBLE}
-              AND (SELECT count(*) FROM votes v WHERE v.comparison_id = c.id) = 1
-              AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.comparison_id = c.id AND v.annotator = ?)
-              AND c.annotator <> ?
-              AND c.prompt_id NOT IN (SELECT c2.prompt_id FROM comparisons c2 WHERE c2.annotator = ?
-                                      AND c2.prompt_id IS NOT NULL)
-              AND c.prompt_id NOT IN (SELECT c3.prompt_id FROM votes v3 JOIN comparisons c3 ON c3.id = v3.comparison_id
-                                      WHERE v3.annotator = ? AND c3.prompt_id IS NOT NULL)
-            ORDER BY c.created_at, c.id LIMIT 1""",
-            [round(overlap_share * 1000), annotator, annotator, annotator, annotator])
-        if not rows:
-            return None
-        row = rows[0]
+        with self.holds.serving:
+            rows = self._db.rows(f"""
+                SELECT c.* FROM comparisons c JOIN prompts p ON p.id = c.prompt_id
+                WHERE {prompt_queue.DOUBLE}
+                  AND (SELECT count(*) FROM votes v WHERE v.comparison_id = c.id) = 1
+                  AND NOT EXISTS (SELECT 1 FROM votes v WHERE v.comparison_id = c.id AND v.annotator = ?)
+                  AND c.annotator <> ?
+                  AND c.prompt_id NOT IN (SELECT c2.prompt_id FROM comparisons c2 WHERE c2.annotator = ?
+                                          AND c2.prompt_id IS NOT NULL)
+                  AND c.prompt_id NOT IN (SELECT c3.prompt_id FROM votes v3 JOIN comparisons c3
+                                          ON c3.id = v3.comparison_id WHERE v3.annotator = ? AND c3.prompt_id IS NOT NULL)
+                  AND NOT list_contains(?::VARCHAR[], c.id)
+                ORDER BY c.created_at, c.id LIMIT 1""",
+                [round(overlap_share * 1000), annotator, annotator, annotator, annotator,
+                 self.holds.held_by_others(annotator, str)])
+            if not rows:
+                return None
+            row = rows[0]
+            self.holds.hold(annotator, row["id"])
         row["messages"], row["params"] = json.loads(row["messages"]), json.loads(row["params"])
         return row
 

@@ -602,6 +602,8 @@ def test_the_double_labeled_share_serves_someone_elses_comparison(store):
     assert store.next_second_label("ann", 1.0) is None  # never your own
     assert store.next_second_label("bob", 1.0)["id"] == made
     assert store.next_second_label("bob", 0.0) is None
+    assert store.next_second_label("cid", 1.0) is None  # bob holds it: one second vote is enough
+    assert store.next_second_label("bob", 1.0)["id"] == made  # asking again: still bob's
     doubled = [p["id"] for p in store._db.rows("SELECT id FROM prompts")
                if (p["id"] * 2654435761) % 1000 < 100]
     assert 1 <= len(doubled) <= 12  # about a tenth of 40 prompts at the default share
