@@ -55,10 +55,15 @@ def build_ui(settings: Settings, services: "Services") -> "gr.Blocks":
 
     # delete_cache: gradio's copies of uploads and downloads older than a day go, checked hourly
     with gr.Blocks(title=TITLE, delete_cache=(3600, 86400)) as demo:
-        gr.Markdown(
-            f"## {TITLE}\nBase model: `{services.chat.base_name}` · data: `{settings.data_dir}`",
-            elem_id="header",
-        )
+        with gr.Row(equal_height=False):
+            gr.Markdown(
+                f"## {TITLE}\nBase model: `{services.chat.base_name}` · data: `{settings.data_dir}`",
+                elem_id="header",
+            )
+            if services.users is not None:  # logins from --auth-file: a shared computer must be left logged out
+                # relative, so it also works behind a proxy's path prefix; only this browser's login ends
+                gr.Button("Log out", link="logout?all_session=false", size="sm", elem_id="logout", scale=0,
+                          min_width=90)
         login_button(services.space)  # on a Space only
         with gr.Tabs():
             with gr.Tab("Arena", id="arena") as arena_page:

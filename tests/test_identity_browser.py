@@ -107,6 +107,14 @@ def test_each_logged_in_user_votes_under_their_own_name(browser, login_app):
     wait_text(bob, "#evals-overrides", "bob checked it by hand")  # listed among the gate's overrides
     overrides = bob.inner_text("#evals-overrides")
     assert "r-trained" in overrides and "bob" in overrides
+    # Log out ends this browser's login only: ann's other browser (a second tab's login) keeps working
+    _, other_ann = log_in(browser, url, "ann")
+    ann.click("#logout")
+    ann.get_by_label("username").wait_for()
+    ann.goto(url)
+    ann.get_by_label("username").wait_for()  # still logged out on the next visit
+    other_ann.reload()
+    wait_text(other_ann, "#arena-progress", "ann · labeled today: 2")
     for context, _ in sessions.values():
         context.close()
     process.terminate()  # DuckDB allows one process: read what was stored once the app let go
