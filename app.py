@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -31,7 +32,7 @@ from formats import GATE_PROMPTS, write_gate_pointer  # noqa: E402
 from labeling import journal  # noqa: E402
 from labeling.hub_sync import HubSyncError  # noqa: E402
 from labeling.store import DB_NAME, Store, StoreLocked, StoreWriteError  # noqa: E402
-from labeling.users import read_users  # noqa: E402
+from labeling.users import AuthFile  # noqa: E402
 from models.loading import EMBEDDED, ModelLoadError, resolve_device  # noqa: E402
 from ui.settings import Settings  # noqa: E402
 from ui.space import SPACE_HOST, SpaceConfig, fetch_journal, login_button, on_space, start_uploads  # noqa: E402
@@ -136,7 +137,7 @@ def build_ui(settings: Settings, services: "Services") -> "gr.Blocks":
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def check_exposure(host: str, users: dict | None, space: SpaceConfig | None = None) -> None:
+def check_exposure(host: str, users: Mapping | None, space: SpaceConfig | None = None) -> None:
     """Without logins everyone is an admin, so such an app may listen on this machine only.
     A Space has logins: Sign in with Hugging Face (ui/space.py)."""
     if space is not None:
@@ -176,7 +177,7 @@ def sync_journal(store: Store, journal_dir: Path, space: SpaceConfig | None = No
         print(f"journaled {sum(added.values())} existing rows into {journal_dir}", flush=True)
 
 
-def login_checker(users: dict):
+def login_checker(users: Mapping):
     """gradio's `auth` callable: the user exists and the password matches its hash."""
     def check(name: str, password: str) -> bool:
         user = users.get(name)
@@ -247,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = parse_args(argv)
     started = time.perf_counter()
     try:  # everything that can refuse to start does so before the model loads
-        users = read_users(settings.auth_file) if settings.auth_file else None
+        users = AuthFile(settings.auth_file) if settings.auth_file else None
         space = SpaceConfig.from_env()
         check_exposure(settings.host, users, space)
         if settings.device != "auto":  # auto always resolves (to the CPU without a GPU): no torch import to refuse
@@ -282,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
     return serve(settings, users, space, store, uploader, started)
 
 
-def serve(settings: Settings, users: dict | None, space: SpaceConfig | None, store: Store, uploader,
+def serve(settings: Settings, users: Mapping | None, space: SpaceConfig | None, store: Store, uploader,
           started: float) -> int:
     """Load the model, build the page and serve it until the app is stopped; 2 if the model cannot load."""
     from models import decode_weights

@@ -1,4 +1,4 @@
-"""CLI: `python -m labeling export|import|stats|restore --data-dir DIR ...` and `users add --auth-file F ...`.
+"""CLI: `python -m labeling export|import|stats|restore --data-dir DIR ...` and `users add|remove|list --auth-file F ...`.
 
 DuckDB lets one read-write process own the file and the running app is that
 process. So export and stats open it read-only, and while the app holds it they
@@ -19,7 +19,7 @@ from pathlib import Path
 from formats import gate_prompts_of, leave_out_gate_prompts, load_prompt_file, write_rows
 from labeling import journal, lint, pairs
 from labeling.store import Store, StoreLocked
-from labeling.users import ROLES, add_user
+from labeling.users import ROLES, add_user, read_users, remove_user
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -59,6 +59,11 @@ def _parser() -> argparse.ArgumentParser:
     add.add_argument("--auth-file", type=Path, required=True)
     add.add_argument("--user", required=True)
     add.add_argument("--role", choices=ROLES, required=True)
+    remove = users_commands.add_parser("remove", help="take a user's login away (a running app notices at once)")
+    remove.add_argument("--auth-file", type=Path, required=True)
+    remove.add_argument("--user", required=True)
+    listed = users_commands.add_parser("list", help="who may log in, with their roles (never the hashes)")
+    listed.add_argument("--auth-file", type=Path, required=True)
     return parser
 
 
@@ -167,6 +172,14 @@ def _restore(args) -> None:
 
 
 def _users(args) -> None:
+    if args.users_command == "list":
+        for user in read_users(args.auth_file).values():
+            print(f"{user.name}\t{user.role}" + ("\t(plain-text password: re-add to hash it)" if user.legacy else ""))
+        return
+    if args.users_command == "remove":
+        remove_user(args.auth_file, args.user)
+        print(f"{args.user} removed from {args.auth_file}")
+        return
     if sys.stdin.isatty():
         import getpass
 

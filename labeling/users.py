@@ -10,14 +10,21 @@ and only its salted PBKDF2 hash is stored). Roles, from least to most:
 
 A legacy `name:password` line (plain text) still logs in, as an admin, so an existing
 deployment keeps working; the app warns about each such line at start.
+
+The running app reads the file again whenever it changes (`AuthFile`), so adding, removing or
+re-roling a user needs no restart, which would stop everyone's generation and log everyone out.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 import secrets
+import sys
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -87,6 +94,69 @@ def read_users(path: Path) -> dict[str, User]:
     return users
 
 
+def _other_lines(path: Path, name: str) -> list[str]:
+    """The auth file's lines for everyone but `name`, as they are; refuses to touch a broken file."""
+    if not path.exists():
+        return []
+    text = path.read_text(encoding="utf-8")
+    if text.strip():
+        read_users(path)
+    return [line for line in text.splitlines() if line.split(":", 1)[0].strip() != name]
+
+
+def remove_user(path: Path, name: str) -> None:
+    """Take `name` out of the auth file (atomic rewrite). The last user cannot go: an app with an auth
+    file must have someone who can log in."""
+    path = Path(path)
+    users = read_users(path)
+    if name not in users:
+        raise ValueError(f"{path}: no user {name!r} (users: {', '.join(sorted(users))})")
+    if len(users) == 1:
+        raise ValueError(f"{path}: {name} is the only user; add another before removing them")
+    write_atomic(path, ("\n".join(_other_lines(path, name)) + "\n").encode(), mode=0o600)
+
+
+class AuthFile(Mapping):
+    """The auth file as the running app sees it: name -> User, read again when the file changes
+    (checked on each lookup: one stat). An edit that does not parse, or a file that is gone, keeps
+    the last good list, with one warning on stderr, rather than lock the whole team out."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        self._stamp = self._stamp_now()
+        self._users = read_users(self.path)
+
+    def _stamp_now(self):
+        try:
+            stat = os.stat(self.path)
+        except OSError as exc:
+            return repr(exc)
+        return stat.st_mtime_ns, stat.st_size, stat.st_ino  # an atomic rewrite is a new inode
+
+    def _current(self) -> dict[str, User]:
+        stamp = self._stamp_now()
+        if stamp != self._stamp:
+            with self._lock:
+                if stamp != self._stamp:
+                    self._stamp = stamp
+                    try:
+                        self._users = read_users(self.path)
+                        print(f"{self.path}: reloaded, {len(self._users)} users", file=sys.stderr, flush=True)
+                    except ValueError as exc:
+                        print(f"warning: {exc}; the app keeps the users it had", file=sys.stderr, flush=True)
+        return self._users
+
+    def __getitem__(self, name: str) -> User:
+        return self._current()[name]
+
+    def __iter__(self):
+        return iter(self._current())
+
+    def __len__(self) -> int:
+        return len(self._current())
+
+
 def add_user(path: Path, name: str, role: str, password: str) -> None:
     """Add or replace `name` in the auth file (atomic rewrite; other lines are kept as they are)."""
     if role not in ROLES:
@@ -96,11 +166,6 @@ def add_user(path: Path, name: str, role: str, password: str) -> None:
     if len(password) < 8:
         raise ValueError("the password must be at least 8 characters")
     path = Path(path)
-    kept = []
-    if path.exists():
-        if path.read_text(encoding="utf-8").strip():
-            read_users(path)  # refuse to rewrite a broken file
-        kept = [line for line in path.read_text(encoding="utf-8").splitlines()
-                if line.split(":", 1)[0].strip() != name]
+    kept = _other_lines(path, name)
     kept.append(f"{name}:{role}:{hash_password(password)}")
     write_atomic(path, ("\n".join(kept) + "\n").encode(), mode=0o600)  # password hashes are still secrets

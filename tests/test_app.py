@@ -278,7 +278,7 @@ def test_every_handler_that_asks_who_is_asking_is_told(services):
 
 def test_cli_parsing_users_file_and_roles(tmp_path):
     from app import check_exposure, login_checker, parse_args
-    from labeling.users import add_user, read_users
+    from labeling.users import add_user, read_users, remove_user
 
     settings = parse_args(["--data-dir", str(tmp_path), "--port", "7999"])
     assert settings.port == 7999 and settings.data_dir == tmp_path
@@ -291,6 +291,12 @@ def test_cli_parsing_users_file_and_roles(tmp_path):
     assert {name: u.role for name, u in users.items()} == {"rita": "reviewer", "ann": "admin"}
     check = login_checker(users)
     assert check("ann", "new-password") and not check("ann", "ann-password") and not check("nobody", "x")
+    remove_user(auth, "rita")
+    assert set(read_users(auth)) == {"ann"}
+    with pytest.raises(ValueError, match="no user 'zed'"):
+        remove_user(auth, "zed")
+    with pytest.raises(ValueError, match="only user"):  # an app with logins keeps someone who can log in
+        remove_user(auth, "ann")
     auth.write_text("legacy:plainpass\n")  # an old user:password file still logs in
     assert read_users(auth)["legacy"].check("plainpass")
     auth.write_text("justaname\n")

@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 import uuid
 
 import httpx
 import pytest
 
 from labeling import journal
+from tests.conftest import ROOT
 from tests.test_browser import serving_app
 
 pytestmark = pytest.mark.slow
@@ -208,3 +211,36 @@ def test_the_api_samples_comparisons_as_the_admin_set_them_for_the_page(roles_ap
             answers.setdefault(row[f"model_{side}"], set()).add(row[f"answer_{side}"])
     assert all(len(texts) == 1 for texts in answers.values()), answers  # greedy: each model said the same twice
     assert len({json.loads(comparisons[c]["params"])["seed"] for c, *_ in made}) == 2  # a fresh seed each time
+
+
+def test_the_running_app_takes_added_and_removed_users_without_a_restart(roles_app):
+    """An admin adds or removes a login with the CLI while the team works: a restart would stop every
+    generation and log everyone out, so the app reads the auth file again when it changes."""
+    url, data_dir, log = roles_app
+    auth = data_dir.parent / "users.txt"
+
+    def users(*args, stdin=""):
+        done = subprocess.run([sys.executable, "-m", "labeling", "users", *args, "--auth-file", str(auth)],
+                              input=stdin, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    def log_in(user, password):
+        return httpx.post(f"{url}/login", data={"username": user, "password": password}, timeout=60).status_code
+
+    assert log_in("cy", "cy-password") != 200  # not a user yet
+    users("add", "--user", "cy", "--role", "annotator", stdin="cy-password\n")
+    assert log_in("cy", "cy-password") == 200  # the same app, no restart
+    assert users("list").split() == ["ann", "annotator", "ada", "admin", "cy", "annotator"]
+    ann = session(url, "ann")  # logged in before ann is removed
+    fns = {dep.get("api_name"): dep["id"] for dep in ann.get("/config").json()["dependencies"]}
+    users("remove", "--user", "ann")
+    assert log_in("ann", PASSWORDS["ann"]) != 200
+    refused = call(ann, fns["arena_generate"], ["Name a colour.", 8])  # an open page's next action
+    assert refused["success"] is False and "no longer in the app's auth file" in json.dumps(refused), refused
+    ann.close()
+    broken = auth.read_text()
+    auth.write_text(broken + "not a user line\n")  # a bad hand edit keeps the users the app had
+    assert log_in("cy", "cy-password") == 200
+    assert "the app keeps the users it had" in log.read_text()
+    auth.write_text(broken)

@@ -10,6 +10,7 @@ import inspect
 import json
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -52,7 +53,7 @@ class Services:
     chat: ChatModel
     store: object | None = None  # labeling.store.Store
     jobs: object | None = None  # pipeline.JobManager
-    users: dict | None = None  # name -> labeling.users.User; None: no logins, one local admin
+    users: Mapping | None = None  # labeling.users.AuthFile (name -> User, read again on change); None: one local admin
     space: object | None = None  # ui.space.SpaceConfig on a Hugging Face Space: HF logins, roles from its variables
     # Browser sessions whose reviewer pressed Stop; the running generation checks it per token.
     stop_requests: set = field(default_factory=set)
@@ -73,6 +74,9 @@ class Services:
         if self.space is not None and hf_username(request) is None:
             raise user_error("Sign in with Hugging Face (the button at the top of the page) to generate, vote or "
                              "change anything: visitors who have not signed in can only look.")
+        if self.users is not None and annotator_of(request) not in self.users:
+            raise user_error(f"{annotator_of(request)} is no longer in the app's auth file: nothing was changed. "
+                             "Ask an admin to add you again, then reload the page and log in.")
         have = self.role_of(request)
         if not at_least(have, role):
             raise user_error(f"This needs the {role} role; {annotator_of(request)} is signed in as {have}.")
