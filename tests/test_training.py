@@ -18,6 +18,7 @@ import torch
 
 from training.__main__ import build_parser, main
 from training.config import RECIPES_DIR, RoundConfig, knob_fields, load_recipe, write_recipe
+from training.data import prompt_groups, split_holdout
 from models.loading import load_base
 from models.chat import ChatModel, SamplingParams
 from training.registry import list_checkpoints, remove_stale_temp_dirs, temp_dir_for
@@ -169,8 +170,6 @@ def test_plan_steps_caps_epochs_at_max_steps():
 
 def test_rows_that_share_a_first_prompt_are_held_out_together():
     from datasets import Dataset
-
-    from training.data import prompt_groups, split_holdout
 
     def conversation(first, *more):
         turns = [{"role": "user", "content": first}]
@@ -343,6 +342,30 @@ def test_heldout_keeps_the_best_step_and_stops_after_patience(tiny_model_dir, tm
     assert "stopped early at step 4" in (tmp_path / "ck" / ".runs" / "es" / "train.log").read_text()
 
 
+def test_prompts_too_long_for_max_length_are_dropped_before_the_held_out_split(tiny_model_dir, tmp_path):
+    """trl drops a DPO row whose prompt alone fills max_length. Dropped after the split, a round that held
+    out only such prompts failed ("every held-out row has a prompt longer than max_length") after loading
+    the model: on MT-bench's questions, about one round in six."""
+    from datasets import Dataset
+
+    long_prompt = [{"role": "user", "content": "describe " + " ".join(f"word{i}" for i in range(60))}]
+    rows = dpo_rows(8)
+    for i, row in enumerate(rows):
+        row["prompt"] = dpo_rows(2)[i % 2]["prompt"]
+    rows += [{**row, "prompt": long_prompt} for row in dpo_rows(4)]
+    data = Dataset.from_list(rows)
+    groups = prompt_groups(data)
+    # a seed whose split holds out the long prompt alone: split first, then dropped, nothing was left to hold out
+    seed = next(s for s in range(200) if set(prompt_groups(split_holdout(data, 0.3, s, groups)[1])) == {groups[-1]})
+    out = tmp_path / "checkpoints"
+    result = cli(*tiny_args(tiny_model_dir, write_jsonl(tmp_path / "pairs.jsonl", rows), out, "r-long", "--method",
+                            "dpo", "--steps", "1", "--no-4bit", "--seed", seed, "--holdout-fraction", "0.3"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((out / "r-long" / "round.json").read_text())["metrics"]
+    assert metrics["n_dropped_too_long"] == 4 and metrics["n_train"] + metrics["n_holdout"] == 8, metrics
+    assert "(4 dropped: prompt longer than max_length)" in (out / ".runs" / "r-long" / "train.log").read_text()
+
+
 # ---------------------------------------------------------------- refusals: exit 2, nothing written
 
 @pytest.mark.parametrize("case, expected", [
@@ -353,6 +376,7 @@ def test_heldout_keeps_the_best_step_and_stops_after_patience(tiny_model_dir, tm
     ("not_messages", "must be a non-empty list of {role, content} messages"),
     ("bad_base", "unknown base model 'no-such-model'"),
     ("bad_config", "lora_r must be an integer from 1 to 256, got 0"),
+    ("too_long", "0 of 5 rows have a prompt shorter than max_length=16 tokens"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_checkpoint(case, expected, tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "data.jsonl"
@@ -366,6 +390,9 @@ def test_bad_input_exits_2_with_one_line_and_no_checkpoint(case, expected, tiny_
         data.write_text("this is not json\n{{{\n")
     elif case == "not_messages":
         write_jsonl(data, [{**r, "chosen": "plain text"} for r in dpo_rows(5)])
+    elif case == "too_long":
+        write_jsonl(data, dpo_rows(5))
+        extra = ["--max-length", "16"]  # SmolLM's template alone takes more
     elif case in ("bad_base", "bad_config"):
         write_jsonl(data, dpo_rows(5))
         base = "no-such-model" if case == "bad_base" else base

@@ -33,7 +33,7 @@ from models.loading import ModelLoadError, adapter_fingerprint, resolve_base_mod
 from training.callbacks import Progress, Unwritten, is_main_process
 from training.config import RoundConfig
 from training.data import (
-    BadInput, file_sha256, load_corpus, load_snapshot, one_line, prompt_groups, split_holdout,
+    BadInput, drop_prompts_too_long, file_sha256, load_corpus, load_snapshot, one_line, prompt_groups, split_holdout,
 )
 from training.registry import remove_stale_temp_dirs, temp_dir_for
 from training.trainer import attach_lora, build_trainer, compute_dtype, find_adapter, heldout_results, load_model
@@ -199,9 +199,14 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     else:
         data = load_snapshot(data_path, config.method, config.min_pairs,
                              tmp / "datasets-cache" if scratch is None else Path(scratch.name))
+    resolved, init, dtype, model, tokenizer, quantization = _load(config, cache_dir, files)
+    data, too_long, longest = drop_prompts_too_long(data, tokenizer, config.max_length)
+    if len(data) < 2:
+        raise BadInput(f"{len(data)} of {len(data) + too_long} rows have a prompt shorter than max_length="
+                       f"{config.max_length} tokens (the longest takes {longest}): raise --max-length (the Train "
+                       "tab's Max length) above the prompts you labeled, or label shorter prompts")
     groups = prompt_groups(data)
     train, holdout = split_holdout(data, config.holdout_fraction, config.seed, groups)
-    resolved, init, dtype, model, tokenizer, quantization = _load(config, cache_dir, files)
     # full fine-tuning trains the loaded weights themselves; otherwise a LoRA adapter on top of them
     model, peft_config = (model, None) if config.full else attach_lora(config, model, init)
     trainer = build_trainer(config, model, tokenizer, train, holdout, tmp / "trainer",
@@ -214,7 +219,7 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
                        f"max_length={config.max_length} tokens: raise --max-length")
     # CPT packs its chunks into max_length blocks, so fewer rows than chunks is packing, not dropping
     packed = config.method == "cpt"
-    dropped = 0 if packed else len(train) + len(holdout) - n_train - n_holdout
+    dropped = 0 if packed else too_long + len(train) + len(holdout) - n_train - n_holdout
     max_steps = trainer.args.max_steps = plan_steps(n_train, config)
     files.say(f"{n_train} training {'blocks' if packed else 'rows'}, {n_holdout} held out"
               + (f" (packed from {len(train)} + {len(holdout)} chunks into {config.max_length}-token blocks)"
