@@ -39,13 +39,13 @@ def decode_rate(model, prompt_ids: list[int], tokens: int, step, cache=None) -> 
     ids = torch.tensor([prompt_ids])
     with torch.no_grad():
         positions = torch.arange(ids.shape[1])
-        logits = model(input_ids=ids, position_ids=positions.unsqueeze(0), past_key_values=cache, use_cache=True,
+        logits = model(input_ids=ids, position_ids=positions.unsqueeze(0), cache=cache, use_cache=True,
                        cache_position=positions, logits_to_keep=1).logits
         token = logits[:, -1].argmax(-1, keepdim=True)
         started = time.perf_counter()
         for i in range(tokens):
             position = torch.tensor([ids.shape[1] + i])
-            logits = step(input_ids=token, position_ids=position.unsqueeze(0), past_key_values=cache,
+            logits = step(input_ids=token, position_ids=position.unsqueeze(0), cache=cache,
                           use_cache=True, cache_position=position)
             token = logits[:, -1].argmax(-1, keepdim=True)
     return tokens / (time.perf_counter() - started)

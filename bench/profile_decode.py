@@ -43,11 +43,11 @@ def profile(dtype: str, steps: int, cache_dir: Path):
     def decode(n: int) -> float:
         cache = DynamicCache()
         with torch.inference_mode():
-            logits = model(input_ids=ids, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+            logits = model(input_ids=ids, cache=cache, use_cache=True, logits_to_keep=1).logits
             token = logits[:, -1].argmax(-1, keepdim=True)
             started = time.perf_counter()
             for _ in range(n):
-                logits = model(input_ids=token, past_key_values=cache, use_cache=True, logits_to_keep=1).logits
+                logits = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1).logits
                 token = logits[:, -1].argmax(-1, keepdim=True)
         return (time.perf_counter() - started) / n
 

@@ -240,7 +240,7 @@ class Scheduler:
     def _forward(self, input_ids, attention_mask, position_ids, cache, adapters):
         model = self.chat.model
         kwargs = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids,
-                      past_key_values=cache, use_cache=True, logits_to_keep=1)
+                      cache=cache, use_cache=True, logits_to_keep=1)
         if not self.chat.adapters:
             return model(**kwargs).logits[:, -1, :]
         loaded = tuple(self.chat.adapters)
