@@ -71,9 +71,15 @@ def vote_on_shown(page, key: str) -> list[str]:
 
 
 def label_shared(page, key: str) -> list[str]:
-    """Take the next queued task, which is someone else's comparison: its answers appear at once."""
+    """Take the next queued task, which is someone else's comparison: its answers appear at once.
+
+    The panes still show the last comparison until they draw the new one, which can come after the
+    vote buttons (under load, a page read the old answers): wait until what they show has changed."""
+    before = answers(page)
     page.click("#arena-next")
     page.wait_for_selector("#vote-a:not([disabled])", timeout=30_000)
+    page.wait_for_function("before => ['a', 'b'].some((side, i) => "
+                           "document.querySelector(`#arena-${side}`).innerText !== before[i])", arg=before)
     return vote_on_shown(page, key)
 
 

@@ -278,7 +278,9 @@ def test_a_cpt_round_shows_its_held_out_perplexity(admin_page, tabs_app):
     page = admin_page
     page.get_by_role("tab", name="Train").click()
     page.get_by_text("cpt", exact=True).click()
-    wait_text(page, "#train-data", "chunks")  # the corpus the fixture wrote
+    # the corpus the fixture wrote; the tab's first summary (the DPO data lint, with its sentence encoder) goes
+    # first, in order, and took over 30 s once with a training subprocess on the other core
+    wait_text(page, "#train-data", "chunks", timeout=90_000)
     page.get_by_text("Hyper-parameters (from the recipe; edit freely)").click()
     wait_text(page, "#train-config", "cpt_qlora")  # the method's recipe is loaded
     set_number(page, "#knob-max_steps", 4)
