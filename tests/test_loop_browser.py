@@ -150,6 +150,12 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     assert round_info["quantization"].startswith("nf4")
     assert round_info["config"]["max_steps"] == 2 and round_info["metrics"]["steps"] <= 2  # the knobs reached it
     assert round_info["config"]["batch_size"] == 1
+    # the round's result line says what it trained on, and which labeled rows it could not use
+    metrics = round_info["metrics"]
+    assert f"trained on {metrics['n_train']} row" in status and f"{metrics['n_holdout']} held out" in status, status
+    dropped = metrics["n_dropped_too_long"]
+    assert ("the prompt alone fills Max length" in status) == (dropped > 0), status
+    assert not dropped or f" {dropped} row" in status, status
 
     # 5. read the eval and promote (with a reason if the gate blocks)
     page.get_by_role("tab", name="Evals").click()

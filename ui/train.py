@@ -357,6 +357,13 @@ def round_result(services: Services, round_id: str) -> str:
                      f" of {metrics.get('steps')}")
     if isinstance(metrics.get("heldout_reward_accuracy"), (int, float)):
         parts.append(f"held-out reward accuracy {metrics['heldout_reward_accuracy']:.0%}")
+    if isinstance(metrics.get("n_train"), int) and isinstance(metrics.get("n_holdout"), int):
+        unit = "block" if checkpoint.round.get("method") == "cpt" else "row"  # CPT packs its chunks into blocks
+        parts.append(f"trained on {counted(metrics['n_train'], unit)}, {metrics['n_holdout']} held out")
+    if metrics.get("n_dropped_too_long"):  # what the data summary counted but the round could not use
+        max_length = (checkpoint.round.get("config") or {}).get("max_length")
+        parts.append(f"{counted(metrics['n_dropped_too_long'], 'row')} left out: the prompt alone fills Max length "
+                     f"({max_length} tokens); raise it to train on them")
     return " · ".join(parts)
 
 
