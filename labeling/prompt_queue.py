@@ -17,9 +17,8 @@ twice while leaving the rest of the queue waiting. A prompt served to one annota
 them until they take another one or `HOLD_S` passes (they may have left). Others get a held prompt
 only when every prompt left for them is held, so a short queue never turns anyone away. A
 comparison from the double-labeled share is held the same way, and skipped while someone else
-holds it: one second vote is what agreement needs. Holds live
-in the app's memory: after a restart every page takes a new prompt anyway, and only the app serves
-the queue.
+holds it: one second vote is what agreement needs. Holds live in the app's memory: after a restart
+every page takes a new prompt anyway, and only the app serves the queue.
 """
 
 from __future__ import annotations

@@ -421,8 +421,8 @@ class Store:
         The prompt served is held for `annotator` (prompt_queue.PromptHolds): others are served it only
         when every other prompt left for them is held too."""
         with self.holds.serving:
-            rows = self._db.rows(prompt_queue.NEXT, [annotator, annotator, self.holds.held_by_others(annotator),
-                                              self.holds.held_by(annotator)])
+            held = [self.holds.held_by_others(annotator), self.holds.held_by(annotator)]
+            rows = self._db.rows(prompt_queue.NEXT, [annotator, annotator, *held])
             if not rows:
                 return None
             row = rows[0]
