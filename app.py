@@ -72,7 +72,7 @@ def build_ui(settings: Settings, services: "Services") -> "gr.Blocks":
             with gr.Tab("Chat", id="chat") as chat_page:
                 chat_models = chat_tab(services)
             with gr.Tab("Train", id="train") as train_page:
-                train_choices, train_gate = train.train_tab(services)
+                train_choices, train_gate, train_config_on = train.train_tab(services)
             with gr.Tab("Evals", id="evals") as evals_page:
                 evals_picker, evals_outputs = evals.evals_tab(services)
             with gr.Tab("Annotators", id="annotators") as annotators_page:
@@ -117,6 +117,7 @@ def build_ui(settings: Settings, services: "Services") -> "gr.Blocks":
         train_refresh, train_in_order = bind(train.start_gate, services), dict(private, **train.GATE_IN_ORDER)
         demo.load(train_refresh, train_choices, train_gate, **train_in_order)
         train_page.select(train_refresh, train_choices, train_gate, **train_in_order)
+        train_config_on(train_page.select)
         evals_refresh, evals_in_order = bind(evals.refresh, services), dict(private, **evals.VIEW_IN_ORDER)
         demo.load(evals_refresh, evals_picker, evals_outputs, **evals_in_order)
         evals_page.select(evals_refresh, evals_picker, evals_outputs, **evals_in_order)

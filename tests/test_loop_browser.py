@@ -116,6 +116,11 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     page.get_by_text("Hyper-parameters (from the recipe; edit freely)").click()
     set_number(page, "#knob-max_steps", 2)
     set_number(page, "#knob-batch_size", 1)  # a step of the default 4 pairs takes ~8 s in 4-bit on 2 cores
+    # a Max length the prompts fill by themselves: the config line says the round would leave those pairs out
+    set_number(page, "#knob-max_length", 16)
+    wait_text(page, "#train-config", "a prompt that fills Max length (16 tokens) by itself")
+    set_number(page, "#knob-max_length", 128)
+    page.wait_for_function("() => !document.querySelector('#train-config').innerText.includes('(16 tokens)')")
     wait_text(page, "#train-config", "max_steps: 2")  # the server has the edited config
     wait_text(page, "#train-config", "batch_size: 1")
     if page.is_disabled("#train-start"):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import functools
 import html
+import json
 import shutil
 import tempfile
 import time
@@ -21,7 +22,7 @@ import pandas as pd
 
 from labeling import pairs
 from labeling.lint import CUT_OFF
-from training.data import BadInput, corpus_files, corpus_texts
+from training.data import BadInput, corpus_files, corpus_texts, prompt_tokens
 from pipeline import JobBusy
 from training.config import (
     DPO_LOSSES, RECIPES_DIR, SFT_LOSSES, RoundConfig, default_recipe, field_type, knob_fields, load_recipe,
@@ -400,7 +401,34 @@ def config_summary(services: Services, recipe: str, method: str, start_from: str
         return f"⛔ {exc}"
     base = load_recipe(recipe)
     changed = [f"{f.name}: {getattr(config, f.name)}" for f in knob_fields() if getattr(config, f.name) != getattr(base, f.name)]
-    return f"This round: **{recipe}**" + (" with " + ", ".join(f"`{c}`" for c in changed) if changed else " as it is")
+    line = f"This round: **{recipe}**" + (" with " + ", ".join(f"`{c}`" for c in changed) if changed else " as it is")
+    too_long = prompts_too_long(services, config.max_length) if config.method == "dpo" else 0
+    if too_long:
+        it = "it" if too_long == 1 else "them"
+        line += (f"\n\n⚠️ {counted(too_long, 'DPO pair')} {'has' if too_long == 1 else 'have'} a prompt that fills "
+                 f"Max length ({config.max_length} tokens) by itself: the round leaves {it} out. Raise Max length "
+                 f"to train on {it}.")
+    return line
+
+
+_PROMPT_TOKENS: dict[tuple[int, str], int] = {}  # (tokenizer, prompt as JSON) -> tokens; the knobs ask on every edit
+
+
+def prompts_too_long(services: Services, max_length: int) -> int:
+    """How many DPO pairs a round would take (by default) have a prompt of at least `max_length` tokens:
+    the round drops those before it starts (training.data.drop_prompts_too_long). 0 when this process
+    has no tokenizer (a --backend server generates)."""
+    tokenizer = getattr(services.chat, "tokenizer", None)
+    if tokenizer is None:
+        return 0
+    rows, _ = pairs.training_rows(services.store.training_data_report(), "dpo")
+    lengths = []
+    for row in rows:
+        key = (id(tokenizer), json.dumps(row["prompt"], ensure_ascii=False))
+        if key not in _PROMPT_TOKENS:
+            _PROMPT_TOKENS[key] = prompt_tokens(row, tokenizer)
+        lengths.append(_PROMPT_TOKENS[key])
+    return sum(length >= max_length for length in lengths)
 
 
 def knob_component(f, value, method: str):
@@ -491,8 +519,15 @@ def train_tab(services: Services):
     # load and tab select in app.py share) answers any that still overlap in the order they were sent.
     gr.on([method.change, include_flagged.change, include_cut_off.change, refresh_data.click],
           bind(start_gate, services), choices, gate, trigger_mode="always_last", **GATE_IN_ORDER, **private)
+    config_in_order = dict(concurrency_id="train-config", concurrency_limit=1)
     gr.on([knob.change for knob in (recipe, method, *knobs)], bind(config_summary, services),
-          [recipe, method, start_from, *knobs], summary, trigger_mode="always_last", concurrency_limit=1, **private)
+          [recipe, method, start_from, *knobs], summary, trigger_mode="always_last", **config_in_order, **private)
+
+    def config_on(event) -> None:
+        """The config line on another trigger too (the tab's select, in app.py): its warning about prompts
+        longer than Max length must not wait for the first edit."""
+        event(bind(config_summary, services), [recipe, method, start_from, *knobs], summary, **config_in_order,
+              **private)
     start.click(bind(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
                 [*outputs, start, reason], **GATE_IN_ORDER, **private)
     cancel.click(bind(cancel_round, services), choices, [*outputs, start, reason], **GATE_IN_ORDER, **private)
@@ -501,4 +536,4 @@ def train_tab(services: Services):
     export_button.click(bind(export_data, services), [export_kind, export_format], export_file, **private)
     corpus.upload(bind(save_corpus, services), corpus, data, **private).then(
         bind(start_gate, services), choices, gate, **GATE_IN_ORDER, **private)
-    return choices, gate
+    return choices, gate, config_on
