@@ -6,10 +6,11 @@ Order. *Next queued prompt* serves the unseen prompt expected to teach the most
 labeled ones by the widest gap between two answers' lengths.
 
 What "split" means. Votes split when annotators judged the same thing differently: two votes on one
-comparison that differ, or votes on two comparisons of the prompt that prefer different models. An
-`a` on one comparison and a `b` on another says nothing by itself: the sides are shuffled per
-comparison, and two comparisons of the base against itself are four different samples. Comparing
-the letters across comparisons made half of all re-served prompts look disputed.
+comparison that differ, or votes on two comparisons of the same two models that prefer different
+ones. An `a` on one comparison and a `b` on another says nothing by itself: the sides are shuffled
+per comparison, and two comparisons of the base against itself are four different samples.
+Comparing the letters across comparisons made half of all re-served prompts look disputed; and a
+round that beats the base, then a later round that beats that one, agree rather than dispute.
 
 Holds. Two annotators who press *Next queued prompt* in the same minute would get the same prompt
 (neither has labeled it yet), each generate their own comparison of it, and do the team's work
@@ -37,15 +38,17 @@ UNSEEN = """
               WHERE v.annotator = ? AND c.prompt_id IS NOT NULL),
     verdicts AS (  -- the model a vote preferred (or tie / both_bad); NULL where both sides are one model
         SELECT c.prompt_id, c.id AS comparison_id, v.choice,
+               least(c.model_a, c.model_b) AS model_x, greatest(c.model_a, c.model_b) AS model_y,
                CASE WHEN c.model_a = c.model_b THEN NULL
                     WHEN v.choice = 'a' THEN c.model_a WHEN v.choice = 'b' THEN c.model_b
                     ELSE v.choice END AS verdict
         FROM votes v JOIN comparisons c ON c.id = v.comparison_id WHERE c.prompt_id IS NOT NULL),
-    disputed AS (  -- two votes on one comparison that differ
-        SELECT DISTINCT prompt_id FROM verdicts GROUP BY prompt_id, comparison_id HAVING count(DISTINCT choice) > 1),
+    disputed AS (  -- two votes on one comparison that differ, or on one pair of models that differ
+        SELECT prompt_id FROM verdicts GROUP BY prompt_id, comparison_id HAVING count(DISTINCT choice) > 1
+        UNION SELECT prompt_id FROM verdicts GROUP BY prompt_id, model_x, model_y
+              HAVING count(DISTINCT verdict) > 1),
     labels AS (
-        SELECT prompt_id, count(*) AS n,
-               count(DISTINCT verdict) > 1 OR prompt_id IN (SELECT prompt_id FROM disputed) AS split
+        SELECT prompt_id, count(*) AS n, prompt_id IN (SELECT prompt_id FROM disputed) AS split
         FROM verdicts GROUP BY prompt_id),
     gaps AS (
         SELECT prompt_id, max(abs(length(answer_a) - length(answer_b))
@@ -97,3 +100,8 @@ class PromptHolds:
     def hold(self, annotator: str, task: int | str) -> None:
         """`annotator` works on `task` from now on; whatever they held before is free again."""
         self._held[annotator] = (task, self._clock())
+
+    def release(self, annotator: str) -> None:
+        """`annotator` voted: what they held is done (annotators take their next one at once, as it is
+        pre-generated; an admin, who has no pre-generation, would otherwise hold it for HOLD_S)."""
+        self._held.pop(annotator, None)

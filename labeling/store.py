@@ -253,8 +253,10 @@ class Store:
         if time_spent_s is not None and not (isinstance(time_spent_s, (int, float)) and math.isfinite(time_spent_s)
                                              and time_spent_s >= 0):
             raise ValueError("time_spent_s must be a non-negative number")
-        return self._votes.submit(_VoteRequest(comparison_id, annotator, choice, better_answer, idempotency_key,
-                                               time_spent_s))
+        result = self._votes.submit(_VoteRequest(comparison_id, annotator, choice, better_answer, idempotency_key,
+                                                 time_spent_s))
+        self.holds.release(annotator)  # their task is done; the queue is free to serve it by its order again
+        return result
 
     def _write_votes(self, requests: list[_VoteRequest]):
         """GroupCommit's writer: the votes that arrived together, in one transaction, and then their

@@ -118,7 +118,7 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     set_number(page, "#knob-batch_size", 1)  # a step of the default 4 pairs takes ~8 s in 4-bit on 2 cores
     # a Max length the prompts fill by themselves: the config line says the round would leave those pairs out
     set_number(page, "#knob-max_length", 16)
-    wait_text(page, "#train-config", "a prompt that fills Max length (16 tokens) by itself")
+    wait_text(page, "#train-config", "DPO rows have a prompt that fills Max length (16 tokens) by itself")
     set_number(page, "#knob-max_length", 128)
     page.wait_for_function("() => !document.querySelector('#train-config').innerText.includes('(16 tokens)')")
     wait_text(page, "#train-config", "max_steps: 2")  # the server has the edited config

@@ -152,7 +152,7 @@ def test_votes_split_only_when_they_judge_the_same_thing_differently(data_dir):
     """An `a` on one comparison and a `b` on another are not a dispute: each comparison shuffles its
     sides, and two comparisons of the base against itself are four different samples."""
     with Store(data_dir) as store:
-        store.import_prompts([{"prompt": p} for p in ("samples", "models", "fresh")], source="t")
+        store.import_prompts([{"prompt": p} for p in ("samples", "models", "fresh", "rounds")], source="t")
         ids = {json.loads(row["messages"])[0]["content"]: row["id"]
                for row in store._db.rows("SELECT id, messages FROM prompts")}
 
@@ -165,9 +165,11 @@ def test_votes_split_only_when_they_judge_the_same_thing_differently(data_dir):
         label("samples", "bob", "b", "base", "base")
         label("models", "ann", "a", "base", "round-1")  # ann prefers the base, bob the round
         label("models", "bob", "a", "round-1", "base")
+        label("rounds", "ann", "b", "base", "round-1")  # round-1 beats the base, round-2 beats round-1: they agree
+        label("rounds", "bob", "a", "round-2", "round-1")
         order = []
-        for _ in range(3):
+        for _ in range(4):
             row = store.next_prompt("cy")
             order.append(row["prompt"])
             add(store, row["messages"], annotator="cy", prompt_id=row["id"])
-        assert order == ["models", "fresh", "samples"]
+        assert order == ["models", "fresh", "samples", "rounds"]  # the last two by age: neither split

@@ -218,6 +218,7 @@ def test_the_running_app_takes_added_and_removed_users_without_a_restart(roles_a
     generation and log everyone out, so the app reads the auth file again when it changes."""
     url, data_dir, log = roles_app
     auth = data_dir.parent / "users.txt"
+    original = auth.read_text()  # put back at the end: the app is the module's
 
     def users(*args, stdin=""):
         done = subprocess.run([sys.executable, "-m", "labeling", "users", *args, "--auth-file", str(auth)],
@@ -239,8 +240,8 @@ def test_the_running_app_takes_added_and_removed_users_without_a_restart(roles_a
     refused = call(ann, fns["arena_generate"], ["Name a colour.", 8])  # an open page's next action
     assert refused["success"] is False and "no longer in the app's auth file" in json.dumps(refused), refused
     ann.close()
-    broken = auth.read_text()
-    auth.write_text(broken + "not a user line\n")  # a bad hand edit keeps the users the app had
+    auth.write_text(auth.read_text() + "not a user line\n")  # a bad hand edit keeps the users the app had
     assert log_in("cy", "cy-password") == 200
     assert "the app keeps the users it had" in log.read_text()
-    auth.write_text(broken)
+    auth.write_text(original)
+    assert log_in("ann", PASSWORDS["ann"]) == 200

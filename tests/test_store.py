@@ -367,6 +367,9 @@ def test_annotators_asking_at_once_get_different_prompts_and_a_short_queue_turns
     holds.hold("a", 1)
     holds.hold("a", 2)  # taking another prompt frees the one before
     assert holds.held_by_others("b") == [2] and holds.held_by("a") == 2 and holds.held_by_others("a") == []
+    first = store.next_prompt("f")
+    store.record_vote(add(store, first["messages"], prompt_id=first["id"], annotator="f"), "f", "a")
+    assert store.holds.held_by("f") is None  # voted: what f held is done, whoever else asks next
 
 
 # ---- snapshots, promotions, stats ----

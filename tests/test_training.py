@@ -363,7 +363,7 @@ def test_prompts_too_long_for_max_length_are_dropped_before_the_held_out_split(t
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((out / "r-long" / "round.json").read_text())["metrics"]
     assert metrics["n_dropped_too_long"] == 4 and metrics["n_train"] + metrics["n_holdout"] == 8, metrics
-    assert "(4 dropped: prompt longer than max_length)" in (out / ".runs" / "r-long" / "train.log").read_text()
+    assert "(4 dropped: the prompt alone fills max_length)" in (out / ".runs" / "r-long" / "train.log").read_text()
 
 
 # ---------------------------------------------------------------- refusals: exit 2, nothing written
@@ -376,7 +376,7 @@ def test_prompts_too_long_for_max_length_are_dropped_before_the_held_out_split(t
     ("not_messages", "must be a non-empty list of {role, content} messages"),
     ("bad_base", "unknown base model 'no-such-model'"),
     ("bad_config", "lora_r must be an integer from 1 to 256, got 0"),
-    ("too_long", "0 of 5 rows have a prompt shorter than max_length=16 tokens"),
+    ("too_long", "0 of 5 rows have a prompt shorter than max_length=16 tokens and a dpo round needs at least 4"),
 ])
 def test_bad_input_exits_2_with_one_line_and_no_checkpoint(case, expected, tiny_model_dir, tmp_path, capsys):
     data = tmp_path / "data.jsonl"

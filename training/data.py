@@ -86,7 +86,8 @@ def load_corpus(path: Path, min_rows: int):
 
 
 def prompt_tokens(row: dict, tokenizer) -> int:
-    """How many tokens a DPO row's prompt takes once the chat template wraps it, as trl counts it."""
+    """How many tokens a row's prompt (DPO, or SFT as prompt/completion) takes once the chat template wraps
+    it, as trl counts it."""
     text = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
@@ -94,10 +95,11 @@ def prompt_tokens(row: dict, tokenizer) -> int:
 def drop_prompts_too_long(data, tokenizer, max_length: int):
     """(rows whose prompt leaves room for an answer, how many were dropped, the longest prompt's tokens).
 
-    trl drops a DPO row whose prompt alone fills max_length (nothing of either answer would be left to
-    compare). Dropped after the split, they could empty the held-out side: a round that held out only
-    long prompts (14 of MT-bench's 80 questions pass 128 tokens with SmolLM's template) failed after
-    loading the model. Dropped here, the split only sees rows that train."""
+    A row whose prompt alone fills max_length has nothing of its answer left after truncation: trl
+    drops such DPO rows itself, and an SFT row would train on no token. Dropped after the split, they
+    could empty the held-out side: a DPO round that held out only long prompts (14 of MT-bench's 80
+    questions take 128 tokens or more with SmolLM's template) failed after loading the model. Dropped
+    here, the split only sees rows that train."""
     if "prompt" not in data.column_names:
         return data, 0, 0
     lengths = [prompt_tokens(row, tokenizer) for row in data]

@@ -200,11 +200,13 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
         data = load_snapshot(data_path, config.method, config.min_pairs,
                              tmp / "datasets-cache" if scratch is None else Path(scratch.name))
     resolved, init, dtype, model, tokenizer, quantization = _load(config, cache_dir, files)
+    snapshot_rows = len(data)
     data, too_long, longest = drop_prompts_too_long(data, tokenizer, config.max_length)
-    if len(data) < 2:
-        raise BadInput(f"{len(data)} of {len(data) + too_long} rows have a prompt shorter than max_length="
-                       f"{config.max_length} tokens (the longest takes {longest}): raise --max-length (the Train "
-                       "tab's Max length) above the prompts you labeled, or label shorter prompts")
+    needed = max(2, config.min_pairs)  # a row on each side of the held-out split, and the recipe's minimum
+    if too_long and len(data) < needed:
+        raise BadInput(f"{len(data)} of {snapshot_rows} rows have a prompt shorter than max_length="
+                       f"{config.max_length} tokens and a {config.method} round needs at least {needed} (the longest "
+                       f"prompt takes {longest}): raise --max-length (the Train tab's Max length), or label shorter prompts")
     groups = prompt_groups(data)
     train, holdout = split_holdout(data, config.holdout_fraction, config.seed, groups)
     # full fine-tuning trains the loaded weights themselves; otherwise a LoRA adapter on top of them
@@ -224,7 +226,7 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
     files.say(f"{n_train} training {'blocks' if packed else 'rows'}, {n_holdout} held out"
               + (f" (packed from {len(train)} + {len(holdout)} chunks into {config.max_length}-token blocks)"
                  if packed else "")
-              + (f" ({dropped} dropped: prompt longer than max_length)" if dropped else "")
+              + (f" ({dropped} dropped: the prompt alone fills max_length)" if dropped else "")
               + ("" if groups is None else f" (whole prompts: {len(set(prompt_groups(holdout)))} of {len(set(groups))}"
                  + (", the only one, shared with training" if len(set(groups)) < 2 else "") + ")")
               + f", {max_steps} steps, quantization {quantization}")
@@ -233,7 +235,7 @@ def _train(config, data_path, final, tmp, files, cache_dir, recipe) -> Path:
         "method": config.method,
         "base_model": config.base_model,
         "base_model_resolved": resolved,
-        "snapshot": {"path": str(data_path.resolve()), "sha256": file_sha256(data_path), "rows": len(data),
+        "snapshot": {"path": str(data_path.resolve()), "sha256": file_sha256(data_path), "rows": snapshot_rows,
                      "excluded": manifest.get("excluded", []),
                      **{k: manifest[k] for k in ("include_flagged", "include_cut_off", "votes") if k in manifest}},
         "init_adapter": None if init is None else {

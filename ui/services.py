@@ -76,7 +76,7 @@ class Services:
                              "change anything: visitors who have not signed in can only look.")
         if self.users is not None and annotator_of(request) not in self.users:
             raise user_error(f"{annotator_of(request)} is no longer in the app's auth file: nothing was changed. "
-                             "Ask an admin to add you again, then reload the page and log in.")
+                             "Ask an admin to add you again.")
         have = self.role_of(request)
         if not at_least(have, role):
             raise user_error(f"This needs the {role} role; {annotator_of(request)} is signed in as {have}.")

@@ -361,10 +361,11 @@ def round_result(services: Services, round_id: str) -> str:
     if isinstance(metrics.get("n_train"), int) and isinstance(metrics.get("n_holdout"), int):
         unit = "block" if checkpoint.round.get("method") == "cpt" else "row"  # CPT packs its chunks into blocks
         parts.append(f"trained on {counted(metrics['n_train'], unit)}, {metrics['n_holdout']} held out")
-    if metrics.get("n_dropped_too_long"):  # what the data summary counted but the round could not use
+    dropped = metrics.get("n_dropped_too_long")
+    if dropped:  # what the data summary counted but the round could not use
         max_length = (checkpoint.round.get("config") or {}).get("max_length")
-        parts.append(f"{counted(metrics['n_dropped_too_long'], 'row')} left out: the prompt alone fills Max length "
-                     f"({max_length} tokens); raise it to train on them")
+        parts.append(f"{counted(dropped, 'row')} left out: the prompt alone fills Max length ({max_length} tokens); "
+                     f"raise it to train on {'it' if dropped == 1 else 'them'}")
     return " · ".join(parts)
 
 
@@ -402,10 +403,11 @@ def config_summary(services: Services, recipe: str, method: str, start_from: str
     base = load_recipe(recipe)
     changed = [f"{f.name}: {getattr(config, f.name)}" for f in knob_fields() if getattr(config, f.name) != getattr(base, f.name)]
     line = f"This round: **{recipe}**" + (" with " + ", ".join(f"`{c}`" for c in changed) if changed else " as it is")
-    too_long = prompts_too_long(services, config.max_length) if config.method == "dpo" else 0
+    too_long = prompts_too_long(services, config.method, config.max_length) if config.method != "cpt" else 0
     if too_long:
         it = "it" if too_long == 1 else "them"
-        line += (f"\n\n⚠️ {counted(too_long, 'DPO pair')} {'has' if too_long == 1 else 'have'} a prompt that fills "
+        line += (f"\n\n⚠️ {counted(too_long, config.method.upper() + ' row')} {'has' if too_long == 1 else 'have'} "
+                 "a prompt that fills "
                  f"Max length ({config.max_length} tokens) by itself: the round leaves {it} out. Raise Max length "
                  f"to train on {it}.")
     return line
@@ -414,19 +416,20 @@ def config_summary(services: Services, recipe: str, method: str, start_from: str
 _PROMPT_TOKENS: dict[tuple[int, str], int] = {}  # (tokenizer, prompt as JSON) -> tokens; the knobs ask on every edit
 
 
-def prompts_too_long(services: Services, max_length: int) -> int:
-    """How many DPO pairs a round would take (by default) have a prompt of at least `max_length` tokens:
-    the round drops those before it starts (training.data.drop_prompts_too_long). 0 when this process
-    has no tokenizer (a --backend server generates)."""
+def prompts_too_long(services: Services, method: str, max_length: int) -> int:
+    """How many rows a `method` round would take (without the boxes ticked) have a prompt of at least
+    `max_length` tokens, counted with the served model's tokenizer: the round drops those before it
+    starts (training.data.drop_prompts_too_long). 0 when this process has no tokenizer (--backend)."""
     tokenizer = getattr(services.chat, "tokenizer", None)
     if tokenizer is None:
         return 0
-    rows, _ = pairs.training_rows(services.store.training_data_report(), "dpo")
+    rows, _ = pairs.training_rows(services.store.training_data_report(), method)
     lengths = []
     for row in rows:
-        key = (id(tokenizer), json.dumps(row["prompt"], ensure_ascii=False))
+        prompt = row["prompt"] if "prompt" in row else row["messages"][:-1]  # SFT: all but the answer
+        key = (id(tokenizer), json.dumps(prompt, ensure_ascii=False))
         if key not in _PROMPT_TOKENS:
-            _PROMPT_TOKENS[key] = prompt_tokens(row, tokenizer)
+            _PROMPT_TOKENS[key] = prompt_tokens({"prompt": prompt}, tokenizer)
         lengths.append(_PROMPT_TOKENS[key])
     return sum(length >= max_length for length in lengths)
 
