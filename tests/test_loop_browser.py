@@ -113,22 +113,22 @@ def test_import_label_train_eval_promote_then_compare(browser, loop_app):
     # 3. train a small DPO round from the Train tab
     page.get_by_role("tab", name="Train").click()
     wait_text(page, "#train-data", f"{LABELS} votes")
-    page.get_by_text("Hyper-parameters (from the recipe; edit freely)").click()
-    set_number(page, "#knob-max_steps", 2)
-    set_number(page, "#knob-batch_size", 1)  # a step of the default 4 pairs takes ~8 s in 4-bit on 2 cores
-    # a Max length the prompts fill by themselves: the config line says the round would leave those pairs out
-    set_number(page, "#knob-max_length", 16)
-    wait_text(page, "#train-config", "DPO rows have a prompt that fills Max length (16 tokens) by itself")
-    set_number(page, "#knob-max_length", 128)
-    page.wait_for_function("() => !document.querySelector('#train-config').innerText.includes('(16 tokens)')")
-    wait_text(page, "#train-config", "max_steps: 2")  # the server has the edited config
-    wait_text(page, "#train-config", "batch_size: 1")
-    if page.is_disabled("#train-start"):
+    if page.is_disabled("#train-start"):  # the gate's reply set it with the data summary
         # 32-token answers are often cut where no sentence end can save them, and such pairs are left
         # out by default; the reason says so, and the admin's way on is to include them on purpose
         assert "include the rows left out" in text_of(page, "#train-reason"), text_of(page, "#train-reason")
         page.click("#train-include-cut-off input")
     page.wait_for_selector("#train-start:not([disabled])", timeout=30_000)
+    page.get_by_text("Hyper-parameters (from the recipe; edit freely)").click()
+    set_number(page, "#knob-max_steps", 2)
+    set_number(page, "#knob-batch_size", 1)  # a step of the default 4 pairs takes ~8 s in 4-bit on 2 cores
+    # a Max length the prompts fill by themselves: the config line says the round would leave those rows out
+    set_number(page, "#knob-max_length", 16)
+    wait_text(page, "#train-config", "a prompt that fills Max length (16 tokens) by itself")
+    set_number(page, "#knob-max_length", 128)
+    page.wait_for_function("() => !document.querySelector('#train-config').innerText.includes('(16 tokens)')")
+    wait_text(page, "#train-config", "max_steps: 2")  # the server has the edited config
+    wait_text(page, "#train-config", "batch_size: 1")
     page.click("#train-start")
     # until the round has counted its steps, the status says what it is doing (it said "step 0/?")
     page.wait_for_function("() => document.querySelector('#train-status').innerText.includes("

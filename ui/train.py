@@ -390,8 +390,8 @@ def status_and_gate(services: Services, method: str, include_flagged: bool = Fal
     return (*round_status(services), gr.update(interactive=reason is None), gate_note(reason))
 
 
-def config_summary(services: Services, recipe: str, method: str, start_from: str | None, *knob_values,
-                   request: gr.Request = None) -> str:
+def config_summary(services: Services, recipe: str, method: str, start_from: str | None, include_flagged: bool,
+                   include_cut_off: bool, *knob_values, request: gr.Request = None) -> str:
     """What a round would run with, as the server received it: the fields that differ from the recipe,
     or the one field out of bounds. Shown as the admin edits, so nobody starts a round on a surprise."""
     if services.role_of(request) != "admin":
@@ -403,7 +403,8 @@ def config_summary(services: Services, recipe: str, method: str, start_from: str
     base = load_recipe(recipe)
     changed = [f"{f.name}: {getattr(config, f.name)}" for f in knob_fields() if getattr(config, f.name) != getattr(base, f.name)]
     line = f"This round: **{recipe}**" + (" with " + ", ".join(f"`{c}`" for c in changed) if changed else " as it is")
-    too_long = prompts_too_long(services, config.method, config.max_length) if config.method != "cpt" else 0
+    too_long = 0 if config.method == "cpt" else prompts_too_long(services, config.method, config.max_length,
+                                                                  include_flagged, include_cut_off)
     if too_long:
         it = "it" if too_long == 1 else "them"
         line += (f"\n\n⚠️ {counted(too_long, config.method.upper() + ' row')} {'has' if too_long == 1 else 'have'} "
@@ -416,14 +417,16 @@ def config_summary(services: Services, recipe: str, method: str, start_from: str
 _PROMPT_TOKENS: dict[tuple[int, str], int] = {}  # (tokenizer, prompt as JSON) -> tokens; the knobs ask on every edit
 
 
-def prompts_too_long(services: Services, method: str, max_length: int) -> int:
-    """How many rows a `method` round would take (without the boxes ticked) have a prompt of at least
-    `max_length` tokens, counted with the served model's tokenizer: the round drops those before it
-    starts (training.data.drop_prompts_too_long). 0 when this process has no tokenizer (--backend)."""
+def prompts_too_long(services: Services, method: str, max_length: int, include_flagged: bool = False,
+                     include_cut_off: bool = False) -> int:
+    """How many rows a `method` round would take have a prompt of at least `max_length` tokens, counted
+    with the served model's tokenizer: the round drops those before it starts
+    (training.data.drop_prompts_too_long). 0 when this process has no tokenizer (--backend)."""
     tokenizer = getattr(services.chat, "tokenizer", None)
     if tokenizer is None:
         return 0
-    rows, _ = pairs.training_rows(services.store.training_data_report(), method)
+    rows, _ = pairs.training_rows(services.store.training_data_report(), method,
+                                  include_flagged=bool(include_flagged), include_cut_off=bool(include_cut_off))
     lengths = []
     for row in rows:
         prompt = row["prompt"] if "prompt" in row else row["messages"][:-1]  # SFT: all but the answer
@@ -523,14 +526,15 @@ def train_tab(services: Services):
     gr.on([method.change, include_flagged.change, include_cut_off.change, refresh_data.click],
           bind(start_gate, services), choices, gate, trigger_mode="always_last", **GATE_IN_ORDER, **private)
     config_in_order = dict(concurrency_id="train-config", concurrency_limit=1)
-    gr.on([knob.change for knob in (recipe, method, *knobs)], bind(config_summary, services),
-          [recipe, method, start_from, *knobs], summary, trigger_mode="always_last", **config_in_order, **private)
+    config_inputs = [recipe, method, start_from, include_flagged, include_cut_off, *knobs]
+    gr.on([box.change for box in (recipe, method, include_flagged, include_cut_off, *knobs)],
+          bind(config_summary, services), config_inputs, summary, trigger_mode="always_last", **config_in_order,
+          **private)
 
     def config_on(event) -> None:
         """The config line on another trigger too (the tab's select, in app.py): its warning about prompts
         longer than Max length must not wait for the first edit."""
-        event(bind(config_summary, services), [recipe, method, start_from, *knobs], summary, **config_in_order,
-              **private)
+        event(bind(config_summary, services), config_inputs, summary, **config_in_order, **private)
     start.click(bind(start_round, services), [recipe, method, start_from, include_flagged, include_cut_off, *knobs],
                 [*outputs, start, reason], **GATE_IN_ORDER, **private)
     cancel.click(bind(cancel_round, services), choices, [*outputs, start, reason], **GATE_IN_ORDER, **private)
