@@ -61,7 +61,7 @@ def load_snapshot(path: Path, method: str, min_rows: int, cache_dir: Path):
     data = data.select_columns(list(needed))
     if method == "sft":
         # prompt/completion rows make trl compute the loss on the answer only, not on the user's text
-        data = data.map(lambda r: {"prompt": r["messages"][:-1], "completion": r["messages"][-1:]},
+        data = data.map(lambda r: {"prompt": prompt_of(r), "completion": r["messages"][-1:]},
                         remove_columns=["messages"])
     return data
 
@@ -85,10 +85,14 @@ def load_corpus(path: Path, min_rows: int):
     return datasets.Dataset.from_dict({"text": chunks})
 
 
-def prompt_tokens(row: dict, tokenizer) -> int:
-    """How many tokens a row's prompt (DPO, or SFT as prompt/completion) takes once the chat template wraps
-    it, as trl counts it."""
-    text = tokenizer.apply_chat_template(row["prompt"], add_generation_prompt=True, tokenize=False)
+def prompt_of(row: dict) -> list[dict]:
+    """A row's prompt messages: a DPO row's (or a loaded SFT row's) `prompt`, or an SFT conversation less its answer."""
+    return row["prompt"] if "prompt" in row else row["messages"][:-1]
+
+
+def prompt_tokens(prompt: list[dict], tokenizer) -> int:
+    """How many tokens prompt messages take once the chat template wraps them, as trl counts them."""
+    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -102,7 +106,7 @@ def drop_prompts_too_long(data, tokenizer, max_length: int):
     here, the split only sees rows that train."""
     if "prompt" not in data.column_names:
         return data, 0, 0
-    lengths = [prompt_tokens(row, tokenizer) for row in data]
+    lengths = [prompt_tokens(row["prompt"], tokenizer) for row in data]
     keep = [index for index, length in enumerate(lengths) if length < max_length]
     return data.select(keep), len(data) - len(keep), max(lengths, default=0)
 

@@ -22,7 +22,7 @@ import pandas as pd
 
 from labeling import pairs
 from labeling.lint import CUT_OFF
-from training.data import BadInput, corpus_files, corpus_texts, prompt_tokens
+from training.data import BadInput, corpus_files, corpus_texts, prompt_of
 from pipeline import JobBusy
 from training.config import (
     DPO_LOSSES, RECIPES_DIR, SFT_LOSSES, RoundConfig, default_recipe, field_type, knob_fields, load_recipe,
@@ -414,25 +414,22 @@ def config_summary(services: Services, recipe: str, method: str, start_from: str
     return line
 
 
-_PROMPT_TOKENS: dict[tuple[int, str], int] = {}  # (tokenizer, prompt as JSON) -> tokens; the knobs ask on every edit
+_PROMPT_TOKENS: dict[str, int] = {}  # prompt as JSON -> its tokens; the knobs ask on every edit
 
 
 def prompts_too_long(services: Services, method: str, max_length: int, include_flagged: bool = False,
                      include_cut_off: bool = False) -> int:
     """How many rows a `method` round would take have a prompt of at least `max_length` tokens, counted
-    with the served model's tokenizer: the round drops those before it starts
-    (training.data.drop_prompts_too_long). 0 when this process has no tokenizer (--backend)."""
-    tokenizer = getattr(services.chat, "tokenizer", None)
-    if tokenizer is None:
-        return 0
+    by the served model (ChatModel.prompt_tokens): the round drops those before it starts
+    (training.data.drop_prompts_too_long). 0 under --backend without a local tokenizer."""
     rows, _ = pairs.training_rows(services.store.training_data_report(), method,
                                   include_flagged=bool(include_flagged), include_cut_off=bool(include_cut_off))
     lengths = []
     for row in rows:
-        prompt = row["prompt"] if "prompt" in row else row["messages"][:-1]  # SFT: all but the answer
-        key = (id(tokenizer), json.dumps(prompt, ensure_ascii=False))
+        prompt = prompt_of(row)
+        key = json.dumps(prompt, ensure_ascii=False)
         if key not in _PROMPT_TOKENS:
-            _PROMPT_TOKENS[key] = prompt_tokens({"prompt": prompt}, tokenizer)
+            _PROMPT_TOKENS[key] = services.chat.prompt_tokens(prompt)
         lengths.append(_PROMPT_TOKENS[key])
     return sum(length >= max_length for length in lengths)
 
