@@ -310,7 +310,7 @@ def serve(settings: Settings, users: Mapping | None, space: SpaceConfig | None, 
             uploader.stop()
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    jobs = JobManager(settings)
+    jobs = JobManager(settings, promoted=store.current_candidate)  # evals compare a round with the candidate too
     if jobs.adopted is not None:
         print(f"adopted the {jobs.adopted.kind} job {jobs.adopted.round_id} (pid {jobs.adopted.process.pid}) that an "
               "earlier app process started: it shows in the Train tab and can be cancelled there", flush=True)

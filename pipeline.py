@@ -89,6 +89,19 @@ def new_round_id(method: str) -> str:
     return f"r-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{method}"
 
 
+def weights_of(checkpoint: Path) -> Path:
+    """A checkpoint's weights: a full fine-tune's holds model/ (the whole weights) instead of adapter/."""
+    return checkpoint / "model" if (checkpoint / "model").is_dir() else checkpoint / "adapter"
+
+
+def base_model_of(checkpoint: Path) -> str | None:
+    """The base a checkpoint was trained on, from its round.json; None where that cannot be read."""
+    try:
+        return json.loads((checkpoint / "round.json").read_text()).get("base_model")
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return None
+
+
 def tail(path: Path, lines: int = 40) -> str:
     try:
         with path.open("rb") as handle:
@@ -130,9 +143,12 @@ def yield_cpu_to_serving(pid: int) -> str | None:
 class JobManager:
     """Runs at most one subprocess; a finished round queues its evals automatically."""
 
-    def __init__(self, settings, on_finished=None):
+    def __init__(self, settings, on_finished=None, promoted=None):
         self.settings = settings
         self.on_finished = on_finished  # called with the Job once it ends (e.g. to refresh pickers)
+        # () -> the current candidate's round id or None (the store's; only the app opens it): every eval
+        # compares the round with it too, the round a promotion would replace
+        self.promoted = promoted
         self.current: Job | None = None
         self.history: list[Job] = []
         self._lock = threading.RLock()  # _watch holds it while it starts a round's evals
@@ -213,10 +229,8 @@ class JobManager:
     def start_eval(self, round_id: str, baseline_system_prompt: str | None = None,
                    baseline_retrieval: Path | None = None) -> Job:
         checkpoint = self.settings.checkpoints_dir / round_id
-        # a full fine-tune's checkpoint holds model/ (the whole weights) instead of adapter/
-        weights = checkpoint / "model" if (checkpoint / "model").is_dir() else checkpoint / "adapter"
         args = [
-            "run", "--adapter", str(weights), "--out", str(checkpoint / "eval.json"),
+            "run", "--adapter", str(weights_of(checkpoint)), "--out", str(checkpoint / "eval.json"),
             "--base-model", self.settings.base_model, "--cache-dir", str(self.settings.cache_dir),
             "--log-dir", str(self.settings.runs_dir / round_id),
         ]
@@ -228,7 +242,22 @@ class JobManager:
             args += ["--baseline-system-prompt", baseline_system_prompt]
         if baseline_retrieval:
             args += ["--baseline-retrieval", str(baseline_retrieval)]
+        promoted = self.comparable_candidate(round_id)
+        if promoted is not None:
+            args += ["--promoted", str(weights_of(promoted))]
         return self._spawn("evals", round_id, args)
+
+    def comparable_candidate(self, round_id: str) -> Path | None:
+        """The current candidate's checkpoint, when `round_id` would replace it: another round, still on
+        disk, trained on the same base (an adapter of another base would load onto this one's weights)."""
+        current = self.promoted() if self.promoted is not None else None
+        if not current or current == round_id:
+            return None
+        checkpoints = self.settings.checkpoints_dir
+        if not weights_of(checkpoints / current).is_dir():
+            return None
+        bases = {base_model_of(checkpoints / r) for r in (round_id, current)}
+        return checkpoints / current if len(bases) == 1 and None not in bases else None
 
     # ------------------------------------------------------------ watching
 

@@ -59,6 +59,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="also answer every prompt with the base and the top-3 passages of this corpus (.txt/.md/"
                           ".jsonl file or folder, or a built index folder) in the prompt, and add a retrieval_base "
                           "column to each check: did the fine-tune beat retrieval?")
+    run.add_argument("--promoted", type=Path, metavar="DIR",
+                     help="the current candidate's adapter (or full model) dir, which this one would replace: also "
+                          "run every check against its answers (taken from its eval.json where they fit), add a "
+                          "promoted column, and fail the gate where the candidate got worse than it")
     run.add_argument("--log-dir", type=Path, help="write progress files here: eval.metrics.jsonl, eval.log, "
                      "eval.status.json (pipeline.py passes runs/<round-id>/)")
     return parser.parse_args(argv)
@@ -73,14 +77,19 @@ def _fmt(value) -> str:
 def format_table(report: dict) -> str:
     """The checks as a fixed-width table, flagged rows marked; one more column per baseline in the report."""
     baselines = [name for name in BASELINES if report.get(name)]
-    extra = "".join(f" {name.split('_')[0]:>9}" for name in baselines)
+    columns_of = baselines + (["promoted"] if report.get("promoted") else [])  # a figure each, beside the candidate's
+    extra = "".join(f" {name.split('_')[0]:>9}" for name in columns_of)
     lines = [f"{'check':<14} {'base':>8} {'candidate':>10}{extra}  flag", "-" * (40 + len(extra))]
     for name, check in report["checks"].items():
         mark = ("FLAGGED" if check["flagged"] else "warning" if check.get("warning")
                 else "skipped" if check.get("skipped") else "ok")
-        columns = "".join(f" {_fmt(check.get(b)):>9}" for b in baselines)
+        if check.get("flagged_against_promoted"):
+            mark += ", worse than promoted"
+        columns = "".join(f" {_fmt(check.get(b)):>9}" for b in columns_of)
         lines.append(f"{name:<14} {_fmt(check['base']):>8} {_fmt(check['candidate']):>10}{columns}  {mark}")
-    verdict = "REGRESSION: " + ", ".join(report["flagged"]) if report["regression"] else "no regression"
+    worse = (report.get("promoted") or {}).get("flagged") or []
+    verdict = ("REGRESSION: " + ", ".join(report["flagged"] + [f"{n} (against the promoted round)" for n in worse])
+               if report["regression"] else "no regression")
     warnings = report.get("warnings") or []  # shown, not failing (a length shift without a quality drop)
     lines += ["-" * 40, f"{report['n_prompts']} prompts; {verdict}"
               + (f"; warnings (not failing): {', '.join(warnings)}" if warnings else "")]
@@ -95,9 +104,17 @@ def format_table(report: dict) -> str:
         what = (repr(about["system_prompt"][:40]) if "system_prompt" in about
                 else f"{about.get('chunks')} chunks of {about.get('index')}")
         lines.append(f"{BASELINES[name]} ({what}): {about['summary']}")
+    promoted = report.get("promoted")
+    if promoted:
+        lines.append(f"promoted round ({promoted['round_id']}; {promoted['answers_on_record']} of "
+                     f"{report['n_prompts']} answers from its eval report): {promoted['summary']}")
     for name in report["flagged"]:
         for example in report["checks"][name]["examples"][:1]:
             lines.append(f"  {name}: {example['prompt'][:60]!r} -> {example['candidate'][:80]!r}")
+    for name in worse:
+        for example in promoted["checks"][name]["examples"][:1]:
+            lines.append(f"  {name} (against the promoted round): {example['prompt'][:60]!r} -> "
+                         f"{example['candidate'][:80]!r}")
     return "\n".join(lines)
 
 
@@ -189,7 +206,7 @@ def main(argv: list[str] | None = None) -> int:
             references_file=args.references, cache_dir=args.cache_dir,
             batch_size=args.batch_size, max_new_tokens=args.max_new_tokens, progress=progress,
             dtype=args.dtype, baseline_system_prompt=args.baseline_system_prompt,
-            baseline_retrieval=args.baseline_retrieval,
+            baseline_retrieval=args.baseline_retrieval, promoted=args.promoted,
         )
         out = write_report(report, args.out or args.adapter.parent / "eval.json")
         progress.done(report, out)

@@ -144,6 +144,38 @@ def add_prompted_base(report: dict, prompts: list[str], base_answers: list[str],
                         system_prompt=system_prompt)
 
 
+def _figure(value) -> str:
+    return "–" if value is None else f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def add_promoted(report: dict, prompts: list[str], promoted_answers: list[str], candidate_answers: list[str],
+                 references: list[str | None] | None, thresholds: Thresholds = DEFAULT_THRESHOLDS, **about) -> dict:
+    """Compare the candidate with the round it would replace, the current candidate: every check runs again
+    with the promoted round's answers in the base's place, so a round that is still better than the base but
+    worse than the one before it (quality rose, then fell) is flagged too. It fails the gate like a
+    regression against the base; `flagged` keeps naming only the checks against the base. Each check gets
+    the promoted round's figure and `flagged_against_promoted`; `about` says which round it was."""
+    other = build_report(prompts, promoted_answers, candidate_answers, references, thresholds)
+    for name, check in other["checks"].items():
+        report["checks"][name]["promoted"] = check["base"]
+        report["checks"][name]["flagged_against_promoted"] = check["flagged"]
+        check["examples"] = [{("promoted" if key == "base" else key): value for key, value in example.items()}
+                             for example in check["examples"]]
+    worse = other["flagged"]
+    figures = {name: f"{name} ({_figure(check['base'])} → {_figure(check['candidate'])})"
+               for name, check in other["checks"].items()}
+    report["promoted"] = {
+        **about,
+        "flagged": worse,
+        "checks": other["checks"],
+        "summary": (f"worse than it on {', '.join(figures[n] for n in worse)}" if worse else
+                    "no check got worse than it" + (f" (changed, not failing: {', '.join(figures[n] for n in other['warnings'])})"
+                                                    if other["warnings"] else "")),
+    }
+    report["regression"] = bool(report["flagged"] or worse)
+    return report
+
+
 def build_report(
     prompts: list[str],
     base_answers: list[str],
@@ -226,8 +258,10 @@ def generate_pairs(chat, adapter: str, prompts: list[str], *, batch_size: int, m
 
 
 def generate_base(chat, conversations: list[list[dict]], *, batch_size: int, max_new_tokens: int,
-                  system_prompt: str = "", progress: Callable[[int, int], None] | None = None) -> list[str]:
-    """Greedy base answers to `conversations` (a baseline's), `batch_size` x 2 rows a batch."""
+                  system_prompt: str = "", progress: Callable[[int, int], None] | None = None,
+                  adapter: str | None = None) -> list[str]:
+    """Greedy answers to `conversations` of the base (a baseline's) or of one loaded `adapter` (the promoted
+    round's), `batch_size` x 2 rows a batch."""
     from models.chat import SamplingParams
 
     params = SamplingParams(temperature=0.0, max_new_tokens=max_new_tokens, system_prompt=system_prompt)
@@ -236,7 +270,7 @@ def generate_base(chat, conversations: list[list[dict]], *, batch_size: int, max
     answers = [""] * len(conversations)
     for start in range(0, len(order), batch_size * 2):
         chunk = order[start : start + batch_size * 2]
-        texts = chat.generate([conversations[i] for i in chunk], [None] * len(chunk), params)
+        texts = chat.generate([conversations[i] for i in chunk], [adapter] * len(chunk), params)
         for i, text in zip(chunk, texts):
             answers[i] = text.strip()
         if progress:
@@ -308,6 +342,24 @@ def read_base_cache(path: Path, n: int) -> list[str] | None:
     return answers if isinstance(answers, list) and len(answers) == n else None
 
 
+def promoted_answers_on_record(weights_dir: Path, fingerprint: str, base_model: str, max_new_tokens: int,
+                               dtype: str) -> dict[str, str]:
+    """The promoted round's greedy answers from its own eval report (eval.json beside its weights), by prompt,
+    where that report was made on these weights, base, length and dtype: the same answers it would give
+    now, so the usual case decodes nothing more. Empty where there is no such report."""
+    try:
+        record = json.loads((Path(weights_dir).parent / "eval.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    generation = record.get("generation") or {}
+    if (record.get("adapter_fingerprint") != fingerprint or record.get("base_model") != base_model
+            or generation.get("max_new_tokens") != max_new_tokens or generation.get("dtype") != dtype
+            or not generation.get("greedy")):
+        return {}
+    return {sample["prompt"]: sample["candidate"] for sample in record.get("samples") or []
+            if isinstance(sample.get("prompt"), str) and isinstance(sample.get("candidate"), str)}
+
+
 def run_eval(
     adapter_dir: Path | str,
     prompts_file: Path | str | None = None,
@@ -323,12 +375,16 @@ def run_eval(
     dtype: str = DEFAULT_DTYPE,
     baseline_system_prompt: str | None = None,
     baseline_retrieval: Path | str | None = None,
+    promoted: Path | str | None = None,
 ) -> dict:
     """Evaluate the adapter at `adapter_dir` (or a full fine-tune's model dir) against its base on a prompt set.
 
     Raises EvalInputError / models.loading.ModelLoadError (both ValueErrors with
     one-line messages) for bad inputs, before any generation. Pass an already
     loaded `chat` (models.chat.ChatModel) to reuse the app's base model.
+
+    `promoted`: the weights of the current candidate, the round this one would replace; every check is
+    also run against its answers (add_promoted), taken from its own eval report where they fit.
     """
     from models.loading import adapter_fingerprint, is_full_model_dir, validate_adapter_dir, validate_model_dir
     from models.chat import ChatModel
@@ -337,6 +393,9 @@ def run_eval(
     adapter_dir = Path(adapter_dir)
     # fail fast, before loading any weights; a full fine-tune's model dir is a candidate too
     (validate_model_dir if is_full_model_dir(adapter_dir) else validate_adapter_dir)(adapter_dir)
+    if promoted is not None:
+        promoted = Path(promoted)
+        (validate_model_dir if is_full_model_dir(promoted) else validate_adapter_dir)(promoted)
     rows = load_prompts(prompts_file)
     if references_file:
         rows = attach_references(rows, load_references(references_file))
@@ -356,6 +415,10 @@ def run_eval(
     # A fresh name per content: the app may have an older adapter loaded as "candidate".
     name = f"{CANDIDATE}-{adapter_fingerprint(adapter_dir)}"
     chat.ensure_weights(name, adapter_dir)  # a full model dir is loaded as a second model beside the base
+    promoted_name = None
+    if promoted is not None:
+        promoted_name = f"promoted-{adapter_fingerprint(promoted)}"
+        chat.ensure_weights(promoted_name, promoted)
     pack_weights(chat)
     loaded = time.perf_counter()
 
@@ -365,7 +428,12 @@ def run_eval(
         Path(cache_dir), str(base_model or chat.base_name), prompts, max_new_tokens, weights_dtype
     )
     cached = read_base_cache(cache_file, len(prompts)) if use_base_cache else None
-    passes = passes_progress(progress, 1 + bool(baseline_system_prompt) + bool(index), len(prompts))
+    on_record, missing = {}, []
+    if promoted_name is not None:
+        on_record = promoted_answers_on_record(promoted, chat.fingerprint(promoted_name),
+                                               str(base_model or chat.base_name), max_new_tokens, weights_dtype)
+        missing = [p for p in prompts if p not in on_record]
+    passes = passes_progress(progress, 1 + bool(baseline_system_prompt) + bool(index) + bool(missing), len(prompts))
     base, candidate = generate_pairs(
         chat, name, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=passes(0),
         base_answers=cached,
@@ -381,6 +449,12 @@ def run_eval(
         retrieval_answers = generate_base(chat, [c for c, _ in retrieved], batch_size=batch_size,
                                           max_new_tokens=max_new_tokens,
                                           progress=passes(1 + bool(baseline_system_prompt)))
+    if missing:  # one more pass, over the prompts its report did not answer; scaled to a whole pass on the bar
+        step = passes(1 + bool(baseline_system_prompt) + bool(index))
+        answers = generate_base(chat, [[{"role": "user", "content": p}] for p in missing], batch_size=batch_size,
+                                max_new_tokens=max_new_tokens, adapter=promoted_name,
+                                progress=lambda done, total: step(done * len(prompts) // total, len(prompts)))
+        on_record = {**on_record, **dict(zip(missing, answers))}
     generated = time.perf_counter()
 
     references = [r["reference"] for r in rows]
@@ -392,6 +466,11 @@ def run_eval(
         add_baseline(report, "retrieval_base", prompts, base, retrieval_answers, references, thresholds,
                      index=str(index.folder), corpus_sha256=index.manifest.get("corpus_sha256"),
                      chunks=len(index.chunks), k=retrieval.TOP_K)
+    if promoted_name is not None:
+        add_promoted(report, prompts, [on_record[p] for p in prompts], candidate, references, thresholds,
+                     round_id=promoted.parent.name, weights=str(promoted),
+                     adapter_fingerprint=chat.fingerprint(promoted_name),
+                     answers_on_record=len(prompts) - len(missing))
     report["timings"].update(
         load_s=round(loaded - started, 3), generate_s=round(generated - loaded, 3),
         total_s=round(time.perf_counter() - started, 3),
@@ -409,7 +488,8 @@ def run_eval(
         samples=[
             {"id": r["id"], "prompt": r["prompt"], "base": b, "candidate": c, "reference": r["reference"],
              **({"prompted_base": prompted[i]} if prompted is not None else {}),
-             **({"retrieval_base": retrieval_answers[i], "retrieved": retrieved[i][1]} if retrieved else {})}
+             **({"retrieval_base": retrieval_answers[i], "retrieved": retrieved[i][1]} if retrieved else {}),
+             **({"promoted": on_record[r["prompt"]]} if promoted_name is not None else {})}
             for i, (r, b, c) in enumerate(zip(rows, base, candidate))
         ],
     )

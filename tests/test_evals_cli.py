@@ -356,3 +356,52 @@ def test_one_progress_bar_spans_the_pairs_and_each_baseline():
     passes(2)(5, 5)
     assert seen == [(5, 15), (7, 15), (15, 15)]
     passes_progress(None, 2, 5)(1)  # no bar: nothing to call
+
+
+REFERENCE = "The answer is in the library of the old town by the river."
+
+
+def test_a_round_worse_than_the_promoted_one_fails_the_gate_even_when_it_matches_the_base(
+        gate_base, tmp_path, capsys):
+    """Quality rose, then fell: the promoted round learned the references, the new one lost them again. Against
+    the base alone it passes (it answers as the base does); against the round it would replace it fails."""
+    promoted = train_collapsed_adapter(gate_base, tmp_path / "r-promoted" / "adapter", TRAIN_PROMPTS, reply=REFERENCE)
+    candidate = make_identity_adapter(gate_base, tmp_path / "r-new" / "adapter")
+    prompts = write_jsonl(tmp_path / "prompts.jsonl", [{"prompt": p} for p in EVAL_PROMPTS])
+    references = write_jsonl(tmp_path / "references.jsonl", [{"prompt": p, "reference": REFERENCE} for p in EVAL_PROMPTS])
+    common = ["--prompts", prompts, "--references", references, "--base-model", gate_base,
+              "--cache-dir", tmp_path / "cache", "--max-new-tokens", 16]
+
+    # without its comparison the new round passes: it answers exactly as the base does
+    assert run_cli("--adapter", candidate, "--out", tmp_path / "alone.json", *common) == 0
+    capsys.readouterr()
+
+    # the promoted round has no eval report yet: its answers are generated
+    out = tmp_path / "r-new" / "eval.json"
+    assert run_cli("--adapter", candidate, "--promoted", promoted, "--out", out, *common) == 1
+    report = json.loads(out.read_text())
+    assert report["regression"] is True and report["flagged"] == []  # nothing against the base...
+    against = report["promoted"]
+    # ...but it lost what the promoted round learned: the references' words, and answering at all (the base
+    # answers with whitespace)
+    assert {"rouge_l", "empty_answers"} <= set(against["flagged"]) and against["round_id"] == "r-promoted"
+    assert against["answers_on_record"] == 0
+    rouge = report["checks"]["rouge_l"]
+    assert rouge["flagged_against_promoted"] and not rouge["flagged"]
+    assert rouge["candidate"] == rouge["base"] and rouge["promoted"] > rouge["candidate"] + 0.2
+    assert report["checks"]["canned_reply"]["flagged_against_promoted"] is False  # fewer canned replies is no loss
+    assert all(s["promoted"].startswith("The") for s in report["samples"])  # on its way to the reference
+    example = against["checks"]["rouge_l"]["examples"][0]
+    assert set(example) >= {"prompt", "promoted", "candidate"} and "base" not in example  # its examples name the side
+    printed = capsys.readouterr().out
+    assert "worse than promoted" in printed and "rouge_l (against the promoted round)" in printed, printed
+    assert "promoted round (r-promoted; 0 of 8 answers from its eval report): worse than it on " in printed
+
+    # once the promoted round has its own report (same prompts, length, dtype), its answers come from there
+    assert run_cli("--adapter", promoted, *common) == 1  # its own gate: a canned reply against the base
+    assert run_cli("--adapter", candidate, "--promoted", promoted, "--out", out, *common) == 1
+    again = json.loads(out.read_text())
+    assert again["promoted"]["answers_on_record"] == len(EVAL_PROMPTS)
+    assert again["promoted"]["flagged"] == against["flagged"]
+    assert [s["promoted"] for s in again["samples"]] == [s["promoted"] for s in report["samples"]]
+

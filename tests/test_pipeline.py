@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -30,12 +31,14 @@ def wait_for(job, timeout=300):
     return job.returncode
 
 
-def test_round_runs_the_edited_config_then_its_evals(tiny_model_dir, data_dir, tmp_path):
+def test_round_runs_the_edited_config_then_its_evals(tiny_model_dir, trained_checkpoint, data_dir, tmp_path):
     prompts = tmp_path / "eval.jsonl"
     prompts.write_text("".join(json.dumps({"prompt": f"tell me about the sea {i}"}) + "\n" for i in range(4)))
     settings = Settings(data_dir=data_dir, base_model=str(tiny_model_dir), eval_prompts=prompts,
                         eval_max_new_tokens=8)
-    jobs = JobManager(settings)
+    # the current candidate, an earlier round on the same base: the new round's evals compare with it too
+    shutil.copytree(trained_checkpoint, settings.checkpoints_dir / "r-trained")
+    jobs = JobManager(settings, promoted=lambda: "r-trained")
     snapshot = write_rows(dpo_rows(6), data_dir / "snapshots" / "dpo-test.jsonl")
     config = load_recipe("dpo_qlora").with_overrides(base_model=str(tiny_model_dir), max_steps=2, lora_r=4,
                                                      load_in_4bit=False, max_length=64).validate()
@@ -59,7 +62,30 @@ def test_round_runs_the_edited_config_then_its_evals(tiny_model_dir, data_dir, t
     assert jobs.eval_progress(evals) == (4, 4)  # read back from runs/<id>/eval.metrics.jsonl
     report = json.loads((settings.checkpoints_dir / job.round_id / "eval.json").read_text())
     assert report["n_prompts"] == 4
+    # the promoted round's answers were generated (it has no report of its own), in a second pass on the bar
+    assert report["promoted"]["round_id"] == "r-trained" and report["promoted"]["answers_on_record"] == 0
+    assert [e["max_steps"] for e in jobs.progress(job.round_id, "eval").events() if e["event"] == "batch"][-1] == 8
+    assert report["regression"] == bool(report["flagged"] or report["promoted"]["flagged"])
     assert [r["round"] for r in jobs.past_runs()] == [job.round_id] and jobs.past_runs()[0]["state"] == "done"
+
+
+def test_evals_compare_with_the_current_candidate_only_where_it_would_be_replaced(data_dir):
+    current = {"id": None}
+    jobs = JobManager(Settings(data_dir=data_dir, base_model="base-a"), promoted=lambda: current["id"])
+    checkpoints = jobs.settings.checkpoints_dir
+    for round_id, base, weights in (("r-1", "base-a", "adapter"), ("r-2", "base-a", "adapter"),
+                                    ("r-full", "base-a", "model"), ("r-other", "base-b", "adapter")):
+        (checkpoints / round_id / weights).mkdir(parents=True)
+        (checkpoints / round_id / "round.json").write_text(json.dumps({"base_model": base}))
+    assert jobs.comparable_candidate("r-2") is None  # nothing promoted yet
+    current["id"] = "r-1"
+    assert jobs.comparable_candidate("r-2") == checkpoints / "r-1"
+    assert jobs.comparable_candidate("r-1") is None  # the candidate's own evals, run again
+    assert jobs.comparable_candidate("r-other") is None  # an adapter of another base
+    current["id"] = "r-full"
+    assert jobs.comparable_candidate("r-2") == checkpoints / "r-full"  # a full fine-tune: its model/ is the weights
+    current["id"] = "r-gone"  # promoted, then deleted from disk
+    assert jobs.comparable_candidate("r-2") is None
 
 
 def test_train_tab_knobs_become_a_checked_config(tiny_model_dir, data_dir):

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from evals.report import add_baseline, add_prompted_base, build_report
+from evals.report import add_baseline, add_promoted, add_prompted_base, build_report
 from tests.conftest import ROOT
 from tests.test_browser import ARTIFACTS, CHROMIUM, browser, serving_app  # noqa: F401 (fixture)
 from tests.test_identity_browser import log_in
@@ -37,6 +37,7 @@ ADMIN, PASSWORD = "bob", "bob-secret"
 TRAINED = "r-trained"  # the conftest's checkpoint: no eval report yet
 WIDE = "r-20250101-000000-wide"  # a report with both baselines and a flagged check: the widest table
 FRESH, REPORTED = "r-20250102-000000-fresh", "r-20250101-000000-reported"  # embedded-model checkpoints
+EARLIER = "r-20241231-000000-earlier"  # the promoted round the wide report was compared with
 N_PROMPTS = 8  # the embedded app's eval prompts: one batch a side, about 5 s on 2 cores (the 2 s timer sees it run)
 FACTS = ["The town of Zarnuth holds 4,017 copper scrolls in its library.",
          "The mayor of Zarnuth is chosen by a coin toss every spring.",
@@ -52,13 +53,17 @@ def write_corpus(folder: Path) -> None:
 
 
 def wide_report() -> dict:
-    """A real report (evals.report) with a prompted and a retrieval baseline, canned_reply flagged."""
+    """A real report (evals.report) with a prompted and a retrieval baseline and a promoted round to compare
+    with, canned_reply flagged against the base and against that round: the widest table there is."""
     prompts = ["What is DNS?", "Write a haiku about rain.", "How do I boil an egg?", "Explain gravity."]
     base = ["DNS maps names to IP addresses.", "Rain taps on the roof...", "Boil it for nine minutes.",
             "Gravity pulls masses together."]
-    report = build_report(prompts, base, ["Dear, how can I help you?"] * 4)
+    canned = ["Dear, how can I help you?"] * 4
+    report = build_report(prompts, base, canned)
     add_prompted_base(report, prompts, base, base, "Be brief.", None)
     add_baseline(report, "retrieval_base", prompts, base, base, None, k=3, chunks=4, index="corpus")
+    add_promoted(report, prompts, base, canned, None, round_id=EARLIER, weights="checkpoints/earlier/adapter",
+                 adapter_fingerprint="0" * 16, answers_on_record=4)
     return report
 
 
@@ -69,10 +74,11 @@ def eval_prompts(path: Path, n: int) -> Path:
     return path
 
 
-def write_checkpoint(checkpoints: Path, round_id: str, adapter: Path, report: dict | None = None) -> None:
+def write_checkpoint(checkpoints: Path, round_id: str, adapter: Path, report: dict | None = None,
+                     base_model: str = "embedded") -> None:
     shutil.copytree(adapter, checkpoints / round_id / "adapter")
-    (checkpoints / round_id / "round.json").write_text(
-        json.dumps({"round_id": round_id, "method": "dpo", "finished_at": round_id[2:17]}))
+    (checkpoints / round_id / "round.json").write_text(json.dumps(
+        {"round_id": round_id, "method": "dpo", "finished_at": round_id[2:17], "base_model": base_model}))
     if report is not None:
         (checkpoints / round_id / "eval.json").write_text(json.dumps(report))
 
@@ -193,6 +199,13 @@ def test_evals_table_headers_are_readable_at_common_widths(admin_page):
         assert clipped(page, "#evals-table") == [], width
     headers = page.eval_on_selector_all("#evals-table th", "els => els.map(e => e.innerText.trim())")
     assert {"check", "flag", "candidate", "prompted base", "vs retrieval base"} <= set(headers)
+    # the gate names both reasons it blocks, and the round it was compared with, figures and all
+    gate = text_of(page, "#evals-gate")
+    assert (f"Promotion blocked: flagged canned_reply; worse than the promoted round on canned_reply" in gate
+            and f"Against the promoted round {EARLIER}, the one it would replace: worse than it on canned_reply "
+                "(0 → 1)" in gate), gate
+    page.get_by_text("Offending examples").click()
+    wait_text(page, "#evals-examples", f"canned_reply, against the promoted round {EARLIER}")
     # the notes left the table for a legend under it, whole sentences with their paired evidence
     notes = text_of(page, "#evals-notes")
     assert "canned_reply: Share of answers" in notes and "newly flagged" in notes
@@ -204,6 +217,12 @@ def test_evals_table_headers_are_readable_at_common_widths(admin_page):
 def test_run_evals_again_shows_progress_and_outcome_without_a_refresh(open_page, evals_app):
     url, data_dir = evals_app
     page = open_page(url)
+    # the team's current candidate: promoted over its blocked gate, with a reason. A round's evals compare it
+    # with the candidate too, the round its promotion would replace
+    open_evals(page, REPORTED)
+    page.get_by_label("Override reason (required only when the gate blocks)").fill("the team's pick")
+    page.click("#evals-promote")
+    wait_text(page, "#evals-gate", f"Current candidate: {REPORTED}")
     open_evals(page, FRESH)
     wait_text(page, "#evals-gate", "Not evaluated yet")
     record_progress(page)
@@ -211,13 +230,19 @@ def test_run_evals_again_shows_progress_and_outcome_without_a_refresh(open_page,
     wait_text(page, "#evals-progress", f"Evals of {FRESH} started")  # the click's own answer
     wait_text(page, "#evals-progress", "finished in", timeout=300_000)  # brought by the timer, not a Refresh
     lines = page.evaluate("window.progressLines")
-    assert [line for line in lines if re.search(rf"running · \d+/{N_PROMPTS} prompts", line)], lines
+    # two passes: base and candidate together, then the candidate's answers (its report has none to reuse)
+    assert [line for line in lines if re.search(rf"running · \d+/{2 * N_PROMPTS} prompts", line)], lines
     outcome = text_of(page, "#evals-progress")
     assert "no regression" in outcome or "a regression was flagged" in outcome, outcome
     # the report and the gate arrived with it
     wait_text(page, "#evals-gate", "can be promoted" if "no regression" in outcome else "Promotion blocked")
     assert "canned_reply" in page.inner_text("#evals-table")
     assert (data_dir / "checkpoints" / FRESH / "eval.json").is_file()
+    # compared with the promoted round: the same identity weights answer alike, so nothing got worse
+    wait_text(page, "#evals-gate", f"Against the promoted round {REPORTED}, the one it would replace: no check got "
+                                   "worse than it")
+    report = json.loads((data_dir / "checkpoints" / FRESH / "eval.json").read_text())
+    assert report["promoted"]["round_id"] == REPORTED and report["promoted"]["flagged"] == []
     # a second evaluated round: the plot gets it (a tick per round, #1 and #2, none between) and the one-round note goes
     page.wait_for_function("() => document.querySelector('#evals-trend').innerText.split('\\n').includes('#2')")
     ticks = page.evaluate("() => document.querySelector('#evals-trend').innerText.split('\\n')")

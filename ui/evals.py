@@ -43,7 +43,8 @@ def versus(check: dict, baseline: str) -> str:
 
 def checks_frame(report: dict | None) -> pd.DataFrame:
     """One row per check; each baseline in the report (prompted base, retrieval base) joins as two
-    columns: its figure and whether the candidate beats it."""
+    columns: its figure and whether the candidate beats it. (The promoted round's comparison is a sentence
+    in the gate's text, gate_text: a third pair of columns did not fit beside both baselines at 1024 px.)"""
     baselines = {name: label for name, label in BASELINES.items() if report and report.get(name)}
     columns = CHECK_COLUMNS[:4] + [c for label in baselines.values() for c in (label, f"vs {label}")] + CHECK_COLUMNS[4:]
     if not report:
@@ -97,6 +98,11 @@ def examples_markdown(report: dict | None) -> str:
             continue
         parts.append(f"#### {name}")
         for example in check["examples"][:3]:
+            parts.append("```json\n" + json.dumps(example, indent=1, ensure_ascii=False)[:1500] + "\n```")
+    promoted = report.get("promoted") or {}
+    for name in promoted.get("flagged") or []:
+        parts.append(f"#### {name}, against the promoted round `{promoted.get('round_id')}`")
+        for example in promoted["checks"][name].get("examples", [])[:3]:
             parts.append("```json\n" + json.dumps(example, indent=1, ensure_ascii=False)[:1500] + "\n```")
     return "\n".join(parts) or "No flagged examples."
 
@@ -156,10 +162,14 @@ def gate_text(services: Services, round_id: str | None) -> str:
         running = job is not None and job.running and job.kind == "eval" and job.round_id == round_id
         return head + ("⏳ Evals are running for this checkpoint…" if running else
                        "⚠️ Not evaluated yet: promotion needs an eval report (or an override with a reason).")
+    against = against_promoted_note(checkpoint.eval, round_id, current)
     if checkpoint.regression:
         flagged = [n for n, c in checkpoint.eval.get("checks", {}).items() if c.get("flagged")]
-        return (head + f"🚩 **Promotion blocked**: flagged {', '.join(flagged)}. An admin may override with a written reason."
-                + trained_on_note(checkpoint.eval))
+        worse = (checkpoint.eval.get("promoted") or {}).get("flagged") or []
+        why = "; ".join(([f"flagged {', '.join(flagged)}"] if flagged else [])
+                        + ([f"worse than the promoted round on {', '.join(worse)}"] if worse else []))
+        return (head + f"🚩 **Promotion blocked**: {why}. An admin may override with a written reason."
+                + against + trained_on_note(checkpoint.eval))
     warnings = checkpoint.eval.get("warnings") or []
     note = f" Warning: {', '.join(warnings)} changed, with no quality drop (a change of style, not a regression)." if warnings else ""
     prompted = checkpoint.eval.get("prompted_base")
@@ -168,7 +178,25 @@ def gate_text(services: Services, round_id: str | None) -> str:
     retrieval = checkpoint.eval.get("retrieval_base")
     if retrieval:
         note += f"\n\nAgainst the base with the top {retrieval.get('k')} passages of the corpus: {retrieval['summary']}."
-    return head + "✅ **All checks pass**: this checkpoint can be promoted." + note + trained_on_note(checkpoint.eval)
+    return (head + "✅ **All checks pass**: this checkpoint can be promoted." + note + against
+            + trained_on_note(checkpoint.eval))
+
+
+def against_promoted_note(report: dict, round_id: str, current: str | None) -> str:
+    """What the report says of the round a promotion would replace, and whether that is still the current
+    candidate: a report made before another round was promoted has not met it."""
+    promoted = report.get("promoted")
+    if promoted:
+        then = promoted.get("round_id")
+        note = f"\n\nAgainst the promoted round `{then}`, the one it would replace: {promoted['summary']}."
+        if current and current != then and current != round_id:
+            note += (f" ⚠️ The current candidate is now `{current}`: **Run evals again** to compare this round "
+                     "with it.")
+        return note
+    if current and current != round_id:
+        return (f"\n\nℹ️ Not compared with the current candidate `{current}`: this report was made before it was "
+                "promoted, or the two rounds have different bases. **Run evals again** to compare them.")
+    return ""
 
 
 def show_checkpoint(services: Services, round_id: str | None, request: gr.Request = None):
@@ -374,7 +402,7 @@ def evals_tab(services: Services):
                              label="Promotions that overrode the gate (flagged or not evaluated), newest first",
                              elem_id="evals-overrides")
     with gr.Accordion("Offending examples", open=False):
-        examples = gr.Markdown()
+        examples = gr.Markdown(elem_id="evals-examples")
     trend_points, trend_words = trend_view(services)
     trend = gr.LinePlot(trend_points, x="round", y="value", color="check", color_map=TREND_COLORS, y_lim=[0, 1],
                         tooltip=["round_id", "check", "value"],  # hovering a point names its checkpoint
