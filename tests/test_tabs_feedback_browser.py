@@ -201,7 +201,7 @@ def test_evals_table_headers_are_readable_at_common_widths(admin_page):
     assert {"check", "flag", "candidate", "prompted base", "vs retrieval base"} <= set(headers)
     # the gate names both reasons it blocks, and the round it was compared with, figures and all
     gate = text_of(page, "#evals-gate")
-    assert (f"Promotion blocked: flagged canned_reply; worse than the promoted round on canned_reply" in gate
+    assert ("Promotion blocked: flagged canned_reply; worse than the promoted round on canned_reply" in gate
             and f"Against the promoted round {EARLIER}, the one it would replace: worse than it on canned_reply "
                 "(0 → 1)" in gate), gate
     page.get_by_text("Offending examples").click()
