@@ -553,3 +553,19 @@ def test_a_bad_corpus_is_refused_in_one_line(case, message, tiny_model_dir, tmp_
     assert code == 2 and len(errors) == 1 and message in errors[0], stderr[-2000:]
     assert "Traceback" not in stderr
     assert not (tmp_path / "checkpoints" / "c2").exists()
+
+
+def test_a_round_started_by_a_big_process_reports_its_own_peak_memory():
+    """The app (model, decode copies: about 2.5 GB) starts every round; the round's peak RSS must be the round's.
+    getrusage's ru_maxrss keeps the parent's peak over fork and exec, and the app's rounds reported 2499 MB."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    held = bytearray(1024 * 2**20)  # this process now holds 1 GB more, as the app holds its model
+    held[::4096] = b"\1" * len(held[::4096])
+    code = "from training.run import peak_rss_mb; print(peak_rss_mb())"
+    child = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert float(child.stdout) < 800, child.stdout  # importing training.run alone takes a few hundred MB at most
+    del held
