@@ -24,6 +24,7 @@ from pathlib import Path
 
 from formats import PROGRESS_NAMES, ProgressFiles
 from training.config import RoundConfig, write_recipe
+from training.registry import get_checkpoint
 
 ROOT = Path(__file__).resolve().parent  # the repo root: subprocesses run `python -m training` from here
 
@@ -87,19 +88,6 @@ class Job:
 
 def new_round_id(method: str) -> str:
     return f"r-{datetime.now().strftime('%Y%m%d-%H%M%S')}-{method}"
-
-
-def weights_of(checkpoint: Path) -> Path:
-    """A checkpoint's weights: a full fine-tune's holds model/ (the whole weights) instead of adapter/."""
-    return checkpoint / "model" if (checkpoint / "model").is_dir() else checkpoint / "adapter"
-
-
-def base_model_of(checkpoint: Path) -> str | None:
-    """The base a checkpoint was trained on, from its round.json; None where that cannot be read."""
-    try:
-        return json.loads((checkpoint / "round.json").read_text()).get("base_model")
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return None
 
 
 def tail(path: Path, lines: int = 40) -> str:
@@ -229,8 +217,11 @@ class JobManager:
     def start_eval(self, round_id: str, baseline_system_prompt: str | None = None,
                    baseline_retrieval: Path | None = None) -> Job:
         checkpoint = self.settings.checkpoints_dir / round_id
+        found = get_checkpoint(self.settings.checkpoints_dir, round_id)
+        # adapter/, or a full fine-tune's model/ (the whole weights); a round not (yet) complete fails in the eval
+        weights = found.weights_dir if found is not None else checkpoint / "adapter"
         args = [
-            "run", "--adapter", str(weights_of(checkpoint)), "--out", str(checkpoint / "eval.json"),
+            "run", "--adapter", str(weights), "--out", str(checkpoint / "eval.json"),
             "--base-model", self.settings.base_model, "--cache-dir", str(self.settings.cache_dir),
             "--log-dir", str(self.settings.runs_dir / round_id),
         ]
@@ -244,20 +235,27 @@ class JobManager:
             args += ["--baseline-retrieval", str(baseline_retrieval)]
         promoted = self.comparable_candidate(round_id)
         if promoted is not None:
-            args += ["--promoted", str(weights_of(promoted))]
+            args += ["--promoted", str(promoted.weights_dir)]
         return self._spawn("evals", round_id, args)
 
-    def comparable_candidate(self, round_id: str) -> Path | None:
-        """The current candidate's checkpoint, when `round_id` would replace it: another round, still on
-        disk, trained on the same base (an adapter of another base would load onto this one's weights)."""
-        current = self.promoted() if self.promoted is not None else None
+    def comparable_candidate(self, round_id: str):
+        """The current candidate's checkpoint (training.registry.Checkpoint), when `round_id` would replace it:
+        another round, still on disk, trained on the same base (an adapter of another base would load onto
+        this one's weights). None otherwise, and where the candidate cannot be read: the evals then judge
+        the round against the base alone, as before any promotion."""
+        try:
+            current = self.promoted() if self.promoted is not None else None
+        except Exception as exc:  # noqa: BLE001 (a database error, the store closed at shutdown)
+            print(f"warning: could not read the current candidate ({exc}): the evals of {round_id} compare it "
+                  "with the base only", file=sys.stderr, flush=True)
+            return None
         if not current or current == round_id:
             return None
-        checkpoints = self.settings.checkpoints_dir
-        if not weights_of(checkpoints / current).is_dir():
+        this, other = (get_checkpoint(self.settings.checkpoints_dir, r) for r in (round_id, current))
+        if this is None or other is None:
             return None
-        bases = {base_model_of(checkpoints / r) for r in (round_id, current)}
-        return checkpoints / current if len(bases) == 1 and None not in bases else None
+        base = this.round.get("base_model")
+        return other if base is not None and base == other.round.get("base_model") else None
 
     # ------------------------------------------------------------ watching
 

@@ -74,6 +74,13 @@ def _fmt(value) -> str:
     return f"{value:.3f}" if isinstance(value, float) else str(value)
 
 
+def verdict(report: dict) -> str:
+    """The gate's verdict in a line: what regressed against the base, and against the promoted round."""
+    worse = (report.get("promoted") or {}).get("flagged") or []
+    return ("REGRESSION: " + ", ".join(report["flagged"] + [f"{n} (against the promoted round)" for n in worse])
+            if report["regression"] else "no regression")
+
+
 def format_table(report: dict) -> str:
     """The checks as a fixed-width table, flagged rows marked; one more column per baseline in the report."""
     baselines = [name for name in BASELINES if report.get(name)]
@@ -88,10 +95,8 @@ def format_table(report: dict) -> str:
         columns = "".join(f" {_fmt(check.get(b)):>9}" for b in columns_of)
         lines.append(f"{name:<14} {_fmt(check['base']):>8} {_fmt(check['candidate']):>10}{columns}  {mark}")
     worse = (report.get("promoted") or {}).get("flagged") or []
-    verdict = ("REGRESSION: " + ", ".join(report["flagged"] + [f"{n} (against the promoted round)" for n in worse])
-               if report["regression"] else "no regression")
     warnings = report.get("warnings") or []  # shown, not failing (a length shift without a quality drop)
-    lines += ["-" * 40, f"{report['n_prompts']} prompts; {verdict}"
+    lines += ["-" * 40, f"{report['n_prompts']} prompts; {verdict(report)}"
               + (f"; warnings (not failing): {', '.join(warnings)}" if warnings else "")]
     trained_on = report.get("trained_on") or {}
     if trained_on.get("left_out"):
@@ -165,11 +170,12 @@ class Progress:
             return
         n, flagged = report["n_prompts"], report["flagged"]
         self.files.event("end", step=n, max_steps=n, elapsed_s=self._elapsed(), eta_s=0.0,
-                         regression=report["regression"], flagged=flagged, report=str(out))
+                         regression=report["regression"], flagged=flagged,
+                         flagged_against_promoted=(report.get("promoted") or {}).get("flagged", []), report=str(out))
         left_out = (report.get("trained_on") or {}).get("left_out")
         if left_out:
             self.files.say(f"left out {len(left_out)} eval prompts the candidate trained on; the gate judged {n}")
-        self.files.say(("REGRESSION: " + ", ".join(flagged) if flagged else "no regression") + f"; report {out}")
+        self.files.say(verdict(report) + f"; report {out}")
         self.files.status("done")
 
     def failed(self, state: str, message: str) -> None:

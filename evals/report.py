@@ -80,13 +80,13 @@ def training_data_of(candidate_dir: Path) -> dict:
     return {"keys": keys, "snapshots": snapshots, "unreadable": unreadable}
 
 
-def leave_out_trained(rows: list[dict], trained: dict) -> tuple[list[dict], dict]:
+def leave_out_trained(rows: list[dict], trained: dict, whose: str = "the candidate's") -> tuple[list[dict], dict]:
     """(the rows the gate evaluates, what the report says of the rest): a prompt the candidate trained on
     would judge it on a question it has seen, so it is left out of every check."""
     kept = [r for r in rows if prompt_key(r["prompt"]) not in trained["keys"]]
     left_out = [r["id"] for r in rows if prompt_key(r["prompt"]) in trained["keys"]]
     if not kept:
-        raise EvalInputError(f"all {len(rows)} eval prompts are in the candidate's training data "
+        raise EvalInputError(f"all {len(rows)} eval prompts are in {whose} training data "
                              f"({', '.join(trained['snapshots'])}): evaluate it on prompts it did not train on (--prompts)")
     return kept, {"left_out": left_out, "snapshots": trained["snapshots"], "unreadable": trained["unreadable"]}
 
@@ -393,13 +393,20 @@ def run_eval(
     adapter_dir = Path(adapter_dir)
     # fail fast, before loading any weights; a full fine-tune's model dir is a candidate too
     (validate_model_dir if is_full_model_dir(adapter_dir) else validate_adapter_dir)(adapter_dir)
+    trained = training_data_of(adapter_dir)
     if promoted is not None:
         promoted = Path(promoted)
         (validate_model_dir if is_full_model_dir(promoted) else validate_adapter_dir)(promoted)
+        # a question the promoted round trained on would favour it against this one: left out of every check too
+        theirs = training_data_of(promoted)
+        trained = {"keys": trained["keys"] | theirs["keys"],
+                   "snapshots": list(dict.fromkeys(trained["snapshots"] + theirs["snapshots"])),
+                   "unreadable": trained["unreadable"] + theirs["unreadable"]}
     rows = load_prompts(prompts_file)
     if references_file:
         rows = attach_references(rows, load_references(references_file))
-    rows, trained_on = leave_out_trained(rows, training_data_of(adapter_dir))
+    rows, trained_on = leave_out_trained(rows, trained, "the candidate's or the promoted round's" if promoted else
+                                         "the candidate's")
     if batch_size < 1 or max_new_tokens < 1:
         raise EvalInputError("batch_size and max_new_tokens must be positive")
     index = None
@@ -415,24 +422,26 @@ def run_eval(
     # A fresh name per content: the app may have an older adapter loaded as "candidate".
     name = f"{CANDIDATE}-{adapter_fingerprint(adapter_dir)}"
     chat.ensure_weights(name, adapter_dir)  # a full model dir is loaded as a second model beside the base
-    promoted_name = None
-    if promoted is not None:
-        promoted_name = f"promoted-{adapter_fingerprint(promoted)}"
-        chat.ensure_weights(promoted_name, promoted)
+    prompts = [r["prompt"] for r in rows]
+    weights_dtype = str(chat.model.dtype).removeprefix("torch.")
+    # the promoted round's answers: from its own report where they fit; its weights are loaded only for the rest,
+    # and not at all when they are the candidate's own (its answers are then the candidate's)
+    promoted_fingerprint = adapter_fingerprint(promoted) if promoted is not None else None
+    same_weights = promoted_fingerprint == chat.fingerprint(name)
+    promoted_name, on_record, missing = f"promoted-{promoted_fingerprint}", {}, []
+    if promoted is not None and not same_weights:
+        on_record = promoted_answers_on_record(promoted, promoted_fingerprint, str(base_model or chat.base_name),
+                                               max_new_tokens, weights_dtype)
+        missing = [p for p in prompts if p not in on_record]
+        if missing:
+            chat.ensure_weights(promoted_name, promoted)
     pack_weights(chat)
     loaded = time.perf_counter()
 
-    prompts = [r["prompt"] for r in rows]
-    weights_dtype = str(chat.model.dtype).removeprefix("torch.")
     cache_file = base_cache_file(
         Path(cache_dir), str(base_model or chat.base_name), prompts, max_new_tokens, weights_dtype
     )
     cached = read_base_cache(cache_file, len(prompts)) if use_base_cache else None
-    on_record, missing = {}, []
-    if promoted_name is not None:
-        on_record = promoted_answers_on_record(promoted, chat.fingerprint(promoted_name),
-                                               str(base_model or chat.base_name), max_new_tokens, weights_dtype)
-        missing = [p for p in prompts if p not in on_record]
     passes = passes_progress(progress, 1 + bool(baseline_system_prompt) + bool(index) + bool(missing), len(prompts))
     base, candidate = generate_pairs(
         chat, name, prompts, batch_size=batch_size, max_new_tokens=max_new_tokens, progress=passes(0),
@@ -455,6 +464,8 @@ def run_eval(
                                 max_new_tokens=max_new_tokens, adapter=promoted_name,
                                 progress=lambda done, total: step(done * len(prompts) // total, len(prompts)))
         on_record = {**on_record, **dict(zip(missing, answers))}
+    if promoted is not None and same_weights:
+        on_record = dict(zip(prompts, candidate))
     generated = time.perf_counter()
 
     references = [r["reference"] for r in rows]
@@ -466,11 +477,10 @@ def run_eval(
         add_baseline(report, "retrieval_base", prompts, base, retrieval_answers, references, thresholds,
                      index=str(index.folder), corpus_sha256=index.manifest.get("corpus_sha256"),
                      chunks=len(index.chunks), k=retrieval.TOP_K)
-    if promoted_name is not None:
+    if promoted is not None:
         add_promoted(report, prompts, [on_record[p] for p in prompts], candidate, references, thresholds,
-                     round_id=promoted.parent.name, weights=str(promoted),
-                     adapter_fingerprint=chat.fingerprint(promoted_name),
-                     answers_on_record=len(prompts) - len(missing))
+                     round_id=promoted.parent.name, weights=str(promoted), adapter_fingerprint=promoted_fingerprint,
+                     answers_on_record=0 if same_weights else len(prompts) - len(missing), same_weights=same_weights)
     report["timings"].update(
         load_s=round(loaded - started, 3), generate_s=round(generated - loaded, 3),
         total_s=round(time.perf_counter() - started, 3),
@@ -489,7 +499,7 @@ def run_eval(
             {"id": r["id"], "prompt": r["prompt"], "base": b, "candidate": c, "reference": r["reference"],
              **({"prompted_base": prompted[i]} if prompted is not None else {}),
              **({"retrieval_base": retrieval_answers[i], "retrieved": retrieved[i][1]} if retrieved else {}),
-             **({"promoted": on_record[r["prompt"]]} if promoted_name is not None else {})}
+             **({"promoted": on_record[r["prompt"]]} if promoted is not None else {})}
             for i, (r, b, c) in enumerate(zip(rows, base, candidate))
         ],
     )

@@ -405,3 +405,29 @@ def test_a_round_worse_than_the_promoted_one_fails_the_gate_even_when_it_matches
     assert again["promoted"]["flagged"] == against["flagged"]
     assert [s["promoted"] for s in again["samples"]] == [s["promoted"] for s in report["samples"]]
 
+    # a report that answered only some of the prompts: those are taken, the rest decoded, in a pass of its own
+    # that the progress bar counts as a whole one
+    half = write_jsonl(tmp_path / "half.jsonl", [{"prompt": p} for p in EVAL_PROMPTS[:4]])
+    assert run_cli("--adapter", promoted, *common, "--prompts", half) == 1  # the later --prompts wins
+    partial = tmp_path / "partial.json"
+    assert run_cli("--adapter", candidate, "--promoted", promoted, "--out", partial, "--log-dir", tmp_path / "logs",
+                   *common) == 1
+    mixed = json.loads(partial.read_text())
+    assert mixed["promoted"]["answers_on_record"] == 4
+    recorded = {s["prompt"]: s["candidate"] for s in json.loads((tmp_path / "r-promoted" / "eval.json").read_text())["samples"]}
+    assert sorted(recorded) == sorted(EVAL_PROMPTS[:4])
+    assert [s["promoted"] for s in mixed["samples"] if s["prompt"] in recorded] == list(recorded.values())
+    steps = [e for e in ProgressFiles(tmp_path / "logs", "r-new", kind="eval", fresh=False).events() if e["event"] == "batch"]
+    assert [e["step"] for e in steps] == sorted(e["step"] for e in steps) and steps[-1]["step"] == steps[-1]["max_steps"]
+    assert steps[-1]["max_steps"] == 2 * len(EVAL_PROMPTS)  # the pairs, then the promoted round's missing half
+
+    # a report made with other settings is not the same answers: all of them are decoded again
+    assert run_cli("--adapter", candidate, "--promoted", promoted, "--out", partial, *common,
+                   "--max-new-tokens", 12) in (0, 1)
+    assert json.loads(partial.read_text())["promoted"]["answers_on_record"] == 0
+
+    # the same weights as the candidate (the same adapter promoted under another round): nothing to load or decode,
+    # and nothing can be worse
+    assert run_cli("--adapter", candidate, "--promoted", candidate, "--out", partial, *common) == 0
+    itself = json.loads(partial.read_text())["promoted"]
+    assert itself["same_weights"] and itself["flagged"] == [] and itself["summary"] == "no check got worse than it"

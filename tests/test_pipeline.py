@@ -65,7 +65,8 @@ def test_round_runs_the_edited_config_then_its_evals(tiny_model_dir, trained_che
     # the promoted round's answers were generated (it has no report of its own), in a second pass on the bar
     assert report["promoted"]["round_id"] == "r-trained" and report["promoted"]["answers_on_record"] == 0
     assert [e["max_steps"] for e in jobs.progress(job.round_id, "eval").events() if e["event"] == "batch"][-1] == 8
-    assert report["regression"] == bool(report["flagged"] or report["promoted"]["flagged"])
+    # the exit code is the report's verdict, with what got worse than the promoted round counted in it
+    assert evals.returncode == (1 if report["flagged"] or report["promoted"]["flagged"] else 0)
     assert [r["round"] for r in jobs.past_runs()] == [job.round_id] and jobs.past_runs()[0]["state"] == "done"
 
 
@@ -79,12 +80,18 @@ def test_evals_compare_with_the_current_candidate_only_where_it_would_be_replace
         (checkpoints / round_id / "round.json").write_text(json.dumps({"base_model": base}))
     assert jobs.comparable_candidate("r-2") is None  # nothing promoted yet
     current["id"] = "r-1"
-    assert jobs.comparable_candidate("r-2") == checkpoints / "r-1"
+    assert jobs.comparable_candidate("r-2").weights_dir == checkpoints / "r-1" / "adapter"
     assert jobs.comparable_candidate("r-1") is None  # the candidate's own evals, run again
     assert jobs.comparable_candidate("r-other") is None  # an adapter of another base
     current["id"] = "r-full"
-    assert jobs.comparable_candidate("r-2") == checkpoints / "r-full"  # a full fine-tune: its model/ is the weights
+    assert jobs.comparable_candidate("r-2").weights_dir == checkpoints / "r-full" / "model"  # a full fine-tune
     current["id"] = "r-gone"  # promoted, then deleted from disk
+    assert jobs.comparable_candidate("r-2") is None
+
+    def store_closed():
+        raise RuntimeError("Connection already closed")
+
+    jobs.promoted = store_closed  # at shutdown: the round is still evaluated, against the base
     assert jobs.comparable_candidate("r-2") is None
 
 

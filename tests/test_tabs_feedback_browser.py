@@ -38,6 +38,7 @@ TRAINED = "r-trained"  # the conftest's checkpoint: no eval report yet
 WIDE = "r-20250101-000000-wide"  # a report with both baselines and a flagged check: the widest table
 FRESH, REPORTED = "r-20250102-000000-fresh", "r-20250101-000000-reported"  # embedded-model checkpoints
 EARLIER = "r-20241231-000000-earlier"  # the promoted round the wide report was compared with
+PASSING = "r-20250103-000000-passing"  # a passing report made before any promotion (tiny model)
 N_PROMPTS = 8  # the embedded app's eval prompts: one batch a side, about 5 s on 2 cores (the 2 s timer sees it run)
 FACTS = ["The town of Zarnuth holds 4,017 copper scrolls in its library.",
          "The mayor of Zarnuth is chosen by a coin toss every spring.",
@@ -230,19 +231,20 @@ def test_run_evals_again_shows_progress_and_outcome_without_a_refresh(open_page,
     wait_text(page, "#evals-progress", f"Evals of {FRESH} started")  # the click's own answer
     wait_text(page, "#evals-progress", "finished in", timeout=300_000)  # brought by the timer, not a Refresh
     lines = page.evaluate("window.progressLines")
-    # two passes: base and candidate together, then the candidate's answers (its report has none to reuse)
-    assert [line for line in lines if re.search(rf"running · \d+/{2 * N_PROMPTS} prompts", line)], lines
+    # one pass, base and candidate together: the promoted round has the same weights, so its answers are these
+    assert [line for line in lines if re.search(rf"running · \d+/{N_PROMPTS} prompts", line)], lines
     outcome = text_of(page, "#evals-progress")
     assert "no regression" in outcome or "a regression was flagged" in outcome, outcome
     # the report and the gate arrived with it
     wait_text(page, "#evals-gate", "can be promoted" if "no regression" in outcome else "Promotion blocked")
     assert "canned_reply" in page.inner_text("#evals-table")
     assert (data_dir / "checkpoints" / FRESH / "eval.json").is_file()
-    # compared with the promoted round: the same identity weights answer alike, so nothing got worse
+    # compared with the promoted round: the same identity weights, so nothing got worse
     wait_text(page, "#evals-gate", f"Against the promoted round {REPORTED}, the one it would replace: no check got "
                                    "worse than it")
     report = json.loads((data_dir / "checkpoints" / FRESH / "eval.json").read_text())
     assert report["promoted"]["round_id"] == REPORTED and report["promoted"]["flagged"] == []
+    assert report["promoted"]["same_weights"]
     # a second evaluated round: the plot gets it (a tick per round, #1 and #2, none between) and the one-round note goes
     page.wait_for_function("() => document.querySelector('#evals-trend').innerText.split('\\n').includes('#2')")
     ticks = page.evaluate("() => document.querySelector('#evals-trend').innerText.split('\\n')")
@@ -330,3 +332,37 @@ def test_a_cpt_round_shows_its_held_out_perplexity(admin_page, tabs_app):
     page.locator("#train-history").locator("..").get_by_role("button", name="↻ Refresh").click()
     wait_text(page, "#train-history", "held-out perplexity")
     shot(page, "train-cpt-cancelled-evals")
+
+
+def test_a_report_made_before_another_round_was_promoted_asks_for_new_evals(admin_page, tabs_app, tiny_model_dir):
+    """A passing report says nothing of a candidate promoted after it was made: promoting that round would
+    replace the candidate unseen. So it takes a reason, until Run evals again compares the two."""
+    page = admin_page
+    url, data_dir = tabs_app
+    # a round that finished and passed its evals while nothing was promoted (made in a temp dir and renamed
+    # into place, as training and evals leave a checkpoint)
+    prompts, answers = ["What is DNS?", "Explain gravity."], ["DNS maps names to addresses.", "Masses attract."]
+    write_checkpoint(data_dir / "staging", PASSING, data_dir / "checkpoints" / TRAINED / "adapter", build_report(prompts, answers, answers),
+                     base_model=str(tiny_model_dir))
+    os.replace(data_dir / "staging" / PASSING, data_dir / "checkpoints" / PASSING)
+    open_evals(page, TRAINED)  # never evaluated: its promotion is an override with a reason
+    page.get_by_label("Override reason (required only when the gate blocks)").fill("the first round we trust")
+    page.click("#evals-promote")
+    wait_text(page, "#evals-gate", f"Current candidate: {TRAINED}")
+    open_evals(page, PASSING)
+    wait_text(page, "#evals-gate", f"Not compared with the current candidate {TRAINED}, the round a promotion would "
+                                   "replace: this report was made before it was promoted.")
+    assert "can be promoted" not in text_of(page, "#evals-gate") and "All checks against the base pass" in text_of(
+        page, "#evals-gate")
+    shot(page, "evals-not-compared")
+    page.click("#evals-promote")  # no reason: refused, and the candidate stays
+    page.wait_for_selector("text=Promotion is blocked by the eval gate", timeout=10_000)
+    wait_text(page, "#evals-gate", f"Current candidate: {TRAINED}")
+    page.click("#evals-rerun")
+    wait_text(page, "#evals-progress", "finished in", timeout=120_000)
+    # the same adapter as the candidate's: nothing to decode for it, and nothing can be worse
+    wait_text(page, "#evals-gate", f"Against the promoted round {TRAINED}, the one it would replace: no check got "
+                                   "worse than it.")
+    assert "Not compared" not in text_of(page, "#evals-gate")
+    # (its own answers, one fixed sentence, now fail against the base: the test adapter is trained to collapse)
+    assert json.loads((data_dir / "checkpoints" / PASSING / "eval.json").read_text())["promoted"]["same_weights"]

@@ -52,7 +52,8 @@ def checks_frame(report: dict | None) -> pd.DataFrame:
     rows = [
         {
             "check": name,
-            "flag": "🚩 REGRESSION" if check.get("flagged") else "⚠️ warning" if check.get("warning") else "ok",
+            "flag": ("🚩 REGRESSION" if check.get("flagged") else "🚩 worse than promoted"
+                     if check.get("flagged_against_promoted") else "⚠️ warning" if check.get("warning") else "ok"),
             "base": number(check.get("base")),
             "candidate": number(check.get("candidate")),
             **{label: number(check.get(key)) for key, label in baselines.items()},
@@ -137,7 +138,8 @@ def trained_on_note(report: dict) -> str:
     """What the gate left out because the candidate trained on it (evals.report.leave_out_trained)."""
     trained_on = report.get("trained_on") or {}
     left_out = trained_on.get("left_out") or []
-    note = (f"\n\nℹ️ {counted(len(left_out), 'eval prompt')} left out: this round (or one it continued) trained on "
+    note = (f"\n\nℹ️ {counted(len(left_out), 'eval prompt')} left out: this round (or one it continued, or the "
+            f"promoted round it is compared with) trained on "
             f"{'it' if len(left_out) == 1 else 'them'}, and a round is not judged on questions it has seen. "
             f"The checks ran on the other {report.get('n_prompts')}." if left_out else "")
     if trained_on.get("unreadable"):
@@ -162,7 +164,8 @@ def gate_text(services: Services, round_id: str | None) -> str:
         running = job is not None and job.running and job.kind == "eval" and job.round_id == round_id
         return head + ("⏳ Evals are running for this checkpoint…" if running else
                        "⚠️ Not evaluated yet: promotion needs an eval report (or an override with a reason).")
-    against = against_promoted_note(checkpoint.eval, round_id, current)
+    unmet = unmet_candidate(services, checkpoint, current)
+    against = against_promoted_note(checkpoint.eval, round_id, current, unmet)
     if checkpoint.regression:
         flagged = [n for n, c in checkpoint.eval.get("checks", {}).items() if c.get("flagged")]
         worse = (checkpoint.eval.get("promoted") or {}).get("flagged") or []
@@ -170,6 +173,8 @@ def gate_text(services: Services, round_id: str | None) -> str:
                         + ([f"worse than the promoted round on {', '.join(worse)}"] if worse else []))
         return (head + f"🚩 **Promotion blocked**: {why}. An admin may override with a written reason."
                 + against + trained_on_note(checkpoint.eval))
+    if unmet:
+        return head + "✅ All checks against the base pass." + against + trained_on_note(checkpoint.eval)
     warnings = checkpoint.eval.get("warnings") or []
     note = f" Warning: {', '.join(warnings)} changed, with no quality drop (a change of style, not a regression)." if warnings else ""
     prompted = checkpoint.eval.get("prompted_base")
@@ -182,21 +187,31 @@ def gate_text(services: Services, round_id: str | None) -> str:
             + trained_on_note(checkpoint.eval))
 
 
-def against_promoted_note(report: dict, round_id: str, current: str | None) -> str:
+def unmet_candidate(services: Services, checkpoint, current: str | None) -> str | None:
+    """The current candidate, where a promotion would replace it but this checkpoint's report was not compared
+    with it (made before it was promoted, or by hand without --promoted) although it could be: such a report
+    cannot say the round is no worse, so promoting it takes a reason, as a blocked gate does."""
+    if checkpoint.eval is None or not current or current == checkpoint.round_id:
+        return None
+    if (checkpoint.eval.get("promoted") or {}).get("round_id") == current:
+        return None
+    return current if services.jobs.comparable_candidate(checkpoint.round_id) is not None else None
+
+
+def against_promoted_note(report: dict, round_id: str, current: str | None, unmet: str | None) -> str:
     """What the report says of the round a promotion would replace, and whether that is still the current
     candidate: a report made before another round was promoted has not met it."""
     promoted = report.get("promoted")
-    if promoted:
-        then = promoted.get("round_id")
-        note = f"\n\nAgainst the promoted round `{then}`, the one it would replace: {promoted['summary']}."
-        if current and current != then and current != round_id:
-            note += (f" ⚠️ The current candidate is now `{current}`: **Run evals again** to compare this round "
-                     "with it.")
-        return note
-    if current and current != round_id:
-        return (f"\n\nℹ️ Not compared with the current candidate `{current}`: this report was made before it was "
-                "promoted, or the two rounds have different bases. **Run evals again** to compare them.")
-    return ""
+    note = (f"\n\nAgainst the promoted round `{promoted.get('round_id')}`, the one it would replace: "
+            f"{promoted['summary']}." if promoted else "")
+    if unmet:
+        return note + (f"\n\n⚠️ **Not compared with the current candidate** `{unmet}`, the round a promotion would "
+                       "replace: this report was made before it was promoted. **Run evals again** to compare them, "
+                       "or promote with a written reason.")
+    if current and current != round_id and (promoted or {}).get("round_id") != current:
+        note += (f"\n\nℹ️ Not compared with the current candidate `{current}`: the two rounds were trained on "
+                 "different bases, or its checkpoint is no longer on disk.")
+    return note
 
 
 def show_checkpoint(services: Services, round_id: str | None, request: gr.Request = None):
@@ -219,7 +234,8 @@ def promote(services: Services, round_id: str, reason: str, request: gr.Request 
     if checkpoint is None:  # outputs: gate, reason, overrides, all left as they are
         return refuse(pick_a_checkpoint(services), 3)
     reason = (reason or "").strip()
-    blocked = checkpoint.eval is None or checkpoint.regression
+    unmet = unmet_candidate(services, checkpoint, services.store.current_candidate())
+    blocked = checkpoint.eval is None or checkpoint.regression or unmet is not None
     if blocked and not reason:
         return refuse("Promotion is blocked by the eval gate: write the reason for overriding it, then promote.", 3)
     services.store.record_promotion(round_id, promoter, reason, overridden=bool(blocked),
