@@ -221,6 +221,7 @@ def test_run_evals_again_shows_progress_and_outcome_without_a_refresh(open_page,
     # the team's current candidate: promoted over its blocked gate, with a reason. A round's evals compare it
     # with the candidate too, the round its promotion would replace
     open_evals(page, REPORTED)
+    wait_text(page, "#evals-gate", "Promotion blocked")  # the picked round's gate: the pick has landed
     page.get_by_label("Override reason (required only when the gate blocks)").fill("the team's pick")
     page.click("#evals-promote")
     wait_text(page, "#evals-gate", f"Current candidate: {REPORTED}")
@@ -346,6 +347,7 @@ def test_a_report_made_before_another_round_was_promoted_asks_for_new_evals(admi
                      base_model=str(tiny_model_dir))
     os.replace(data_dir / "staging" / PASSING, data_dir / "checkpoints" / PASSING)
     open_evals(page, TRAINED)  # never evaluated: its promotion is an override with a reason
+    wait_text(page, "#evals-gate", "Not evaluated yet")
     page.get_by_label("Override reason (required only when the gate blocks)").fill("the first round we trust")
     page.click("#evals-promote")
     wait_text(page, "#evals-gate", f"Current candidate: {TRAINED}")

@@ -138,8 +138,9 @@ def trained_on_note(report: dict) -> str:
     """What the gate left out because the candidate trained on it (evals.report.leave_out_trained)."""
     trained_on = report.get("trained_on") or {}
     left_out = trained_on.get("left_out") or []
-    note = (f"\n\nℹ️ {counted(len(left_out), 'eval prompt')} left out: this round (or one it continued, or the "
-            f"promoted round it is compared with) trained on "
+    who = ("this round (or one it continued, or the promoted round it is compared with)" if report.get("promoted")
+           else "this round (or one it continued)")
+    note = (f"\n\nℹ️ {counted(len(left_out), 'eval prompt')} left out: {who} trained on "
             f"{'it' if len(left_out) == 1 else 'them'}, and a round is not judged on questions it has seen. "
             f"The checks ran on the other {report.get('n_prompts')}." if left_out else "")
     if trained_on.get("unreadable"):
