@@ -11,7 +11,6 @@ a page refresh.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -24,7 +23,7 @@ from pathlib import Path
 
 from formats import PROGRESS_NAMES, ProgressFiles
 from training.config import RoundConfig, write_recipe
-from training.registry import get_checkpoint
+from training.registry import get_checkpoint, list_checkpoints
 
 ROOT = Path(__file__).resolve().parent  # the repo root: subprocesses run `python -m training` from here
 
@@ -251,7 +250,9 @@ class JobManager:
             return None
         if not current or current == round_id:
             return None
-        this, other = (get_checkpoint(self.settings.checkpoints_dir, r) for r in (round_id, current))
+        # one listing for both (the Evals tab's gate asks on every view)
+        listed = {c.round_id: c for c in list_checkpoints(self.settings.checkpoints_dir)}
+        this, other = listed.get(round_id), listed.get(current)
         if this is None or other is None:
             return None
         base = this.round.get("base_model")

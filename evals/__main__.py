@@ -113,13 +113,11 @@ def format_table(report: dict) -> str:
     if promoted:
         lines.append(f"promoted round ({promoted['round_id']}; {promoted['answers_on_record']} of "
                      f"{report['n_prompts']} answers from its eval report): {promoted['summary']}")
-    for name in report["flagged"]:
-        for example in report["checks"][name]["examples"][:1]:
-            lines.append(f"  {name}: {example['prompt'][:60]!r} -> {example['candidate'][:80]!r}")
-    for name in worse:
-        for example in promoted["checks"][name]["examples"][:1]:
-            lines.append(f"  {name} (against the promoted round): {example['prompt'][:60]!r} -> "
-                         f"{example['candidate'][:80]!r}")
+    flagged = [(name, report["checks"][name]) for name in report["flagged"]]
+    flagged += [(f"{name} (against the promoted round)", promoted["checks"][name]) for name in worse]
+    for title, check in flagged:
+        for example in check["examples"][:1]:
+            lines.append(f"  {title}: {example['prompt'][:60]!r} -> {example['candidate'][:80]!r}")
     return "\n".join(lines)
 
 

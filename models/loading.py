@@ -172,6 +172,13 @@ def load_tokenizer(path: str):
     return tokenizer
 
 
+def templated_prompt_tokens(tokenizer, messages: list[dict]) -> int:
+    """How many tokens prompt messages take once the chat template wraps them (with the assistant's opening),
+    as trl counts a training row's prompt and a server counts a request's."""
+    text = tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def load_base(path: str, *, dtype: str = "auto", load_in_4bit: bool = False, for_training: bool = False,
               device: str = "cpu"):
     """Load a resolved base (see resolve_base_model) as (model, tokenizer), in eval mode, on `device`

@@ -27,7 +27,8 @@ import httpx
 
 from models.chat import SamplingParams
 from models.loading import (
-    EMBEDDED, ModelLoadError, adapter_fingerprint, load_tokenizer, resolve_base_model, validate_adapter_dir,
+    EMBEDDED, ModelLoadError, adapter_fingerprint, load_tokenizer, resolve_base_model, templated_prompt_tokens,
+    validate_adapter_dir,
 )
 from models.scheduler import SchedulerBusy, take_until
 
@@ -181,9 +182,7 @@ class RemoteChat:
         """Tokens the conversation takes as a prompt; 0 without a local tokenizer (the server then checks)."""
         if self.local_tokenizer is None:
             return 0
-        text = self.local_tokenizer.apply_chat_template(with_system(messages, system_prompt),
-                                                        add_generation_prompt=True, tokenize=False)
-        return len(self.local_tokenizer(text, add_special_tokens=False)["input_ids"])
+        return templated_prompt_tokens(self.local_tokenizer, with_system(messages, system_prompt))
 
     def stream(self, conversations: Sequence[list[dict]], adapters: Sequence[str | None],
                params: SamplingParams = SamplingParams(), complete: list[bool] | None = None,

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import formats
+from models.loading import templated_prompt_tokens
 from formats import MAX_CHUNK_CHARS, CorpusError, corpus_files, corpus_sha256  # noqa: F401 (corpus_files: ui.train)
 
 COLUMNS = {"dpo": ("prompt", "chosen", "rejected"), "sft": ("messages",)}
@@ -90,12 +91,6 @@ def prompt_of(row: dict) -> list[dict]:
     return row["prompt"] if "prompt" in row else row["messages"][:-1]
 
 
-def prompt_tokens(prompt: list[dict], tokenizer) -> int:
-    """How many tokens prompt messages take once the chat template wraps them, as trl counts them."""
-    text = tokenizer.apply_chat_template(prompt, add_generation_prompt=True, tokenize=False)
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
 def drop_prompts_too_long(data, tokenizer, max_length: int):
     """(rows whose prompt leaves room for an answer, how many were dropped, the longest prompt's tokens).
 
@@ -106,7 +101,7 @@ def drop_prompts_too_long(data, tokenizer, max_length: int):
     here, the split only sees rows that train."""
     if "prompt" not in data.column_names:
         return data, 0, 0
-    lengths = [prompt_tokens(row["prompt"], tokenizer) for row in data]
+    lengths = [templated_prompt_tokens(tokenizer, row["prompt"]) for row in data]
     keep = [index for index, length in enumerate(lengths) if length < max_length]
     return data.select(keep), len(data) - len(keep), max(lengths, default=0)
 

@@ -93,18 +93,16 @@ def check_notes(report: dict | None) -> str:
 def examples_markdown(report: dict | None) -> str:
     if not report:
         return ""
-    parts = []
-    for name, check in report.get("checks", {}).items():
-        if not check.get("flagged") or not check.get("examples"):
-            continue
-        parts.append(f"#### {name}")
-        for example in check["examples"][:3]:
-            parts.append("```json\n" + json.dumps(example, indent=1, ensure_ascii=False)[:1500] + "\n```")
     promoted = report.get("promoted") or {}
-    for name in promoted.get("flagged") or []:
-        parts.append(f"#### {name}, against the promoted round `{promoted.get('round_id')}`")
-        for example in promoted["checks"][name].get("examples", [])[:3]:
-            parts.append("```json\n" + json.dumps(example, indent=1, ensure_ascii=False)[:1500] + "\n```")
+    sections = [(name, check) for name, check in report.get("checks", {}).items() if check.get("flagged")]
+    sections += [(f"{name}, against the promoted round `{promoted.get('round_id')}`", promoted["checks"][name])
+                 for name in promoted.get("flagged") or []]
+    parts = []
+    for title, check in sections:
+        if check.get("examples"):
+            parts.append(f"#### {title}")
+            parts += ["```json\n" + json.dumps(example, indent=1, ensure_ascii=False)[:1500] + "\n```"
+                      for example in check["examples"][:3]]
     return "\n".join(parts) or "No flagged examples."
 
 
