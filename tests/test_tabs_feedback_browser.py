@@ -148,6 +148,22 @@ def open_evals(page, round_id: str) -> None:
     page.locator("#evals-picker").get_by_role("option", name=round_id).click()
 
 
+def pick_round(page, round_id: str, gate_says: str) -> None:
+    """open_evals, until the pick holds. The tab's select event refreshes the picker with what the page held
+    when it was sent (nothing yet, right after load): under the suite's load its reply landed after the pick
+    and set the newest round back, and the promote that followed promoted that one. By the time the picked
+    round's gate shows, such a reply has landed (the view's events are answered in order), so the picker
+    then says whether the pick held."""
+    open_evals(page, round_id)
+    for _ in range(3):
+        wait_text(page, "#evals-gate", gate_says)
+        if page.input_value("#evals-picker input") == round_id:
+            return
+        page.locator("#evals-picker input").click()
+        page.locator("#evals-picker").get_by_role("option", name=round_id).click()
+    raise AssertionError(f"the Evals picker kept going back from {round_id}")
+
+
 def record_progress(page) -> None:
     """Keep every text the progress line shows (the timer may replace one within 2 s)."""
     page.evaluate("""() => {
@@ -220,8 +236,7 @@ def test_run_evals_again_shows_progress_and_outcome_without_a_refresh(open_page,
     page = open_page(url)
     # the team's current candidate: promoted over its blocked gate, with a reason. A round's evals compare it
     # with the candidate too, the round its promotion would replace
-    open_evals(page, REPORTED)
-    wait_text(page, "#evals-gate", "Promotion blocked")  # the picked round's gate: the pick has landed
+    pick_round(page, REPORTED, "Promotion blocked")
     page.get_by_label("Override reason (required only when the gate blocks)").fill("the team's pick")
     page.click("#evals-promote")
     wait_text(page, "#evals-gate", f"Current candidate: {REPORTED}")
@@ -346,8 +361,7 @@ def test_a_report_made_before_another_round_was_promoted_asks_for_new_evals(admi
     write_checkpoint(data_dir / "staging", PASSING, data_dir / "checkpoints" / TRAINED / "adapter", build_report(prompts, answers, answers),
                      base_model=str(tiny_model_dir))
     os.replace(data_dir / "staging" / PASSING, data_dir / "checkpoints" / PASSING)
-    open_evals(page, TRAINED)  # never evaluated: its promotion is an override with a reason
-    wait_text(page, "#evals-gate", "Not evaluated yet")
+    pick_round(page, TRAINED, "Not evaluated yet")  # never evaluated: its promotion is an override with a reason
     page.get_by_label("Override reason (required only when the gate blocks)").fill("the first round we trust")
     page.click("#evals-promote")
     wait_text(page, "#evals-gate", f"Current candidate: {TRAINED}")
